@@ -1,0 +1,138 @@
+"""Artifact folders, their ``manifest.json``, and writes that never leave half a result behind.
+
+An artifact is a folder holding one model: a torch model in Hugging Face ``save_pretrained`` format
+(kind ``torch``), an ONNX model ``model.onnx`` with its config and tokenizer (kind ``onnx``), or the
+release bundle (kind ``bundle``). Its ``manifest.json`` records the stage that made it, the stage's
+config, the cache key, metrics and sizes. A stage writes into a temporary sibling folder that is
+renamed into place only when the stage has finished, so a crash never leaves a folder that looks done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST = "manifest.json"
+ONNX_FILE = "model.onnx"
+KINDS = ("torch", "onnx", "bundle")
+
+
+@dataclass
+class Artifact:
+    """A finished model folder and what its manifest says about it."""
+
+    path: Path
+    kind: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name") or self.path.name
+
+    @property
+    def onnx_path(self) -> Path:
+        """The ONNX file of an ``onnx`` or ``bundle`` artifact."""
+        return self.path / ONNX_FILE
+
+    def size_bytes(self) -> int:
+        """Bytes a device must hold: the ONNX file (and its external data) or the torch weights."""
+        if self.kind in ("onnx", "bundle"):
+            return onnx_size_bytes(self.onnx_path)
+        return sum(p.stat().st_size for p in self.path.glob("*.safetensors"))
+
+    @classmethod
+    def load(cls, path: Path) -> "Artifact":
+        manifest = read_json(Path(path) / MANIFEST)
+        return cls(Path(path), manifest["kind"], manifest)
+
+
+def onnx_size_bytes(onnx_file: Path) -> int:
+    """Size of an ONNX model including any external-data files saved beside it."""
+    total = onnx_file.stat().st_size
+    for extra in onnx_file.parent.glob(onnx_file.name + ".data"):
+        total += extra.stat().st_size
+    for extra in onnx_file.parent.glob(onnx_file.name + "_data"):
+        total += extra.stat().st_size
+    return total
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_json(Path(folder) / MANIFEST, manifest)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``final``; rename it to ``final`` only on success.
+
+    A previous ``final`` is replaced; leftovers of crashed attempts (``.NAME.tmp-*``) are removed.
+    On an exception the temporary folder is deleted and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def hash_bytes(*parts: bytes | str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_tree(folder: Path) -> str:
+    """Content hash of every file under ``folder`` (names and bytes), manifest excluded."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            digest.update(str(path.relative_to(folder)).encode())
+            digest.update(hash_file(path).encode())
+    return digest.hexdigest()
