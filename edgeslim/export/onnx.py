@@ -1,0 +1,279 @@
+"""Stage ``export``: a torch model folder becomes ``model.onnx`` proven equal to its source.
+
+Known architectures go through Optimum's exporter (encoders as ``text-classification``, decoders as
+``text-generation-with-past`` so generation reuses the KV cache); anything Optimum does not know goes
+through ``torch.onnx`` (dynamo). onnxruntime's transformer fusions (attention, layer norm, GELU) are
+applied where onnxruntime has rules for the model type and counted, and onnxslim is kept only when it
+removes nodes. The finished file is then checked against torch (see :mod:`edgeslim.export.parity`):
+a model that differs beyond tolerance is never handed on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from edgeslim.artifacts import ONNX_FILE, Artifact, onnx_size_bytes
+from edgeslim.errors import EdgeslimError
+from edgeslim.export import parity as par
+from edgeslim.pipeline import StageConfig, register_stage
+
+DEFAULT_OPSET = 18
+# edgeslim task -> Optimum exporter task.
+OPTIMUM_TASKS = {"text-classification": "text-classification", "causal-lm": "text-generation-with-past"}
+# Hugging Face model type -> onnxruntime.transformers optimizer model type (fusion rules).
+ORT_FUSION_TYPES = {
+    "bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert",
+    "camembert": "bert", "mpnet": "bert", "albert": "bert",
+    "gpt2": "gpt2", "gpt_neox": "gpt_neox",
+}
+# Files besides model.onnx that a loader (Optimum, transformers tokenizers) needs in the folder.
+SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
+              "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+class ExportConfig(StageConfig):
+    """Recipe keys of stage ``export``."""
+
+    opset: int = Field(DEFAULT_OPSET, ge=14, le=23, description="ONNX opset of the exported graph")
+    exporter: Literal["auto", "optimum", "dynamo"] = Field(
+        "auto", description="auto: Optimum where it knows the architecture, torch.onnx dynamo otherwise")
+    fusions: bool = Field(True, description="apply onnxruntime transformer fusions (attention, layer norm, GELU)")
+    slim: bool = Field(True, description="run onnxslim and keep its result when it removes nodes")
+    atol: float = Field(1e-4, gt=0, description="parity: absolute tolerance per element")
+    rtol: float = Field(1e-3, ge=0, description="parity: tolerance relative to the torch value")
+    parity_batches: int = Field(4, ge=0, description="real eval batches checked for parity")
+    decode_steps: int = Field(2, ge=0, description="causal LM: cached single-token steps checked per case")
+
+    def check_against(self, model_config: Any, task: str) -> None:
+        if self.exporter == "optimum" and model_config is not None:
+            model_type = getattr(model_config, "model_type", None)
+            if not optimum_supports(model_type, task):
+                raise ValueError(f"Optimum cannot export model type '{model_type}' for {task}; set export.exporter: auto or dynamo")
+
+
+@dataclass
+class ExportResult:
+    """What an export produced: the ONNX file and figures for the manifest."""
+
+    onnx_path: Path
+    exporter: str
+    opset: int
+    fusions: dict[str, Any] = field(default_factory=dict)
+    slim: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "size_bytes": onnx_size_bytes(self.onnx_path),
+            "onnx_nodes": _node_count(self.onnx_path),
+            "fused_ops": sum(self.fusions.get("counts", {}).values()),
+            "parity_max_abs": self.parity.get("max_abs"),
+            "parity_max_rel": self.parity.get("max_rel"),
+        }
+
+
+def optimum_supports(model_type: str | None, task: str) -> bool:
+    """Whether Optimum's ONNX exporter has a config for ``model_type`` and edgeslim ``task``."""
+    import optimum.exporters.onnx.model_configs  # noqa: F401  (fills Optimum's exporter registry)
+    from optimum.exporters.tasks import TasksManager
+
+    if not model_type or task not in OPTIMUM_TASKS:
+        return False
+    for name in dict.fromkeys((model_type, model_type.replace("_", "-"), model_type.replace("-", "_"))):
+        try:
+            tasks = TasksManager.get_supported_tasks_for_model_type(name, "onnx", library_name="transformers")
+        except KeyError:
+            continue
+        return OPTIMUM_TASKS[task] in tasks
+    return False
+
+
+def export_onnx(model_dir: Path, out_dir: Path, task: str, opset: int = DEFAULT_OPSET, **options: Any) -> Path:
+    """Export the torch model in ``model_dir`` to ``out_dir/model.onnx`` (+ config and tokenizer).
+
+    The pipeline calls this for the fp32 teacher baseline; it applies the same export, fusions and
+    parity check as stage ``export`` (``options`` are :class:`ExportConfig` fields) and returns the
+    ONNX file's path. Parity is checked on built-in texts of varied shapes.
+    """
+    return export_model(Path(model_dir), Path(out_dir), task, ExportConfig(opset=opset, **options)).onnx_path
+
+
+def export_model(model_dir: Path, out_dir: Path, task: str, config: ExportConfig,
+                 eval_cases: list[par.ParityCase] | None = None, texts: list[str] | None = None,
+                 log=lambda message: None) -> ExportResult:
+    """Export, optimize and parity-check ``model_dir`` into ``out_dir``; raise if parity fails."""
+    if task not in OPTIMUM_TASKS:
+        raise EdgeslimError(f"export does not know task '{task}'; use text-classification or causal-lm")
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if not (model_dir / "config.json").is_file():
+        raise EdgeslimError(f"{model_dir} is not a Hugging Face model folder (no config.json); point export at a torch artifact")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_torch(model_dir, task)
+    exporter = _choose_exporter(config.exporter, model.config.model_type, task)
+    log(f"exporting {model.config.model_type} with {exporter} (opset {config.opset})")
+    onnx_path = out_dir / ONNX_FILE
+    if exporter == "optimum":
+        _optimum_export(model_dir, out_dir, task, config.opset)
+    else:
+        _dynamo_export(model, tokenizer, onnx_path, task, config.opset)
+        _copy_side_files(model_dir, out_dir)
+    result = ExportResult(onnx_path, exporter, config.opset)
+    result.fusions = apply_fusions(onnx_path, model.config) if config.fusions else {"applied": False}
+    result.slim = apply_slim(onnx_path) if config.slim else {"applied": False}
+    cases = list(eval_cases or []) + par.varied_cases(tokenizer, texts or list(par.FALLBACK_TEXTS))
+    log(f"checking parity on {len(cases)} cases")
+    result.parity = par.check_parity(onnx_path, model, cases, config.atol, config.rtol, config.decode_steps)
+    return result
+
+
+def load_torch(model_dir: Path, task: str):
+    """The fp32 torch model and tokenizer of a ``save_pretrained`` folder (no remote code)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    try:
+        model = auto.from_pretrained(model_dir, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EdgeslimError(f"cannot load the torch model in {model_dir} for {task}: {first}") from err
+    return model, tokenizer
+
+
+def _choose_exporter(requested: str, model_type: str, task: str) -> str:
+    supported = optimum_supports(model_type, task)
+    if requested == "optimum" and not supported:
+        raise EdgeslimError(f"Optimum cannot export model type '{model_type}' for {task}; set export.exporter: auto or dynamo")
+    if requested == "auto":
+        return "optimum" if supported else "dynamo"
+    return requested
+
+
+def _optimum_export(model_dir: Path, out_dir: Path, task: str, opset: int) -> None:
+    """Optimum's exporter into ``out_dir``; it also writes config, generation config and tokenizer."""
+    from optimum.exporters.onnx import main_export
+
+    main_export(str(model_dir), out_dir, task=OPTIMUM_TASKS[task], opset=opset, do_validation=False,
+                local_files_only=True, library_name="transformers", device="cpu")
+    if not (out_dir / ONNX_FILE).is_file():
+        raise EdgeslimError(f"Optimum wrote no {ONNX_FILE} for {model_dir}; set export.exporter: dynamo")
+
+
+class LogitsOnly(torch.nn.Module):
+    """Wraps a transformers model so the exported graph has the single output ``logits``."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.no_cache = "use_cache" in inspect.signature(inner.forward).parameters
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        if self.no_cache:
+            kwargs["use_cache"] = False
+        return self.inner(**kwargs, return_dict=True).logits
+
+
+def _dynamo_export(model, tokenizer, onnx_path: Path, task: str, opset: int) -> None:
+    """torch.onnx (dynamo) export with dynamic batch and sequence axes; output ``logits``.
+
+    Used for architectures Optimum does not know. Decoders are exported without a KV cache here.
+    """
+    accepted = inspect.signature(model.forward).parameters
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    enc = tokenizer(["an example sentence for export", "a second, longer example sentence for the export"],
+                    padding=True, return_tensors="pt")
+    names = [n for n in names if n in enc]
+    dims = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
+    wrapper = LogitsOnly(model).eval()
+    try:
+        program = torch.onnx.export(wrapper, (), kwargs={n: enc[n] for n in names}, input_names=names,
+                                    output_names=["logits"], dynamic_shapes={n: dims for n in names},
+                                    opset_version=opset, dynamo=True, external_data=False, verbose=False)
+        program.save(str(onnx_path))
+    except Exception as err:  # torch.onnx raises many types; the user can only change the exporter/opset
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EdgeslimError(f"torch.onnx could not export {model.config.model_type}: {first[:200]}; try another export.opset") from err
+
+
+def _copy_side_files(model_dir: Path, out_dir: Path) -> None:
+    """Copy config and tokenizer files next to model.onnx, as Optimum's exporter does."""
+    for name in SIDE_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, out_dir / name)
+
+
+def _node_count(onnx_path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(onnx_path), load_external_data=False).graph.node)
+
+
+def apply_fusions(onnx_path: Path, model_config) -> dict[str, Any]:
+    """onnxruntime transformer fusions in place; returns which were applied and how many of each."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model_type = getattr(model_config, "model_type", "")
+    ort_type = ORT_FUSION_TYPES.get(model_type)
+    if ort_type is None:
+        return {"applied": False, "reason": f"onnxruntime has no fusion rules for model type '{model_type}'"}
+    heads = getattr(model_config, "num_attention_heads", None) or getattr(model_config, "n_head", 0) or 0
+    hidden = getattr(model_config, "hidden_size", None) or getattr(model_config, "n_embd", 0) or 0
+    before = _node_count(onnx_path)
+    optimizer = optimize_model(str(onnx_path), model_type=ort_type, num_heads=heads, hidden_size=hidden, opt_level=0)
+    counts = {op: int(n) for op, n in optimizer.get_fused_operator_statistics().items() if n}
+    optimizer.save_model_to_file(str(onnx_path), use_external_data_format=False)
+    return {"applied": True, "model_type": ort_type, "counts": counts, "nodes_before": before,
+            "nodes_after": _node_count(onnx_path)}
+
+
+def apply_slim(onnx_path: Path) -> dict[str, Any]:
+    """Run onnxslim; keep its graph only if it has fewer nodes and still loads in onnxruntime."""
+    import onnx
+    import onnxslim
+
+    original = onnx.load(str(onnx_path))
+    before = len(original.graph.node)
+    try:
+        slimmed = onnxslim.slim(original)
+        par.new_session_from_proto(slimmed)
+    except Exception as err:  # onnxslim fails on some contrib-op graphs; the unslimmed graph is fine
+        return {"applied": False, "reason": f"onnxslim failed: {type(err).__name__}", "nodes_before": before}
+    after = len(slimmed.graph.node)
+    if after >= before:
+        return {"applied": False, "reason": "no nodes removed", "nodes_before": before, "nodes_after": after}
+    onnx.save(slimmed, str(onnx_path))
+    return {"applied": True, "nodes_before": before, "nodes_after": after}
+
+
+@register_stage("export", config=ExportConfig, consumes="torch", produces="onnx")
+def run(config: ExportConfig, artifact: Artifact, ctx) -> Artifact:
+    """Export the input torch artifact to ``ctx.out_dir`` and attach the parity report."""
+    eval_cases, texts = [], None
+    if ctx.data is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(artifact.path)
+        if config.parity_batches and getattr(ctx.data, "eval", None):
+            eval_cases = par.batch_cases(ctx.data.batches(tokenizer, split="eval", batch_size=8), config.parity_batches)
+        texts = [ex.text for ex in (getattr(ctx.data, "eval", None) or [])][:64] or None
+    result = export_model(artifact.path, ctx.out_dir, ctx.task, config, eval_cases, texts, log=ctx.log)
+    ctx.log(f"parity ok: max abs {result.parity['max_abs']:.2e} over {len(result.parity['cases'])} cases")
+    manifest = {
+        "metrics": result.metrics(),
+        "parity": result.parity,
+        "export": {"exporter": result.exporter, "opset": result.opset, "fusions": result.fusions, "slim": result.slim},
+    }
+    return Artifact(ctx.out_dir, "onnx", manifest)
