@@ -77,7 +77,8 @@ class StageContext:
 
     ``out_dir`` is the (temporary) folder the stage writes its artifact into; ``teacher`` is the
     teacher's torch artifact (``None`` while the teacher stage itself runs); ``data`` is the
-    recipe's :class:`edgeslim.data.DataBundle`.
+    recipe's :class:`edgeslim.data.DataBundle`. ``work_dir`` is a folder that survives a crash of
+    the stage (for training checkpoints, so a rerun resumes); it is deleted once the stage finishes.
     """
 
     out_dir: Path
@@ -86,6 +87,7 @@ class StageContext:
     teacher: Artifact | None = None
     quiet: bool = False
     seed: int = 0
+    work_dir: Path | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -101,3 +103,199 @@ class StageContext:
     def log(self, message: str) -> None:
         if not self.quiet:
             print(f"  {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a recipe
+
+
+def code_version() -> str:
+    """Hash of edgeslim's own source: a code change invalidates cached stage outputs."""
+    from edgeslim import __version__
+
+    package = Path(__file__).resolve().parent
+    sources = sorted(package.rglob("*.py"))
+    return hash_bytes(__version__, *(p.read_bytes() for p in sources))[:16]
+
+
+@dataclass
+class StageOutcome:
+    """One stage's artifact and whether it came from the cache."""
+
+    index: int
+    name: str
+    artifact: Artifact
+    cached: bool
+    seconds: float
+
+
+@dataclass
+class RunOutcome:
+    """Everything a run produced: the teacher, the baselines, each stage, the release."""
+
+    teacher: StageOutcome
+    baselines: dict[str, StageOutcome]
+    stages: list[StageOutcome]
+    data: Any
+
+    @property
+    def release(self) -> StageOutcome:
+        return self.stages[-1] if self.stages else self.baselines["teacher-fp32"]
+
+    def all(self) -> list[StageOutcome]:
+        return [self.teacher, *self.baselines.values(), *self.stages]
+
+
+class Pipeline:
+    """Runs a loaded recipe into ``out_dir``: ``stages/NN-name/``, ``baselines/``, cached by key."""
+
+    def __init__(self, recipe, out_dir: Path, quiet: bool = False, force: bool = False):
+        self.recipe = recipe
+        self.out_dir = Path(out_dir)
+        self.quiet = quiet
+        self.force = force
+        self._code = code_version()
+
+    def run(self) -> RunOutcome:
+        from edgeslim.data import load_data
+
+        check_stage_order(self.recipe)
+        data = load_data(self.recipe.data, self.recipe.base_dir, self.recipe.task)
+        self._say(f"data: {len(data.train)} train / {len(data.eval)} eval examples")
+        teacher = self._teacher(data)
+        baselines = self._baselines(teacher, data)
+        current = teacher
+        stages = []
+        for index, entry in enumerate(self.recipe.stages, start=1):
+            spec = get_stage(entry.name)
+            outcome = self._stage(
+                index, entry.name, self.out_dir / "stages" / f"{index:02d}-{entry.name}",
+                entry.config.model_dump(mode="json"), current.artifact, data, teacher.artifact,
+                lambda ctx, spec=spec, entry=entry, current=current: spec.run(entry.config, current.artifact, ctx),
+            )
+            stages.append(outcome)
+            current = outcome
+        return RunOutcome(teacher, baselines, stages, data)
+
+    # The teacher and the two baselines every report holds -------------------------------------
+
+    def _teacher(self, data) -> StageOutcome:
+        from edgeslim.teacher import run_teacher
+
+        config = self.recipe.teacher.model_dump(mode="json")
+        config["task"] = self.recipe.task
+        return self._stage(0, "teacher", self.out_dir / "stages" / "00-teacher", config, None, data, None, run_teacher)
+
+    def _baselines(self, teacher: StageOutcome, data) -> dict[str, StageOutcome]:
+        """The fp32 teacher ONNX and its plain dynamic-INT8 version: every gain is a ratio to these."""
+        from edgeslim.export.onnx import export_onnx
+        from edgeslim.export.quantize import quantize_dynamic_int8
+
+        def export_teacher(ctx: StageContext) -> Artifact:
+            export_onnx(teacher.artifact.path, ctx.out_dir, self.recipe.task)
+            return Artifact(ctx.out_dir, "onnx", {})
+
+        fp32 = self._stage(0, "teacher-fp32", self.out_dir / "baselines" / "teacher-fp32",
+                           {"baseline": "export"}, teacher.artifact, data, teacher.artifact, export_teacher)
+
+        def quantize_teacher(ctx: StageContext) -> Artifact:
+            copy_sidecar_files(fp32.artifact.path, ctx.out_dir)
+            quantize_dynamic_int8(fp32.artifact.onnx_path, ctx.out_dir / "model.onnx")
+            return Artifact(ctx.out_dir, "onnx", {})
+
+        int8 = self._stage(0, "teacher-int8", self.out_dir / "baselines" / "teacher-int8",
+                           {"baseline": "dynamic-int8"}, fp32.artifact, data, teacher.artifact, quantize_teacher)
+        return {"teacher-fp32": fp32, "teacher-int8": int8}
+
+    # One cached, atomic stage ------------------------------------------------------------------
+
+    def _stage(self, index: int, name: str, folder: Path, config: dict, source: Artifact | None,
+               data, teacher: Artifact | None, body) -> StageOutcome:
+        key = hash_bytes(name, json.dumps(config, sort_keys=True), source.manifest["key"] if source else "",
+                         data.fingerprint, self.recipe.task, str(self.recipe.seed), self._code)
+        cached = None if self.force else _finished(folder, key)
+        if cached is not None:
+            self._say(f"[{index:02d}] {name}: cached ({folder})")
+            return StageOutcome(index, name, cached, True, 0.0)
+        self._say(f"[{index:02d}] {name}: running")
+        started = time.time()
+        work_dir = folder.parent / f".{folder.name}.work-{key[:12]}"
+        with atomic_dir(folder) as tmp:
+            ctx = StageContext(out_dir=tmp, recipe=self.recipe, data=data, teacher=teacher,
+                               quiet=self.quiet, seed=self.recipe.seed, work_dir=work_dir)
+            artifact = body(ctx)
+            artifact = _finish_manifest(artifact, tmp, name, key, config, source, time.time() - started)
+        import shutil
+
+        shutil.rmtree(work_dir, ignore_errors=True)
+        artifact = Artifact.load(folder)
+        self._say(f"[{index:02d}] {name}: done in {time.time() - started:.1f}s")
+        return StageOutcome(index, name, artifact, False, time.time() - started)
+
+    def _say(self, message: str) -> None:
+        if not self.quiet:
+            print(message, flush=True)
+
+
+def _finished(folder: Path, key: str) -> Artifact | None:
+    """The artifact in ``folder`` if it was completed for exactly this key, else ``None``."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = read_json(manifest_path)
+    except (OSError, ValueError):
+        return None
+    if manifest.get("key") != key or not manifest.get("complete"):
+        return None
+    return Artifact(folder, manifest["kind"], manifest)
+
+
+def _finish_manifest(artifact: Artifact, folder: Path, name: str, key: str, config: dict,
+                     source: Artifact | None, seconds: float) -> Artifact:
+    from edgeslim import __version__
+
+    if artifact.kind not in ("torch", "onnx", "bundle"):
+        raise RuntimeError(f"stage {name} returned an artifact of unknown kind {artifact.kind!r}")
+    manifest = dict(artifact.manifest)
+    manifest.update({
+        "name": name,
+        "stage": name,
+        "kind": artifact.kind,
+        "key": key,
+        "config": config,
+        "input": {"key": source.manifest["key"], "path": str(source.path)} if source else None,
+        "seconds": round(seconds, 2),
+        "edgeslim_version": __version__,
+        "complete": True,
+    })
+    manifest.setdefault("metrics", {})
+    artifact = Artifact(folder, artifact.kind, manifest)
+    manifest["size_bytes"] = artifact.size_bytes()
+    write_manifest(folder, manifest)
+    return artifact
+
+
+def copy_sidecar_files(src: Path, dst: Path) -> None:
+    """Copy config and tokenizer files (everything but models and the manifest) between artifacts."""
+    import shutil
+
+    for path in Path(src).iterdir():
+        if path.is_file() and path.name != MANIFEST and not path.name.startswith("model.") \
+                and path.suffix not in (".onnx", ".safetensors", ".bin", ".ort", ".data"):
+            shutil.copy2(path, Path(dst) / path.name)
+
+
+def check_stage_order(recipe) -> None:
+    """Each stage must get the kind of model it consumes; the last must give an ONNX model."""
+    kind = "torch"
+    for index, entry in enumerate(recipe.stages):
+        spec = get_stage(entry.name)
+        if spec.consumes != kind:
+            raise EdgeslimError(
+                f"stages[{index}] '{entry.name}' needs a {spec.consumes} model but gets a {kind} model; "
+                f"reorder the stages (torch stages, then export, then ONNX stages)"
+            )
+        kind = spec.produces
+    if recipe.stages and kind == "torch":
+        raise EdgeslimError("the last stage gives a torch model; end the stages with 'export' (and optionally quantize, bundle)")

@@ -1,0 +1,247 @@
+"""The one entry point: ``edgeslim run|check|bench|gate|report|devices|recipes``.
+
+Exit codes: 0 ok, 1 the gate failed, 2 bad input or an unusable environment (one line on stderr, no
+traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from edgeslim.errors import EdgeslimError
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries(args)
+    try:
+        return args.handler(args)
+    except EdgeslimError as exc:
+        if args.debug:
+            raise
+        print(f"edgeslim: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("edgeslim: interrupted; finished stages are kept and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("--quiet", action="store_true", help="no progress bars (for CI logs)")
+    parser = argparse.ArgumentParser(prog="edgeslim", parents=[common],
+                                     description="Distil, compress, export and gate transformers for edge devices.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run a recipe end to end and gate the release")
+    run.add_argument("recipe", help="recipe YAML file or built-in recipe name")
+    run.add_argument("--out", type=Path, help="output folder (default runs/<recipe name>)")
+    run.add_argument("--force", action="store_true", help="rerun every stage, ignoring the cache")
+    run.set_defaults(handler=cmd_run)
+
+    check = sub.add_parser("check", parents=[common], help="validate a recipe without running it")
+    check.add_argument("recipe")
+    check.set_defaults(handler=cmd_check)
+
+    gate = sub.add_parser("gate", parents=[common], help="check a report's release against budgets (exit 0/1/2)")
+    gate.add_argument("report", type=Path, help="report.json (or its folder)")
+    gate.add_argument("--recipe", help="take budgets from this recipe instead of the report")
+    gate.set_defaults(handler=cmd_gate)
+
+    report = sub.add_parser("report", parents=[common], help="re-render report.md/html/junit.xml from report.json")
+    report.add_argument("report", type=Path)
+    report.set_defaults(handler=cmd_report)
+
+    devices = sub.add_parser("devices", parents=[common], help="list or show device profiles")
+    devices.add_argument("action", choices=["list", "show"])
+    devices.add_argument("name", nargs="?")
+    devices.set_defaults(handler=cmd_devices)
+
+    recipes = sub.add_parser("recipes", parents=[common], help="list or show built-in recipes")
+    recipes.add_argument("action", choices=["list", "show"])
+    recipes.add_argument("name", nargs="?")
+    recipes.set_defaults(handler=cmd_recipes)
+
+    bench = sub.add_parser("bench", parents=[common], help="measure ONNX model(s) on devices, outside a recipe")
+    bench.add_argument("models", nargs="+", type=Path, help="ONNX files")
+    bench.add_argument("--device", action="append", default=None, help="device profile (repeatable)")
+    bench.add_argument("--runs", type=int, default=100)
+    bench.add_argument("--warmup", type=int, default=10)
+    bench.add_argument("--seq-len", type=int, default=32, help="sequence length of the synthetic inputs")
+    bench.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def _quiet_libraries(args) -> None:
+    """Keep library chatter (hub warnings, exporter logs) out of the user's terminal."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if not getattr(args, "debug", False):
+        import logging
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    from edgeslim.pipeline import Pipeline
+    from edgeslim.recipe import check_recipe, load_recipe
+    from edgeslim.report.gate import evaluate_gate, format_checks, gate_exit_code
+    from edgeslim.report.matrix import build_report, write_report
+    from edgeslim.report.render import ratios, summary_rows, text_table, write_all
+
+    recipe = load_recipe(args.recipe)
+    check_recipe(recipe)
+    out_dir = args.out or Path("runs") / recipe.name
+    outcome = Pipeline(recipe, out_dir, quiet=args.quiet, force=args.force).run()
+    report = build_report(recipe, outcome, out_dir, quiet=args.quiet)
+    report_dir = out_dir / "report"
+    write_report(report, report_dir)
+    checks = evaluate_gate(report)
+    write_all(report, checks, report_dir)
+    print()
+    print(text_table(summary_rows(report)))
+    for line in ratios(report):
+        print(f"  {line}")
+    print()
+    print(format_checks(checks))
+    print(f"\nrelease model: {Path(report_artifact_path(report))}\nreports: {report_dir}/report.json, report.md, report.html, junit.xml")
+    return gate_exit_code(checks)
+
+
+def report_artifact_path(report) -> str:
+    from edgeslim.report.gate import find_artifact
+
+    return find_artifact(report, report["release"])["path"]
+
+
+def cmd_check(args) -> int:
+    from edgeslim.recipe import check_recipe, load_recipe
+
+    recipe = load_recipe(args.recipe)
+    for note in check_recipe(recipe):
+        print(note)
+    print(f"recipe '{recipe.name}' is valid")
+    return EXIT_OK
+
+
+def cmd_gate(args) -> int:
+    from edgeslim.report.gate import evaluate_gate, format_checks, gate_exit_code
+    from edgeslim.report.matrix import load_report
+    from edgeslim.report.render import write_all
+
+    report = load_report(args.report)
+    budgets = None
+    if args.recipe:
+        from edgeslim.recipe import load_recipe
+        from edgeslim.report.matrix import merged_budgets
+        from edgeslim.targets.profile import load_profile
+
+        recipe = load_recipe(args.recipe)
+        budgets = merged_budgets(recipe, [load_profile(d["name"]) for d in report["devices"]])
+    checks = evaluate_gate(report, budgets)
+    folder = args.report if args.report.is_dir() else args.report.parent
+    write_all(report, checks, folder)
+    print(format_checks(checks))
+    return gate_exit_code(checks)
+
+
+def cmd_report(args) -> int:
+    from edgeslim.report.gate import evaluate_gate
+    from edgeslim.report.matrix import load_report
+    from edgeslim.report.render import write_all
+
+    report = load_report(args.report)
+    folder = args.report if args.report.is_dir() else args.report.parent
+    write_all(report, evaluate_gate(report), folder)
+    print(f"wrote {folder}/report.md, report.html, junit.xml")
+    return EXIT_OK
+
+
+def cmd_devices(args) -> int:
+    from edgeslim.targets.profile import list_profiles, load_profile
+
+    if args.action == "list":
+        for profile in list_profiles():
+            print(f"{profile.name:<20} {profile.access.kind:<9} {profile.target.arch:<8} {profile.description}")
+        return EXIT_OK
+    if not args.name:
+        raise EdgeslimError("'devices show' needs a device name; see 'edgeslim devices list'")
+    import yaml
+
+    print(yaml.safe_dump(load_profile(args.name).model_dump(mode="json"), sort_keys=False).rstrip())
+    return EXIT_OK
+
+
+def cmd_recipes(args) -> int:
+    from edgeslim.builtin import builtin_names, resolve_recipe
+    from edgeslim.recipe import load_recipe
+
+    if args.action == "list":
+        for name in builtin_names("recipes"):
+            recipe = load_recipe(name)
+            print(f"{name:<22} {recipe.task:<20} {recipe.description}")
+        return EXIT_OK
+    if not args.name:
+        raise EdgeslimError("'recipes show' needs a recipe name; see 'edgeslim recipes list'")
+    print(resolve_recipe(args.name).read_text(encoding="utf-8").rstrip())
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    import numpy as np
+
+    from edgeslim.report.render import text_table
+    from edgeslim.targets.profile import load_profile
+    from edgeslim.targets.runners import measure
+
+    models = {}
+    for path in args.models:
+        if not path.is_file():
+            raise EdgeslimError(f"model '{path}' does not exist")
+        models[path.stem if path.stem not in models else str(path)] = path
+    inputs = [_synthetic_inputs(next(iter(models.values())), args.seq_len, seed) for seed in range(8)]
+    rows = [["model", "device", "status", "p50 ms", "p90 ms", "p99 ms", "reason"]]
+    for device in args.device or ["x86-64-cpu"]:
+        profile = load_profile(device)
+        cells = measure(profile, models, inputs, warmup=args.warmup, runs=args.runs)
+        for name, cell in cells.items():
+            lat = cell.get("latency_ms") or {}
+            rows.append([name, device, cell["status"]] + [f"{lat[q]:.3f}" if lat else "-" for q in ("p50", "p90", "p99")]
+                        + [cell.get("reason") or ""])
+    print(text_table(rows))
+    return EXIT_OK
+
+
+def _synthetic_inputs(onnx_path: Path, seq_len: int, seed: int):
+    """Token inputs for a model outside a recipe: random ids below the embedding size, batch 1."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in session.get_inputs():
+        if "mask" in inp.name:
+            feeds[inp.name] = np.ones((1, seq_len), dtype=np.int64)
+        elif "type" in inp.name:
+            feeds[inp.name] = np.zeros((1, seq_len), dtype=np.int64)
+        else:
+            feeds[inp.name] = rng.integers(1, 100, size=(1, seq_len), dtype=np.int64)
+    return feeds
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Datasets (csv / jsonl / parquet / plain text) -> a fixed train/eval split -> tokenized batches.
+
+The split is deterministic: rows are shuffled with ``data.seed`` and the first ``eval_size`` rows (or
+``eval_fraction`` of them) form the eval split; the next ``train_size`` rows (or all the rest) form the
+train split. Every artifact of a run is evaluated on the same eval split, so accuracies compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from edgeslim.artifacts import hash_bytes, hash_file
+from edgeslim.errors import EdgeslimError
+from edgeslim.sources import resolve_path
+
+FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int | None = None
+
+
+class DataBundle:
+    """The recipe's data: train and eval examples, label names, optional unlabeled text."""
+
+    def __init__(self, train: list[Example], eval: list[Example], labels: list[str], max_length: int,
+                 unlabeled: list[str] | None = None, fingerprint: str = ""):
+        self.train = train
+        self.eval = eval
+        self.labels = labels
+        self.max_length = max_length
+        self.unlabeled = unlabeled or []
+        self.fingerprint = fingerprint
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def split(self, name: str) -> list[Example]:
+        if name not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', not {name!r}")
+        return self.train if name == "train" else self.eval
+
+    def batches(self, tokenizer, split: str = "train", batch_size: int = 16, shuffle: bool = False,
+                seed: int = 0, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Padded torch batches; ``labels`` are class ids, or token ids with padding at -100 for LMs."""
+        import torch
+
+        examples = self.split(split)[:limit] if limit else self.split(split)
+        order = np.arange(len(examples))
+        if shuffle:
+            order = np.random.default_rng(seed).permutation(len(examples))
+        for start in range(0, len(order), batch_size):
+            chunk = [examples[i] for i in order[start:start + batch_size]]
+            batch = dict(tokenizer([ex.text for ex in chunk], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt"))
+            if chunk[0].label is not None:
+                batch["labels"] = torch.tensor([ex.label for ex in chunk], dtype=torch.long)
+            elif not self.labels:
+                labels = batch["input_ids"].clone()
+                labels[batch["attention_mask"] == 0] = -100
+                batch["labels"] = labels
+            yield batch
+
+    def encode_each(self, tokenizer, split: str, n: int) -> list[dict[str, np.ndarray]]:
+        """The first ``n`` examples of a split, each tokenized alone (batch 1, its real length)."""
+        encoded = []
+        for ex in self.split(split)[:n]:
+            enc = tokenizer(ex.text, truncation=True, max_length=self.max_length, return_tensors="np")
+            encoded.append({k: np.asarray(v, dtype=np.int64) for k, v in enc.items()})
+        return encoded
+
+    def calibration(self, tokenizer, n: int) -> list[dict[str, np.ndarray]]:
+        """Calibration inputs for static quantization: ``n`` train examples at batch 1."""
+        if not self.train:
+            raise EdgeslimError("calibration needs training examples, but the train split is empty")
+        return self.encode_each(tokenizer, "train", n)
+
+
+def load_data(config, base_dir: Path | None, task: str) -> DataBundle:
+    """Read the recipe's ``data`` section into a :class:`DataBundle` (errors say what to change)."""
+    path = resolve_path(config.source, base_dir)
+    if not path.is_file():
+        raise EdgeslimError(f"data.source '{config.source}' does not exist (resolved to {path})")
+    fmt = config.format or FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise EdgeslimError(f"data.source '{path.name}': cannot tell the format; set data.format (csv, jsonl, parquet, text)")
+    frame = _read_frame(path, fmt, config)
+    texts, labels, label_names = _columns(frame, config, path, task)
+    order = np.random.default_rng(config.seed).permutation(len(texts))
+    n_eval = config.eval_size or max(1, round(len(texts) * config.eval_fraction))
+    if n_eval >= len(texts):
+        raise EdgeslimError(f"data: eval split ({n_eval}) leaves no training rows out of {len(texts)}; lower data.eval_size")
+    examples = [Example(texts[i], labels[i] if labels is not None else None) for i in order]
+    eval_split = examples[:n_eval]
+    train_split = examples[n_eval:]
+    if config.train_size:
+        train_split = train_split[:config.train_size]
+    unlabeled = _read_unlabeled(config, base_dir)
+    fingerprint = hash_bytes(hash_file(path), config.model_dump_json(), "\n".join(unlabeled))
+    return DataBundle(train_split, eval_split, label_names, config.max_length, unlabeled, fingerprint)
+
+
+def _read_frame(path: Path, fmt: str, config):
+    import pandas as pd
+
+    try:
+        if fmt == "csv":
+            sep = "\t" if path.suffix.lower() == ".tsv" else ","
+            return pd.read_csv(path, encoding=config.encoding, sep=sep)
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True, encoding=config.encoding)
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        lines = path.read_text(encoding=config.encoding).splitlines()
+        return pd.DataFrame({config.text_column: [line for line in lines if line.strip()]})
+    except UnicodeDecodeError as exc:
+        raise EdgeslimError(
+            f"data.source '{path.name}' is not valid {config.encoding} (byte {exc.object[exc.start]:#x} at "
+            f"offset {exc.start}); set data.encoding to the file's encoding, e.g. latin-1"
+        ) from None
+    except (ValueError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeslimError(f"data.source '{path.name}' could not be read as {fmt}: {first_line}") from None
+
+
+def _columns(frame, config, path: Path, task: str):
+    columns = [str(c) for c in frame.columns]
+    if config.text_column not in columns:
+        raise EdgeslimError(
+            f"data.text_column '{config.text_column}' is not a column of {path.name} (columns: {', '.join(columns)})"
+        )
+    needs_labels = task == "text-classification"
+    if needs_labels and (config.label_column is None or config.label_column not in columns):
+        raise EdgeslimError(
+            f"data.label_column '{config.label_column}' is not a column of {path.name} (columns: {', '.join(columns)})"
+        )
+    frame = frame.dropna(subset=[config.text_column] + ([config.label_column] if needs_labels else []))
+    texts = [str(t) for t in frame[config.text_column]]
+    if not texts:
+        raise EdgeslimError(f"data.source '{path.name}' has no rows with text in column '{config.text_column}'")
+    if not needs_labels:
+        return texts, None, []
+    raw = [str(v) for v in frame[config.label_column]]
+    names = list(config.labels) if config.labels else sorted(set(raw))
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(raw) - set(index))
+    if unknown:
+        raise EdgeslimError(
+            f"data.labels does not list {', '.join(unknown[:5])} found in column '{config.label_column}'; add them or fix the data"
+        )
+    if len(names) < 2:
+        raise EdgeslimError(f"column '{config.label_column}' has fewer than two classes; a classifier needs at least two")
+    return texts, [index[v] for v in raw], names
+
+
+def _read_unlabeled(config, base_dir: Path | None) -> list[str]:
+    if not config.unlabeled:
+        return []
+    path = resolve_path(config.unlabeled, base_dir)
+    if not path.is_file():
+        raise EdgeslimError(f"data.unlabeled '{config.unlabeled}' does not exist (resolved to {path})")
+    return [line for line in path.read_text(encoding=config.encoding).splitlines() if line.strip()]

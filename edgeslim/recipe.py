@@ -1,0 +1,306 @@
+"""The recipe: one YAML file that says what to compress, with what data, through which stages, for
+which devices, under which budgets.
+
+Loading validates everything that can be validated without running anything; every error names the
+YAML file, line and key path (``recipe.yaml:14: stages[1].distill.temperature: ...``) so the user knows
+what to change. Each stage's config is validated by the class the stage registered (see
+:mod:`edgeslim.pipeline`), so a stage module adds its own keys without touching this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgeslim.errors import EdgeslimError
+from edgeslim.pipeline import StageConfig, get_stage
+
+Task = Literal["text-classification", "causal-lm"]
+
+
+class Strict(BaseModel):
+    """Recipe sections reject unknown keys, so a typo is an error and not a silently ignored line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FinetuneConfig(Strict):
+    """Fine-tune the teacher on the labeled data (when it has no head for the task, or is built)."""
+
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(16, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+
+
+class TokenizerTrainConfig(Strict):
+    """Train a WordPiece tokenizer on the training texts (for teachers built from a bare config)."""
+
+    vocab_size: int = Field(1000, ge=32)
+
+
+class TeacherConfig(Strict):
+    """Where the teacher comes from: exactly one of ``source`` (path, ``pkg://``, hub id) or ``build``."""
+
+    source: str | None = None
+    gguf_file: str | None = None
+    build: dict[str, Any] | None = None
+    tokenizer: str | None = None
+    train_tokenizer: TokenizerTrainConfig | None = None
+    finetune: FinetuneConfig | None = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherConfig":
+        if (self.source is None) == (self.build is None):
+            raise ValueError("give exactly one of 'source' (a model path or id) or 'build' (a config)")
+        if self.build is not None and "model_type" not in self.build:
+            raise ValueError("'build' needs a 'model_type' (e.g. bert, llama)")
+        if self.build is not None and self.tokenizer is None and self.train_tokenizer is None:
+            raise ValueError("a built teacher needs 'tokenizer' (a path) or 'train_tokenizer'")
+        return self
+
+
+class DataConfig(Strict):
+    """A labeled (or plain text) dataset and how it is split; the split is fixed by ``seed``."""
+
+    source: str
+    format: Literal["csv", "jsonl", "parquet", "text"] | None = None
+    encoding: str = "utf-8"
+    text_column: str = "text"
+    label_column: str | None = "label"
+    labels: list[str] | None = None
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    eval_size: int | None = Field(None, ge=1)
+    train_size: int | None = Field(None, ge=1)
+    max_length: int = Field(128, ge=8)
+    unlabeled: str | None = None
+    seed: int = 0
+
+
+class LatencyBudget(Strict):
+    p50: float | None = Field(None, gt=0)
+    p90: float | None = Field(None, gt=0)
+    p99: float | None = Field(None, gt=0)
+
+
+class Budgets(Strict):
+    """Release budgets the gate checks on the release artifact."""
+
+    accuracy_drop: float | None = Field(None, ge=0, description="max accuracy drop vs the teacher (absolute)")
+    size_mb: float | None = Field(None, gt=0)
+    latency_ms: dict[str, LatencyBudget] = Field(default_factory=dict)
+    peak_memory_mb: dict[str, float] = Field(default_factory=dict)
+    allow_predicted: bool = False
+
+
+class MeasureConfig(Strict):
+    """How the benchmark matrix measures: batch 1, real eval lengths, warm-up and repetitions."""
+
+    samples: int = Field(32, ge=1, description="eval examples used as latency inputs")
+    warmup: int = Field(5, ge=0)
+    runs: int = Field(100, ge=5, description="timed inferences per model (cycled over the samples)")
+    eval_limit: int | None = Field(None, ge=1, description="evaluate accuracy on at most this many")
+
+
+class StageEntry(BaseModel):
+    """One stage of the recipe, its typed config already validated."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    name: str
+    config: StageConfig
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    task: Task = "text-classification"
+    seed: int = 0
+    teacher: TeacherConfig
+    data: DataConfig
+    stages: list[StageEntry] = Field(default_factory=list)
+    devices: list[str] = Field(default_factory=lambda: ["x86-64-cpu"])
+    budgets: Budgets = Field(default_factory=Budgets)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+
+    # Where the recipe came from: relative paths resolve against this folder.
+    base_dir: Path | None = Field(None, exclude=True)
+    path: Path | None = Field(None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str) -> str:
+        if not value or any(ch in value for ch in "/\\ ") or value.startswith("."):
+            raise ValueError("name must be a plain folder name (no spaces or slashes)")
+        return value
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _parse_stages(cls, raw: Any) -> list[StageEntry]:
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            raise ValueError("stages must be a list of {stage_name: {config}} items")
+        return [_parse_stage(index, item) for index, item in enumerate(raw)]
+
+    def stage_dump(self) -> list[dict[str, Any]]:
+        return [{entry.name: entry.config.model_dump(mode="json")} for entry in self.stages]
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides the outputs (used in bundle metadata)."""
+        payload = self.model_dump(mode="json", exclude={"stages"})
+        payload["stages"] = self.stage_dump()
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class StageError(ValueError):
+    """A stage entry's config did not validate; carries the location inside the stage."""
+
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _parse_stage(index: int, item: Any) -> StageEntry:
+    if isinstance(item, str):
+        item = {item: {}}
+    if not isinstance(item, dict) or len(item) != 1:
+        raise StageError((index,), "each stage is one {stage_name: {config}} mapping")
+    (name, raw_config), = item.items()
+    try:
+        spec = get_stage(name)
+    except EdgeslimError as exc:
+        raise StageError((index,), str(exc)) from None
+    try:
+        config = spec.config.model_validate(raw_config or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise StageError((index, name, *first["loc"]), _clean_message(first)) from None
+    return StageEntry(name=name, config=config)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading with file:line in every error
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load and validate a recipe file (or a built-in recipe name); errors are one line with file:line."""
+    from edgeslim.builtin import resolve_recipe
+
+    recipe_path = resolve_recipe(str(path))
+    text = recipe_path.read_text(encoding="utf-8")
+    data, lines = _parse_yaml(text, recipe_path)
+    if not isinstance(data, dict):
+        raise EdgeslimError(f"{recipe_path}: a recipe is a YAML mapping (name:, teacher:, data:, stages: ...)")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise EdgeslimError(_format_error(recipe_path, lines, exc)) from None
+    recipe.base_dir = recipe_path.parent
+    recipe.path = recipe_path
+    return recipe
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML and map each key path (tuple of keys and list indices) to its 1-based line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise EdgeslimError(f"{where}: YAML syntax error: {problem}") from None
+    lines: dict[tuple, int] = {}
+    _index_lines(node, (), lines)
+    return data, lines
+
+
+def _index_lines(node: Any, prefix: tuple, lines: dict[tuple, int]) -> None:
+    if node is None:
+        return
+    lines.setdefault(prefix, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = prefix + (key_node.value,)
+            lines[key] = key_node.start_mark.line + 1
+            _index_lines(value_node, key, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, child in enumerate(node.value):
+            _index_lines(child, prefix + (index,), lines)
+
+
+def _format_error(path: Path, lines: dict[tuple, int], exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    loc = tuple(first["loc"])
+    message = _clean_message(first)
+    ctx_error = (first.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, StageError):
+        loc = loc[:1] + ctx_error.loc
+        message = ctx_error.message
+    line = _line_for(loc, lines)
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {_dotted(loc)}: {message}"
+
+
+def _clean_message(error: dict) -> str:
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see the docs for the allowed keys)"
+    if error["type"] == "missing":
+        message = "required key is missing"
+    return message
+
+
+def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    for cut in range(len(loc), -1, -1):
+        if loc[:cut] in lines:
+            return lines[loc[:cut]]
+    return None
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+# --------------------------------------------------------------------------------------------------
+# Deep checks: everything ``edgeslim check`` can verify without running a stage
+
+
+def check_recipe(recipe: Recipe) -> list[str]:
+    """Check files, columns, devices, the teacher's config and each stage's teacher-dependent values.
+
+    Returns notes for the user; raises :class:`EdgeslimError` (one line) on the first problem.
+    """
+    from edgeslim.data import load_data
+    from edgeslim.pipeline import check_stage_order
+    from edgeslim.targets.profile import load_profile
+    from edgeslim.teacher import load_teacher_config
+
+    notes = []
+    for device in recipe.devices:
+        load_profile(device)
+    teacher_config = load_teacher_config(recipe.teacher, recipe.base_dir)
+    data = load_data(recipe.data, recipe.base_dir, recipe.task)
+    notes.append(f"data: {len(data.train)} train / {len(data.eval)} eval examples"
+                 + (f", labels {data.labels}" if data.labels else ""))
+    check_stage_order(recipe)
+    for index, entry in enumerate(recipe.stages):
+        try:
+            entry.config.check_against(teacher_config, recipe.task)
+        except ValueError as exc:
+            raise EdgeslimError(f"{recipe.path}: stages[{index}].{entry.name}: {exc}") from None
+    notes.append("stages: " + " -> ".join(["teacher"] + [entry.name for entry in recipe.stages]))
+    notes.append("devices: " + ", ".join(recipe.devices))
+    return notes

@@ -1,0 +1,1 @@
+"""Report: the benchmark matrix, the release gate and its renderings."""

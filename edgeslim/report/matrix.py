@@ -1,0 +1,239 @@
+"""The benchmark matrix: every artifact of a run x every device of the recipe, into ``report.json``.
+
+Each artifact gets its size, parameter count, accuracy and agreement with the fp32 teacher ONNX on
+the eval split; each ONNX artifact gets one cell per device from :func:`edgeslim.targets.runners.measure`
+(all models of a device measured interleaved in one process, so ratios are fair on a busy machine).
+Torch artifacts are scored for accuracy but not timed: their exported descendants are.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeslim.artifacts import Artifact, atomic_write_json, hash_bytes, read_json
+
+SCHEMA_VERSION = 1
+
+
+def artifact_entries(outcome) -> list[tuple[str, Any]]:
+    """(report name, StageOutcome) in report order: teacher baselines first, then each stage."""
+    entries = [("teacher", outcome.teacher)]
+    entries += [(name, stage) for name, stage in outcome.baselines.items()]
+    entries += [(f"{stage.index:02d}-{stage.name}", stage) for stage in outcome.stages]
+    return entries
+
+
+def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[str, Any]:
+    """Evaluate and measure every artifact of ``outcome``; return the report dict (schema v1)."""
+    from edgeslim.targets.profile import load_profile
+
+    entries = artifact_entries(outcome)
+    release_name = entries[-1][0] if outcome.stages else "teacher-fp32"
+    eval_examples = outcome.data.eval[: recipe.measure.eval_limit] if recipe.measure.eval_limit else outcome.data.eval
+    cache_dir = Path(run_dir) / "report" / ".cache"
+    scored = {name: _score(stage.artifact, eval_examples, recipe, cache_dir) for name, stage in entries}
+    reference = np.asarray(scored["teacher-fp32"]["predictions"])
+    profiles = [load_profile(name) for name in recipe.devices]
+    onnx_entries = [(name, stage.artifact) for name, stage in entries if stage.artifact.kind in ("onnx", "bundle")]
+    cells = {profile.name: _measure_device(profile, onnx_entries, outcome.data, recipe, quiet) for profile in profiles}
+
+    artifacts = []
+    for name, stage in entries:
+        score = scored[name]
+        artifact = stage.artifact
+        record = {
+            "name": name,
+            "stage": stage.name,
+            "kind": artifact.kind,
+            "path": str(artifact.path),
+            "cached": stage.cached,
+            "size_bytes": artifact.size_bytes(),
+            "params": score["params"],
+            "accuracy": score["accuracy"],
+            "agreement": agreement_with(score["predictions"], reference),
+            "devices": {},
+        }
+        for profile in profiles:
+            record["devices"][profile.name] = cells[profile.name].get(name) or _not_timed(artifact)
+        artifacts.append(record)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "edgeslim_version": _version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "recipe": {"name": recipe.name, "path": str(recipe.path) if recipe.path else None,
+                   "task": recipe.task, "fingerprint": recipe.fingerprint()},
+        "teacher": "teacher-fp32",
+        "release": release_name,
+        "eval_examples": len(eval_examples),
+        "measure": {"batch_size": 1, **recipe.measure.model_dump()},
+        "devices": [{"name": p.name, "description": p.description, "access": p.access.kind,
+                     "threads": p.runtime.threads} for p in profiles],
+        "budgets": merged_budgets(recipe, profiles),
+        "artifacts": artifacts,
+    }
+
+
+def agreement_with(predictions, reference: np.ndarray) -> float | None:
+    from edgeslim.report.evaluate import agreement
+
+    if predictions is None:
+        return None
+    return round(agreement(np.asarray(predictions), reference), 6)
+
+
+def _version() -> str:
+    from edgeslim import __version__
+
+    return __version__
+
+
+def _not_timed(artifact: Artifact) -> dict[str, Any]:
+    return {"status": "skipped", "latency_ms": None, "throughput": None, "peak_memory_mb": None,
+            "reason": "torch model: its exported ONNX descendants are measured"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring (cached per artifact key, so a rerun with nothing changed does not evaluate again)
+
+
+def _score(artifact: Artifact, examples, recipe, cache_dir: Path) -> dict[str, Any]:
+    key = hash_bytes(artifact.manifest.get("key", str(artifact.path)), str(len(examples)), "score-v1")[:24]
+    cache_file = cache_dir / f"{artifact.path.name}-{key}.json"
+    if cache_file.is_file():
+        return read_json(cache_file)
+    score = score_artifact(artifact, examples, recipe.data.max_length)
+    atomic_write_json(cache_file, score)
+    return score
+
+
+def score_artifact(artifact: Artifact, examples, max_length: int) -> dict[str, Any]:
+    """Accuracy and predictions on ``examples`` plus the parameter count, for any artifact kind."""
+    from transformers import AutoTokenizer
+
+    from edgeslim.report.evaluate import accuracy, onnx_logits, torch_logits
+
+    tokenizer = AutoTokenizer.from_pretrained(artifact.path)
+    texts = [ex.text for ex in examples]
+    labels = [ex.label for ex in examples]
+    if artifact.kind == "torch":
+        logits = torch_logits(artifact.path, tokenizer, texts, max_length)
+        params = artifact.manifest.get("params") or _torch_params(artifact.path)
+    else:
+        logits = onnx_logits(artifact.onnx_path, tokenizer, texts, max_length)
+        params = onnx_params(artifact.onnx_path)
+    predictions = np.argmax(logits, axis=-1)
+    return {"accuracy": round(accuracy(logits, labels), 6), "predictions": predictions.tolist(), "params": params}
+
+
+def _torch_params(path: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for file in Path(path).glob("*.safetensors"):
+        with safe_open(str(file), "pt") as handle:
+            for name in handle.keys():
+                total += int(np.prod(handle.get_slice(name).get_shape()))
+    return total
+
+
+def onnx_params(onnx_path: Path) -> int:
+    """Number of weight elements in an ONNX graph (MatMulNBits weights count K x N, not packed bytes)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    total = 0
+    for init in model.graph.initializer:
+        total += int(np.prod(init.dims)) if init.dims else 1
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: a for a in node.attribute}
+            k, n = attrs["K"].i, attrs["N"].i
+            total += k * n - _packed_elements(model, node.input[1])
+    return total
+
+
+def _packed_elements(model, name: str) -> int:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return int(np.prod(init.dims))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Latency
+
+
+def _measure_device(profile, onnx_entries, data, recipe, quiet: bool) -> dict[str, dict]:
+    """Cells for every ONNX artifact on one device; models sharing a tokenizer run interleaved."""
+    from transformers import AutoTokenizer
+
+    from edgeslim.targets.runners import measure
+
+    if not onnx_entries:
+        return {}
+    groups: dict[str, list[tuple[str, Artifact]]] = {}
+    for name, artifact in onnx_entries:
+        groups.setdefault(_tokenizer_fingerprint(artifact.path), []).append((name, artifact))
+    cells: dict[str, dict] = {}
+    for members in groups.values():
+        tokenizer = AutoTokenizer.from_pretrained(members[0][1].path)
+        inputs = data.encode_each(tokenizer, "eval", recipe.measure.samples)
+        if not quiet:
+            print(f"measuring {len(members)} model(s) on {profile.name} ({profile.access.kind})", flush=True)
+        cells.update(measure(profile, {name: art.onnx_path for name, art in members}, inputs,
+                             warmup=recipe.measure.warmup, runs=recipe.measure.runs))
+    return cells
+
+
+def _tokenizer_fingerprint(folder: Path) -> str:
+    parts = [p.read_bytes() for p in sorted(Path(folder).glob("*")) if p.name in ("tokenizer.json", "vocab.txt")]
+    return hash_bytes(*parts) if parts else str(folder)
+
+
+def merged_budgets(recipe, profiles) -> dict[str, Any]:
+    """The recipe's budgets, with each device profile's own budgets where the recipe sets none."""
+    budgets = recipe.budgets.model_dump()
+    for profile in profiles:
+        own = profile.budgets
+        latency = budgets["latency_ms"].setdefault(profile.name, {"p50": None, "p90": None, "p99": None})
+        for quantile in ("p50", "p90"):
+            if latency.get(quantile) is None:
+                latency[quantile] = getattr(own.latency_ms, quantile)
+        if profile.name not in budgets["peak_memory_mb"] and own.peak_memory_mb:
+            budgets["peak_memory_mb"][profile.name] = own.peak_memory_mb
+        if budgets["size_mb"] is None and own.size_mb:
+            budgets["size_mb"] = own.size_mb
+    budgets["latency_ms"] = {dev: limits for dev, limits in budgets["latency_ms"].items()
+                             if any(v is not None for v in limits.values())}
+    return budgets
+
+
+def write_report(report: dict[str, Any], report_dir: Path) -> Path:
+    path = Path(report_dir) / "report.json"
+    atomic_write_json(path, report)
+    return path
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """Read a report.json; anything that is not one is an EdgeslimError (exit 2)."""
+    from edgeslim.errors import EdgeslimError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise EdgeslimError(f"report '{path}' does not exist; give the report.json written by 'edgeslim run'")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise EdgeslimError(f"'{path}' is not JSON; give the report.json written by 'edgeslim run'") from None
+    if not isinstance(report, dict) or "schema_version" not in report or not isinstance(report.get("artifacts"), list):
+        raise EdgeslimError(f"'{path}' is not an edgeslim report (no schema_version/artifacts)")
+    if report["schema_version"] != SCHEMA_VERSION:
+        raise EdgeslimError(f"'{path}' has report schema {report['schema_version']}; this edgeslim reads {SCHEMA_VERSION}")
+    return report

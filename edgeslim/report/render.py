@@ -1,0 +1,219 @@
+"""Renders a report: the terminal summary, ``report.md`` (for a pull request), ``report.html`` (with an
+accuracy-vs-latency plot and its Pareto front per device, and size per stage) and ``junit.xml`` (one
+test case per budget and device, so CI systems show the gate like a test suite).
+"""
+
+from __future__ import annotations
+
+import html
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from edgeslim.artifacts import atomic_write_text
+from edgeslim.report.gate import MIB, Check, format_checks, gate_exit_code
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _latency(cell: dict[str, Any] | None, quantile: str) -> str:
+    if not cell:
+        return "-"
+    if cell.get("latency_ms") and cell.get("status") in ("measured", "predicted"):
+        mark = "~" if cell["status"] == "predicted" else ""
+        return f"{mark}{cell['latency_ms'][quantile]:.2f}"
+    return cell.get("status", "-")
+
+
+def summary_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Header plus one row per artifact: accuracy, agreement, size, params, p50/p90 per device."""
+    devices = [d["name"] for d in report["devices"]]
+    header = ["artifact", "kind", "accuracy", "agree", "size MiB", "params"]
+    for device in devices:
+        header += [f"{device} p50 ms", f"{device} p90 ms"]
+    rows = [header]
+    for record in report["artifacts"]:
+        name = record["name"] + (" (release)" if record["name"] == report["release"] else "")
+        row = [name, record["kind"], _pct(record.get("accuracy")), _pct(record.get("agreement")),
+               f"{record['size_bytes'] / MIB:.2f}", f"{record['params'] / 1e6:.2f}M" if record.get("params") else "-"]
+        for device in devices:
+            cell = record["devices"].get(device)
+            row += [_latency(cell, "p50"), _latency(cell, "p90")]
+        rows.append(row)
+    return rows
+
+
+def text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+def ratios(report: dict[str, Any]) -> list[str]:
+    """Release vs fp32 teacher: size and per-device p50 ratios measured in the same run."""
+    from edgeslim.report.gate import find_artifact
+
+    teacher = find_artifact(report, report["teacher"])
+    release = find_artifact(report, report["release"])
+    lines = [f"size: {teacher['size_bytes'] / release['size_bytes']:.1f}x smaller than the fp32 teacher ONNX"]
+    if teacher.get("accuracy") and release.get("accuracy") is not None:
+        lines.append(f"accuracy: {100 * release['accuracy'] / teacher['accuracy']:.1f}% of the teacher's")
+    for device in [d["name"] for d in report["devices"]]:
+        t, r = teacher["devices"].get(device) or {}, release["devices"].get(device) or {}
+        if t.get("status") == "measured" and r.get("status") == "measured":
+            lines.append(f"{device}: p50 {t['latency_ms']['p50'] / r['latency_ms']['p50']:.1f}x lower than the fp32 teacher")
+    return lines
+
+
+def render_markdown(report: dict[str, Any], checks: list[Check]) -> str:
+    verdict = "PASS" if gate_exit_code(checks) == 0 else "FAIL"
+    parts = [
+        f"# edgeslim report: {report['recipe']['name']}",
+        f"Release: `{report['release']}` — gate **{verdict}**. Eval examples: {report.get('eval_examples')}; "
+        f"latency at batch 1 on real eval lengths, {report['measure']['runs']} runs after {report['measure']['warmup']} warm-up.",
+        "",
+        markdown_table(summary_rows(report)),
+        "",
+        *[f"- {line}" for line in ratios(report)],
+        "",
+        "## Gate",
+        "",
+    ]
+    if checks:
+        parts.append("| budget | device | limit | actual | verdict | detail |\n|---|---|---|---|---|---|")
+        for check in checks:
+            parts.append(f"| {check.budget} | {check.device or '-'} | {check.limit:g} | "
+                         f"{'-' if check.actual is None else f'{check.actual:g}'} | "
+                         f"{'pass' if check.passed else '**FAIL**'} | {check.detail} |")
+    else:
+        parts.append("No budgets set.")
+    reasons = _reasons(report)
+    if reasons:
+        parts += ["", "## Cells not measured", ""] + [f"- {r}" for r in reasons]
+    return "\n".join(parts) + "\n"
+
+
+def _reasons(report: dict[str, Any]) -> list[str]:
+    seen = []
+    for record in report["artifacts"]:
+        for device, cell in record["devices"].items():
+            if cell.get("status") not in ("measured",) and cell.get("reason"):
+                line = f"{record['name']} on {device}: {cell['status']} ({cell['reason']})"
+                seen.append(line)
+    return seen
+
+
+def render_junit(report: dict[str, Any], checks: list[Check]) -> str:
+    suite = ET.Element("testsuite", name=f"edgeslim-gate-{report['recipe']['name']}", tests=str(len(checks)),
+                       failures=str(sum(not c.passed for c in checks)))
+    for check in checks:
+        case = ET.SubElement(suite, "testcase", classname=f"edgeslim.gate.{check.device or 'model'}",
+                             name=f"{check.budget}[{check.device or 'model'}]")
+        if not check.passed:
+            failure = ET.SubElement(case, "failure", message=check.detail)
+            failure.text = check.detail
+    return ET.tostring(ET.ElementTree(suite).getroot(), encoding="unicode", xml_declaration=True) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML with inline SVG plots (no plotting dependency)
+
+
+def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Points (latency, accuracy, name) not beaten by another that is both faster and as accurate."""
+    front = []
+    for point in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or point[1] > front[-1][1]:
+            front.append(point)
+    return front
+
+
+def _scatter_svg(points: list[tuple[float, float, str]], title: str) -> str:
+    width, height, pad = 560, 320, 50
+    if not points:
+        return f"<p>{html.escape(title)}: no measured points.</p>"
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = 0.0, max(xs) * 1.1
+    y0, y1 = min(ys) - 0.02, min(1.0, max(ys) + 0.02)
+
+    def sx(x):
+        return pad + (x - x0) / (x1 - x0 or 1) * (width - 2 * pad)
+
+    def sy(y):
+        return height - pad - (y - y0) / (y1 - y0 or 1) * (height - 2 * pad)
+
+    front = pareto_front(points)
+    body = [f'<text x="{width / 2}" y="18" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>',
+            f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
+            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
+            f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">p50 latency (ms)</text>',
+            f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">accuracy</text>',
+            f'<text x="{pad}" y="{height - pad + 16}" text-anchor="middle">0</text>',
+            f'<text x="{width - pad}" y="{height - pad + 16}" text-anchor="middle">{x1:.1f}</text>',
+            f'<text x="{pad - 4}" y="{sy(y1) + 4}" text-anchor="end">{y1:.3f}</text>',
+            f'<text x="{pad - 4}" y="{sy(y0) + 4}" text-anchor="end">{y0:.3f}</text>']
+    if len(front) > 1:
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y, _ in front)
+        body.append(f'<polyline points="{path}" fill="none" stroke="#c33" stroke-dasharray="4 3"/>')
+    for x, y, name in points:
+        colour = "#c33" if (x, y, name) in front else "#369"
+        body.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{colour}"><title>{html.escape(name)}: '
+                    f'{x:.2f} ms, {100 * y:.2f}%</title></circle>')
+        body.append(f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 6:.1f}" font-size="11">{html.escape(name)}</text>')
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">{"".join(body)}</svg>'
+
+
+def _size_svg(report: dict[str, Any]) -> str:
+    records = report["artifacts"]
+    width, bar, pad = 560, 22, 170
+    biggest = max(r["size_bytes"] for r in records) or 1
+    height = 30 + bar * len(records)
+    body = ['<text x="280" y="16" text-anchor="middle" font-weight="bold">size per stage (MiB)</text>']
+    for i, record in enumerate(records):
+        y = 26 + i * bar
+        length = (width - pad - 60) * record["size_bytes"] / biggest
+        body.append(f'<text x="{pad - 6}" y="{y + 14}" text-anchor="end">{html.escape(record["name"])}</text>')
+        body.append(f'<rect x="{pad}" y="{y + 2}" width="{length:.1f}" height="{bar - 6}" fill="#369"/>')
+        body.append(f'<text x="{pad + length + 4:.1f}" y="{y + 14}">{record["size_bytes"] / MIB:.2f}</text>')
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">{"".join(body)}</svg>'
+
+
+def render_html(report: dict[str, Any], checks: list[Check]) -> str:
+    rows = summary_rows(report)
+    table = "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:]) + "</table>"
+    plots = []
+    for device in [d["name"] for d in report["devices"]]:
+        points = []
+        for record in report["artifacts"]:
+            cell = record["devices"].get(device) or {}
+            if cell.get("status") in ("measured", "predicted") and cell.get("latency_ms") and record.get("accuracy") is not None:
+                points.append((cell["latency_ms"]["p50"], record["accuracy"], record["name"]))
+        plots.append(_scatter_svg(points, f"accuracy vs p50 latency on {device} (Pareto front in red)"))
+    gate = html.escape(format_checks(checks))
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>edgeslim report</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}</style></head><body>"
+        f"<h1>edgeslim report: {html.escape(report['recipe']['name'])}</h1>"
+        f"<p>Release: <code>{html.escape(report['release'])}</code>. Created {html.escape(report['created'])}.</p>"
+        f"{table}<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in ratios(report))}</ul>"
+        f"{''.join(plots)}{_size_svg(report)}<h2>Gate</h2><pre>{gate}</pre></body></html>\n"
+    )
+
+
+def write_all(report: dict[str, Any], checks: list[Check], report_dir: Path) -> None:
+    """Write report.md, report.html and junit.xml beside report.json."""
+    report_dir = Path(report_dir)
+    atomic_write_text(report_dir / "report.md", render_markdown(report, checks))
+    atomic_write_text(report_dir / "report.html", render_html(report, checks))
+    atomic_write_text(report_dir / "junit.xml", render_junit(report, checks))
