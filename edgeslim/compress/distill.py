@@ -1,0 +1,411 @@
+"""The ``distill`` stage: train a smaller student to behave like the teacher.
+
+The student comes from :mod:`edgeslim.compress.students` (kept teacher layers, narrower widths, or any
+HF model folder); the loss is a weighted sum of the terms in :mod:`edgeslim.compress.losses` chosen in
+the recipe; the teacher's outputs come from the on-disk :mod:`edgeslim.compress.teacher_cache` (or the
+live teacher where a loss needs something not cached); training is the resumable loop of
+:mod:`edgeslim.compress.trainer`. See ``docs/distill.md`` for the YAML reference.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from edgeslim.artifacts import Artifact, hash_bytes, hash_tree
+from edgeslim.compress import losses as L
+from edgeslim.compress.losses import Schedule, schedule_values, scheduled
+from edgeslim.compress.students import build_student, resolve_layers
+from edgeslim.compress.teacher_cache import GenerationSpec, TeacherNeeds, cached_teacher, generate_rows, teacher_forward
+from edgeslim.compress.trainer import (
+    TrainConfig,
+    Trainable,
+    clear_checkpoints,
+    examples_from_split,
+    examples_from_texts,
+    model_inputs,
+    reindex,
+    train,
+)
+from edgeslim.errors import EdgeslimError
+from edgeslim.pipeline import StageConfig, StageContext, register_stage
+
+LayerMapping = dict[int, int] | Literal["auto"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Every(_Strict):
+    """Keep every k-th teacher layer, counting back from the last one."""
+
+    every: int = Field(ge=1)
+
+
+class LogitsLoss(_Strict):
+    """Sequence-classification logit KD (``temperature`` and ``alpha`` are the stage's)."""
+
+    weight: float = Field(1.0, ge=0)
+
+
+class TokensLoss(_Strict):
+    """Causal-LM per-token KD: forward KL, reverse KL or generalised JSD, on the full vocabulary or
+    the teacher's ``top_k`` tokens (also what the teacher cache keeps)."""
+
+    weight: float = Field(1.0, ge=0)
+    kind: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    beta: float = Field(0.5, gt=0, lt=1)
+    top_k: int | None = Field(None, ge=1)
+
+
+class HiddenLoss(_Strict):
+    """Hidden-state MSE or cosine over ``mapping`` (student block -> teacher block; ``auto`` pairs
+    each student block with the teacher block it was copied from, or spreads them evenly)."""
+
+    weight: float = Field(1.0, ge=0)
+    kind: Literal["mse", "cosine"] = "mse"
+    mapping: LayerMapping = "auto"
+
+
+class AttentionLoss(_Strict):
+    """Attention-map KL or MSE over ``mapping`` (heads averaged when the counts differ)."""
+
+    weight: float = Field(1.0, ge=0)
+    kind: Literal["kl", "mse"] = "kl"
+    mapping: LayerMapping = "auto"
+
+
+class RelationLoss(_Strict):
+    """Relations between the batch's sentence embeddings (first token or mean of the last layer):
+    RKD ``distance`` or ``angle``, or ``similarity``-matrix MSE."""
+
+    weight: float = Field(1.0, ge=0)
+    kind: Literal["distance", "angle", "similarity"] = "distance"
+    pooling: Literal["first", "mean"] = "first"
+
+
+class Losses(_Strict):
+    """Which knowledge is transferred, each with its weight; a loss that is absent is off."""
+
+    logits: LogitsLoss | None = LogitsLoss()
+    tokens: TokensLoss | None = TokensLoss()
+    hidden: HiddenLoss | None = None
+    attention: AttentionLoss | None = None
+    relation: RelationLoss | None = None
+
+
+class Generation(_Strict):
+    """Teacher-generated training text for causal LMs: seed prompts are the train texts' first
+    ``prompt_tokens`` tokens; the teacher continues each one ``max_new_tokens`` tokens."""
+
+    max_new_tokens: int = Field(32, ge=1)
+    prompt_tokens: int = Field(16, ge=1)
+    do_sample: bool = True
+    temperature: float = Field(1.0, gt=0)
+    top_k: int | None = Field(50, ge=1)
+    num_prompts: int | None = Field(None, ge=1)
+
+
+class DistillConfig(StageConfig):
+    """The ``distill`` stage's recipe keys (see docs/distill.md)."""
+
+    # the student
+    layers: Every | list[int] | None = Every(every=2)
+    hidden_size: int | None = Field(None, ge=1)
+    num_attention_heads: int | None = Field(None, ge=1)
+    intermediate_size: int | None = Field(None, ge=1)
+    num_key_value_heads: int | None = Field(None, ge=1)
+    student: str | None = None
+    # the objective
+    temperature: float | Schedule = 2.0
+    alpha: float | Schedule = 0.5
+    losses: Losses = Losses()
+    # the data
+    data: Literal["labeled", "unlabeled", "labeled+unlabeled", "generated"] = "labeled"
+    generation: Generation = Generation()
+    cache_teacher: bool = True
+    # training
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    checkpoint_every: int = Field(200, ge=0)
+    eval_every: int | None = Field(None, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    select_best: bool = True
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive_temperature(cls, value):
+        if any(v <= 0 for v in schedule_values(value)):
+            raise ValueError("temperature must be > 0 (try 1.0 to 4.0)")
+        return value
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_fraction(cls, value):
+        if any(not 0.0 <= v <= 1.0 for v in schedule_values(value)):
+            raise ValueError("alpha (weight of the soft-label term) must be between 0 and 1")
+        return value
+
+    @model_validator(mode="after")
+    def _one_student_kind(self):
+        if self.student is not None and self.hidden_size is not None:
+            raise ValueError("give either 'student' (a model to use as is) or narrower widths, not both")
+        return self
+
+    def check_against(self, model_config: Any, task: str) -> None:
+        """Checks that need the teacher's config: layer indices, mappings, top-k vs vocabulary."""
+        if task == "text-classification" and self.data == "generated":
+            raise ValueError("data: generated needs task causal-lm; use labeled or unlabeled")
+        if model_config is None:
+            return
+        n_teacher = model_config.num_hidden_layers
+        if self.student is None:
+            resolve_layers(_layers_value(self.layers), n_teacher)
+        n_student = self.student_layer_count(n_teacher)
+        for name in ("hidden", "attention"):
+            loss = getattr(self.losses, name)
+            if loss is not None and isinstance(loss.mapping, dict):
+                for s, t in loss.mapping.items():
+                    if not 0 <= t < n_teacher:
+                        raise ValueError(f"losses.{name}.mapping: teacher layer {t} does not exist (teacher has 0..{n_teacher - 1})")
+                    if n_student is not None and not 0 <= s < n_student:
+                        raise ValueError(f"losses.{name}.mapping: student layer {s} does not exist (student has 0..{n_student - 1})")
+        tokens = self.losses.tokens
+        vocab = getattr(model_config, "vocab_size", None)
+        if tokens is not None and tokens.top_k is not None and vocab is not None and tokens.top_k > vocab:
+            raise ValueError(f"losses.tokens.top_k {tokens.top_k} is larger than the vocabulary ({vocab})")
+
+    def student_layer_count(self, n_teacher: int) -> int | None:
+        if self.student is not None:
+            return None
+        return len(resolve_layers(_layers_value(self.layers), n_teacher))
+
+
+def _layers_value(layers: Every | list[int] | None):
+    return {"every": layers.every} if isinstance(layers, Every) else layers
+
+
+# ------------------------------------------------------------------------------ loss assembly
+
+
+def auto_mapping(keep: list[int] | None, n_student: int, n_teacher: int) -> dict[int, int]:
+    """Student block -> teacher block: the block it was copied from, else evenly spread (last to last)."""
+    if keep is not None and len(keep) == n_student:
+        return dict(enumerate(keep))
+    return {s: round((s + 1) * n_teacher / n_student) - 1 for s in range(n_student)}
+
+
+class DistillObjective:
+    """The recipe's weighted sum of losses, as a ``loss_fn`` for :func:`edgeslim.compress.trainer.train`."""
+
+    def __init__(self, config: DistillConfig, student: nn.Module, teacher: nn.Module, keep: list[int] | None,
+                 token_level: bool, seed: int = 0):
+        self.config = config
+        self.token_level = token_level
+        self.teacher = teacher
+        losses = config.losses
+        n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
+        self.hidden_map = self._mapping(losses.hidden, keep, n_s, n_t)
+        self.attn_map = self._mapping(losses.attention, keep, n_s, n_t)
+        hidden_needed = {t + 1 for t in self.hidden_map.values()}
+        if losses.relation is not None:
+            hidden_needed.add(n_t)
+        top_k = losses.tokens.top_k if token_level and losses.tokens is not None else None
+        self.needs = TeacherNeeds(tuple(sorted(hidden_needed)), tuple(sorted(set(self.attn_map.values()))), top_k, token_level)
+        self.aux = nn.ModuleDict()
+        d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
+        if self.hidden_map and d_s != d_t:
+            torch.manual_seed(seed)
+            for s in self.hidden_map:
+                self.aux[f"hidden_{s}"] = nn.Linear(d_s, d_t, bias=False)
+        self.cache = None
+
+    @staticmethod
+    def _mapping(loss, keep, n_s, n_t) -> dict[int, int]:
+        if loss is None or loss.weight == 0:
+            return {}
+        if isinstance(loss.mapping, dict):
+            return {int(s): int(t) for s, t in loss.mapping.items()}
+        return auto_mapping(keep, n_s, n_t)
+
+    def teacher_outputs(self, batch):
+        return self.cache.lookup(batch) if self.cache is not None else teacher_forward(self.teacher, batch, self.needs)
+
+    def __call__(self, model: Trainable, batch, fraction: float):
+        losses = self.config.losses
+        temperature = scheduled(self.config.temperature, fraction)
+        alpha = scheduled(self.config.alpha, fraction)
+        out = model.student(**model_inputs(batch), output_hidden_states=bool(self.hidden_map) or losses.relation is not None,
+                            output_attentions=bool(self.attn_map))
+        teacher = self.teacher_outputs(batch)
+        mask = batch["attention_mask"]
+        labels = batch.get("labels")
+        parts: dict[str, torch.Tensor] = {}
+        if self.token_level and losses.tokens is not None and losses.tokens.weight:
+            parts["tokens"] = losses.tokens.weight * self._token_term(out.logits, teacher, batch, temperature, alpha)
+        if not self.token_level and losses.logits is not None and losses.logits.weight:
+            parts["logits"] = losses.logits.weight * L.logit_kd_loss(out.logits, teacher["logits"], labels, temperature, alpha)
+        if self.hidden_map:
+            terms = [L.hidden_loss(out.hidden_states[s + 1], teacher[f"hidden.{t + 1}"], mask, losses.hidden.kind,
+                                   self._projection(model, s)) for s, t in self.hidden_map.items()]
+            parts["hidden"] = losses.hidden.weight * torch.stack(terms).mean()
+        if self.attn_map:
+            terms = [L.attention_loss(out.attentions[s], teacher[f"attn.{t}"], mask, losses.attention.kind)
+                     for s, t in self.attn_map.items()]
+            parts["attention"] = losses.attention.weight * torch.stack(terms).mean()
+        if losses.relation is not None and losses.relation.weight:
+            n_t = self.teacher.config.num_hidden_layers
+            s_emb = _pool(out.hidden_states[-1], mask, losses.relation.pooling)
+            t_emb = _pool(teacher[f"hidden.{n_t}"], mask, losses.relation.pooling)
+            parts["relation"] = losses.relation.weight * L.relation_loss(s_emb, t_emb, losses.relation.kind)
+        if not parts:
+            raise EdgeslimError("distill: every loss is off or has weight 0; enable at least one in losses")
+        total = torch.stack(list(parts.values())).sum()
+        return total, {k: float(v) for k, v in parts.items()}
+
+    @staticmethod
+    def _projection(model: Trainable, s: int):
+        key = f"hidden_{s}"
+        return model.aux[key] if key in model.aux else None
+
+    def _token_term(self, logits, teacher, batch, temperature, alpha):
+        tokens = self.config.losses.tokens
+        labels = batch.get("labels")
+        mask = L.shifted_token_mask(batch["attention_mask"])
+        kd = L.token_divergence(logits, teacher.get("logits"), mask, tokens.kind, temperature, tokens.beta,
+                                teacher.get("topk_values"), teacher.get("topk_indices"))
+        if labels is None or alpha >= 1.0 or bool((labels == L.IGNORE_INDEX).all()):
+            return kd
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=L.IGNORE_INDEX)
+        return alpha * kd + (1.0 - alpha) * ce
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "first":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------------- the stage
+
+
+def _auto_class(task: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+
+
+def _needs_eager(config: DistillConfig) -> bool:
+    return config.losses.attention is not None and config.losses.attention.weight > 0
+
+
+def load_teacher(path: Path, task: str, eager: bool = False):
+    """The teacher model and tokenizer from its torch artifact folder."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"attn_implementation": "eager"} if eager else {}
+    model = _auto_class(task).from_pretrained(path, **kwargs)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def _teacher_id(artifact: Artifact) -> str:
+    return artifact.manifest.get("key") or hash_tree(artifact.path)
+
+
+def training_rows(config: DistillConfig, ctx: StageContext, teacher, tokenizer, cache_root: Path, teacher_id: str):
+    """The examples the student trains on, per ``config.data``."""
+    token_level = ctx.task == "causal-lm"
+    data = ctx.data
+    rows = []
+    if config.data in ("labeled", "labeled+unlabeled"):
+        rows += examples_from_split(data, tokenizer, "train")
+    if config.data in ("unlabeled", "labeled+unlabeled"):
+        texts = list(data.unlabeled) or [ex.text for ex in data.train]
+        rows += examples_from_texts(texts, tokenizer, data.max_length, token_level)
+    if config.data == "generated":
+        gen = config.generation
+        prompts = [ex.text for ex in data.train][: gen.num_prompts]
+        spec = GenerationSpec(gen.max_new_tokens, gen.prompt_tokens, gen.do_sample, gen.temperature, gen.top_k, ctx.seed)
+        rows += generate_rows(teacher, tokenizer, prompts, spec, cache_root, teacher_id, ctx.progress)
+    if not rows:
+        raise EdgeslimError(f"distill: data '{config.data}' gives no training examples; add data or change distill.data")
+    return reindex(rows)
+
+
+def _state_root(ctx: StageContext) -> Path:
+    """Where caches and checkpoints outlive a killed stage: ``ctx.extras['cache_dir']`` or a
+    ``.distill`` folder beside the stage folders (the stage's own output folder is temporary)."""
+    root = ctx.extras.get("cache_dir")
+    return Path(root) if root else Path(ctx.out_dir).parent / ".distill"
+
+
+@register_stage("distill", config=DistillConfig, consumes="torch", produces="torch")
+def run(config: DistillConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
+    """Build the student from the teacher, distil it, save it with the teacher's tokenizer."""
+    if ctx.teacher is None:
+        raise EdgeslimError("distill needs the teacher stage before it in the recipe")
+    task = ctx.task
+    torch.manual_seed(ctx.seed)
+    teacher, tokenizer = load_teacher(ctx.teacher.path, task, eager=_needs_eager(config))
+    source, _ = load_teacher(artifact.path, task, eager=_needs_eager(config)) if artifact.path != ctx.teacher.path else (teacher, None)
+    try:
+        config.check_against(source.config, task)
+    except ValueError as exc:
+        raise EdgeslimError(f"distill: {exc}") from None
+    keep = None if config.student else resolve_layers(_layers_value(config.layers), source.config.num_hidden_layers)
+    width = {k: getattr(config, k) for k in ("hidden_size", "num_attention_heads", "intermediate_size", "num_key_value_heads")}
+    try:
+        student = build_student(source, _layers_value(config.layers), config.student, _auto_class(task), **width)
+    except ValueError as exc:
+        raise EdgeslimError(f"distill: {exc}") from None
+    attn_implementation = student.config._attn_implementation
+    if _needs_eager(config):
+        student.set_attn_implementation("eager")  # attention maps are only returned by eager attention
+    token_level = task == "causal-lm"
+    objective = DistillObjective(config, student, teacher, keep if source is teacher else None, token_level, ctx.seed)
+
+    state_root = _state_root(ctx)
+    teacher_id = _teacher_id(ctx.teacher)
+    rows = training_rows(config, ctx, teacher, tokenizer, state_root / "teacher", teacher_id)
+    eval_rows = examples_from_split(ctx.data, tokenizer, "eval")
+    if config.cache_teacher:
+        objective.cache = cached_teacher(teacher, rows, objective.needs, state_root / "teacher", teacher_id,
+                                         config.batch_size, ctx.progress, ctx.log)
+    run_key = hash_bytes(teacher_id, hash_tree(artifact.path) if artifact.path != ctx.teacher.path else "",
+                         config.model_dump_json(), str(ctx.seed), getattr(ctx.data, "fingerprint", ""))[:24]
+    train_cfg = TrainConfig(
+        epochs=config.epochs, max_steps=config.max_steps, lr=config.lr, batch_size=config.batch_size,
+        weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio, seed=ctx.seed,
+        checkpoint_dir=state_root / "runs" / run_key, checkpoint_every=config.checkpoint_every,
+        eval_every=config.eval_every, early_stopping_patience=config.early_stopping_patience,
+        select_best=config.select_best,
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    result = train(student, rows, objective, train_cfg, eval_rows=eval_rows, aux=objective.aux,
+                   progress=ctx.progress, log=ctx.log, pad_token_id=pad_id)
+    student.eval()
+    if _needs_eager(config) and attn_implementation:
+        student.set_attn_implementation(attn_implementation)
+    student.save_pretrained(ctx.out_dir)
+    tokenizer.save_pretrained(ctx.out_dir)
+    clear_checkpoints(train_cfg.checkpoint_dir)
+    metrics = dict(result.metrics)
+    metrics.update(train_steps=result.steps, stopped_early=result.stopped_early, best_step=result.best_step,
+                   student_params=sum(p.numel() for p in student.parameters()),
+                   student_layers=student.config.num_hidden_layers)
+    return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics, "history": result.history,
+                                                 "resumed_from_step": result.resumed_from})
