@@ -1,0 +1,241 @@
+"""The measuring process: runs ONNX models with onnxruntime and reports latency, memory and outputs.
+
+This file is deliberately self-contained (standard library, numpy and onnxruntime only) because the
+ssh and qemu runners copy it, alone, to the device or the emulated sysroot and run it there with that
+machine's Python. It is driven by a JSON spec and writes a JSON result::
+
+    python harness.py SPEC.json RESULT.json
+
+Spec keys: ``models`` ({name: onnx path}), ``inputs`` (an ``.npz`` whose keys are
+``"<index>/<input name>"``), ``warmup``, ``runs``, ``threads``, ``inter_op_threads``, ``providers``,
+``provider_options``, ``session_options``, ``graph_optimization_level``, ``affinity`` (CPU ids or
+null), ``memory`` (bool), ``outputs`` (an ``.npz`` path to save each model's outputs to, or null),
+``mode`` (``"latency"`` or ``"count"``).
+
+Latency mode times every model on the same inputs, interleaved round-robin with the model order
+rotated every round, so a load spike on a shared machine hits all models alike and their ratios stay
+fair. Peak memory is measured per model in a fresh child process (``memory`` mode) as the rise of the
+process's peak resident set over its size just before the session was created: the model's own
+weights, arena and activations, not the interpreter's.
+
+Count mode runs ``runs`` inferences of one model between calls to two libc marker functions, so
+``valgrind --tool=callgrind --zero-before=strfry --dump-before=memfrob`` counts the instructions of
+the inference loop only, not interpreter start-up or session creation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+def load_inputs(path):
+    """Read the ``.npz`` of inputs back into a list of {input name: array}, in index order."""
+    feeds = {}
+    with np.load(path) as archive:
+        for key in archive.files:
+            index, name = key.split("/", 1)
+            feeds.setdefault(int(index), {})[name] = archive[key]
+    return [feeds[i] for i in sorted(feeds)]
+
+
+def make_session(model_path, spec):
+    """An ``InferenceSession`` configured exactly as the device profile's runtime section says."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(spec.get("threads", 1))
+    options.inter_op_num_threads = int(spec.get("inter_op_threads", 1))
+    level = spec.get("graph_optimization_level", "all")
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    for key, value in (spec.get("session_options") or {}).items():
+        options.add_session_config_entry(key, str(value))
+    providers = spec.get("providers") or ["CPUExecutionProvider"]
+    provider_options = spec.get("provider_options") or {}
+    return ort.InferenceSession(
+        model_path,
+        sess_options=options,
+        providers=[(p, provider_options.get(p, {})) for p in providers],
+    )
+
+
+def feeds_for(session, inputs):
+    """Keep only the inputs this model declares (e.g. a model without ``token_type_ids``)."""
+    wanted = [i.name for i in session.get_inputs()]
+    feeds = []
+    for example in inputs:
+        missing = [name for name in wanted if name not in example]
+        if missing:
+            raise ValueError(f"model input(s) {missing} not in the provided inputs {sorted(example)}")
+        feeds.append({name: example[name] for name in wanted})
+    return feeds
+
+
+def percentiles(samples_ms):
+    """p50/p90/p99/mean/n of latency samples in milliseconds (numpy's linear interpolation)."""
+    values = np.asarray(samples_ms, dtype=np.float64)
+    return {
+        "p50": float(np.percentile(values, 50)),
+        "p90": float(np.percentile(values, 90)),
+        "p99": float(np.percentile(values, 99)),
+        "mean": float(values.mean()),
+        "n": int(values.size),
+    }
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def pin(affinity):
+    if affinity and hasattr(os, "sched_setaffinity"):
+        available = os.sched_getaffinity(0)
+        chosen = [cpu for cpu in affinity if cpu in available]
+        if chosen:
+            os.sched_setaffinity(0, chosen)
+
+
+def _status_kb(field):
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def measure_memory(spec, model_path, inputs):
+    """Peak resident MB one model adds to a process (session creation plus inference)."""
+    import resource
+
+    base_kb = _status_kb("VmRSS")
+    session = make_session(model_path, spec)
+    feeds = feeds_for(session, inputs)
+    for i in range(max(2, min(int(spec.get("warmup", 1)), 5))):
+        session.run(None, feeds[i % len(feeds)])
+    peak_kb = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if base_kb is None:
+        base_kb = 0
+    return max(0.0, (peak_kb - base_kb) / 1024.0)
+
+
+def run_latency(spec):
+    """Interleaved timing of every model; returns {name: {latency_ms, throughput}} plus outputs."""
+    pin(spec.get("affinity"))
+    inputs = load_inputs(spec["inputs"])
+    sessions, feeds, failed = {}, {}, {}
+    for name, path in spec["models"].items():
+        try:
+            sessions[name] = make_session(path, spec)
+            feeds[name] = feeds_for(sessions[name], inputs)
+        except Exception as exc:  # one broken model must not stop the others being measured
+            sessions.pop(name, None)
+            failed[name] = {"error": _one_line(exc)}
+    names = list(sessions)
+    saved = {}
+    for name in names:  # warm-up, and one pass over every input for the outputs
+        for i, feed in enumerate(feeds[name]):
+            outputs = sessions[name].run(None, feed)
+            if spec.get("outputs"):
+                for out_meta, value in zip(sessions[name].get_outputs(), outputs):
+                    saved[f"{name}/{i}/{out_meta.name}"] = np.asarray(value)
+        for w in range(int(spec.get("warmup", 0))):
+            sessions[name].run(None, feeds[name][w % len(inputs)])
+    samples = {name: [] for name in names}
+    runs = int(spec.get("runs", 0))
+    clock = time.perf_counter_ns
+    for r in range(runs):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            feed = feeds[name][r % len(inputs)]
+            session = sessions[name]
+            start = clock()
+            session.run(None, feed)
+            samples[name].append((clock() - start) / 1e6)
+    if spec.get("outputs"):
+        np.savez(spec["outputs"], **saved)
+    result = dict(failed)
+    for name in names:
+        cell = {"latency_ms": None, "throughput": None}
+        if samples[name]:
+            stats = percentiles(samples[name])
+            cell = {"latency_ms": stats, "throughput": 1000.0 / stats["mean"]}
+        result[name] = cell
+    return result
+
+
+def run_count(spec):
+    """Run ``runs`` inferences of the single model between two marker calls callgrind acts on.
+
+    ``strfry`` and ``memfrob`` are libc functions nothing else here calls: callgrind zeroes its
+    counters on entering the first and dumps them on entering the second, so the dump holds the
+    inference loop alone.
+    """
+    import ctypes
+
+    inputs = load_inputs(spec["inputs"])
+    (name, path), = spec["models"].items()
+    session = make_session(path, spec)
+    feeds = feeds_for(session, inputs)
+    for w in range(max(1, int(spec.get("warmup", 1)))):
+        session.run(None, feeds[w % len(feeds)])
+    runs = int(spec["runs"])
+    libc = ctypes.CDLL(None)
+    scratch = ctypes.create_string_buffer(b"x")
+    libc.strfry(scratch)
+    for r in range(runs):
+        session.run(None, feeds[r % len(feeds)])
+    libc.memfrob(scratch, 1)
+    return {name: {"runs": runs}}
+
+
+def main(argv):
+    spec_path, result_path = argv[1], argv[2]
+    with open(spec_path, encoding="utf-8") as handle:
+        spec = json.load(handle)
+    mode = spec.get("mode", "latency")
+    if mode == "count":
+        result = run_count(spec)
+    elif mode == "memory":
+        pin(spec.get("affinity"))
+        (name, path), = spec["models"].items()
+        result = {name: {"peak_memory_mb": measure_memory(spec, path, load_inputs(spec["inputs"]))}}
+    else:
+        result = run_latency(spec)
+        if spec.get("memory"):
+            for name, path in spec["models"].items():
+                if "error" not in result[name]:
+                    result[name]["peak_memory_mb"] = memory_in_child(spec, name, path, spec_path)
+    with open(result_path, "w", encoding="utf-8") as handle:
+        json.dump(result, handle)
+    return 0
+
+
+def memory_in_child(spec, name, path, spec_path):
+    """Run ``memory`` mode for one model in a fresh interpreter, so models never share a peak."""
+    child_spec = dict(spec, mode="memory", models={name: path}, outputs=None)
+    base = os.path.splitext(spec_path)[0] + f".mem-{abs(hash(name))}"
+    with open(base + ".json", "w", encoding="utf-8") as handle:
+        json.dump(child_spec, handle)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), base + ".json", base + ".out.json"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    with open(base + ".out.json", encoding="utf-8") as handle:
+        return json.load(handle)[name]["peak_memory_mb"]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

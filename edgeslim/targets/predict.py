@@ -1,0 +1,145 @@
+"""Latency prediction for devices with no runner: a per-operator roofline.
+
+The operators and their concrete shapes come from onnxruntime itself: the model is run once per
+input here with profiling on, at the profile's graph-optimization level, so the prediction covers
+the fused graph onnxruntime actually executes, not the exported one. For every executed node,
+
+    time = max(FLOPs / compute rate, bytes moved / memory bandwidth) + dispatch overhead
+
+where the compute rate is the profile's ``gflops_per_thread`` scaled by its threads and thread
+efficiency (and by ``int8_speedup`` for integer matmuls), and the bytes are the node's inputs,
+weights and outputs as onnxruntime reports them. The sum is the predicted latency of one inference.
+The result is a cell with status ``predicted``: an estimate, never counted as a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeslim.errors import EdgeslimError
+from edgeslim.targets.profile import DeviceProfile, Predict
+from edgeslim.targets.runners.job import cell
+
+#: Operators whose heavy work is an integer (INT8 / INT4) matrix product.
+INTEGER_MATMULS = {"MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm",
+                   "QAttention", "ConvInteger", "QLinearConv", "MatMulNBits", "DynamicQuantizeLSTM"}
+_MATMULS = {"MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul",
+            "MatMulIntegerToFloat", "MatMulNBits", "MatMulBnb4", "MatMulFpQ4"}
+_GEMMS = {"Gemm", "FusedGemm", "QGemm"}
+_CONVS = {"Conv", "FusedConv", "ConvInteger", "QLinearConv", "NhwcFusedConv"}
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    """What one executed node costs: its operator, floating/integer operations and bytes moved."""
+
+    op: str
+    flops: float
+    bytes: float
+
+
+def _shapes(entries: list[dict]) -> list[list[int]]:
+    return [list(next(iter(entry.values()))) if entry else [] for entry in entries]
+
+
+def _prod(dims: list[int]) -> int:
+    return int(math.prod(dims)) if dims else 1
+
+
+def node_flops(op: str, inputs: list[list[int]], outputs: list[list[int]]) -> float:
+    """Multiply-adds x 2 for matrix products, convolutions and attention; one op per output element else."""
+    out = outputs[0] if outputs else []
+    if op in _MATMULS and inputs and inputs[0]:
+        return 2.0 * _prod(out) * inputs[0][-1]
+    if op in _GEMMS and len(inputs) >= 2 and len(inputs[0]) == 2:
+        return 2.0 * _prod(out) * inputs[0][0 if _prod(out) and out[0] != inputs[0][0] else 1]
+    if op in _CONVS and len(inputs) >= 2 and len(inputs[1]) >= 2:
+        return 2.0 * _prod(out) * _prod(inputs[1][1:])
+    if op in ("Attention", "QAttention") and len(inputs) >= 2 and len(inputs[0]) == 3:
+        batch, seq, hidden_in = inputs[0]
+        proj = inputs[1][-1]  # 3 x hidden
+        hidden = proj // 3
+        return 2.0 * batch * seq * hidden_in * proj + 4.0 * batch * seq * seq * hidden
+    if op == "MultiHeadAttention" and len(inputs) >= 2 and len(inputs[0]) == 3:
+        batch, seq, hidden = inputs[0]
+        kv_seq = inputs[1][1] if len(inputs[1]) == 3 else seq
+        return 4.0 * batch * seq * kv_seq * hidden
+    return float(sum(_prod(o) for o in outputs))
+
+
+def profile_nodes(model: Path, inputs: list[dict[str, np.ndarray]], level: str = "all",
+                  max_inputs: int = 8) -> tuple[list[NodeCost], int]:
+    """Run ``model`` on up to ``max_inputs`` inputs with profiling; the executed nodes' costs and run count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    with tempfile.TemporaryDirectory(prefix="edgeslim-predict-") as tmp:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tmp, "profile")
+        session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+        wanted = [i.name for i in session.get_inputs()]
+        used = inputs[:max_inputs]
+        for example in used:
+            session.run(None, {name: example[name] for name in wanted})
+        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    costs = []
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        args = event["args"]
+        op = args["op_name"]
+        flops = node_flops(op, _shapes(args.get("input_type_shape", [])), _shapes(args.get("output_type_shape", [])))
+        moved = float(args.get("activation_size", 0)) + float(args.get("parameter_size", 0)) + float(args.get("output_size", 0))
+        costs.append(NodeCost(op, flops, moved))
+    return costs, len(used)
+
+
+def node_seconds(node: NodeCost, figures: Predict, threads: int) -> float:
+    """Roofline time of one node on a device with these figures and threads."""
+    scale = 1.0 + (threads - 1) * figures.thread_efficiency
+    rate = figures.gflops_per_thread * 1e9 * scale
+    if node.op in INTEGER_MATMULS:
+        rate *= figures.int8_speedup
+    return max(node.flops / rate, node.bytes / (figures.memory_gbps * 1e9)) + figures.op_overhead_us * 1e-6
+
+
+def predict_latency_ms(profile: DeviceProfile, model: Path, inputs: list[dict[str, np.ndarray]],
+                       threads: int | None = None) -> float:
+    """Predicted milliseconds per inference of ``model`` on ``profile`` (mean over the inputs)."""
+    if profile.predict is None:
+        raise EdgeslimError(f"device '{profile.name}' has no 'predict' section; add one to predict its latency")
+    costs, runs = profile_nodes(Path(model), inputs, profile.runtime.graph_optimization_level)
+    threads = threads or profile.runtime.threads
+    return 1000.0 * sum(node_seconds(node, profile.predict, threads) for node in costs) / max(runs, 1)
+
+
+def predict_cells(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]]) -> dict[str, dict]:
+    """One ``predicted`` cell per model (``skipped`` when the profile has no prediction figures)."""
+    if profile.predict is None:
+        return {name: cell("skipped", reason=f"device '{profile.name}' has no runner and no 'predict' figures")
+                for name in models}
+    cells = {}
+    for name, path in models.items():
+        try:
+            ms = predict_latency_ms(profile, Path(path), inputs)
+        except Exception as exc:  # noqa: BLE001 - a model ORT cannot load is that cell's error
+            cells[name] = cell("error", reason=f"prediction failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            continue
+        stats = {"p50": ms, "p90": ms, "p99": ms, "mean": ms, "n": 0}
+        cells[name] = cell("predicted", latency_ms=stats, throughput=1000.0 / ms,
+                           reason="roofline estimate from per-operator FLOPs and bytes; not a measurement")
+    return cells

@@ -1,0 +1,72 @@
+"""Runners: measure a set of ONNX models on one device profile and return one report cell per model.
+
+``measure`` is the one entry point. It picks the runner from ``profile.access.kind`` (``local``,
+``qemu-arm``, ``ssh``, ``cuda``; ``none`` gives a roofline prediction) and never raises because a
+device is unreachable or unusable: that model x device cell gets status ``error`` or ``skipped`` with
+the reason, so the rest of a benchmark matrix goes on. Bad input (a missing model file, no inputs)
+is the caller's to fix and raises ``EdgeslimError``.
+
+A cell is ``{"status", "latency_ms": {"p50", "p90", "p99", "mean", "n"}, "throughput" (inferences per
+second, one stream), "peak_memory_mb", "reason"}`` plus runner-specific fields (``instructions``;
+``max_abs_diff`` and ``outputs_match`` for emulated parity; ``predicted_latency_ms``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeslim.errors import EdgeslimError
+from edgeslim.targets.profile import DeviceProfile
+from edgeslim.targets.runners.job import STATUSES, cell, cells_for_all, one_line
+
+__all__ = ["measure", "cell", "STATUSES"]
+
+
+def _check_request(models: dict[str, Path], inputs: list[dict[str, np.ndarray]], warmup: int, runs: int) -> None:
+    if not models:
+        raise EdgeslimError("no models to measure; pass at least one ONNX file")
+    for name, path in models.items():
+        if not Path(path).is_file():
+            raise EdgeslimError(f"model '{name}': ONNX file '{path}' does not exist")
+    if not inputs or not all(isinstance(example, dict) and example for example in inputs):
+        raise EdgeslimError("no inputs to measure with; give at least one {input name: array} example")
+    if warmup < 0 or runs < 1:
+        raise EdgeslimError(f"warmup must be >= 0 and runs >= 1 (got warmup={warmup}, runs={runs})")
+
+
+def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
+            warmup: int = 10, runs: int = 100, instructions: bool = False, memory: bool = True) -> dict[str, dict]:
+    """Measure ``models`` (name -> ONNX file) on ``profile`` with the same ``inputs``; one cell per model.
+
+    ``runs`` timed inferences per model after ``warmup`` untimed ones; ``instructions`` adds the
+    callgrind instruction count per inference (local runner, where valgrind is installed).
+    """
+    _check_request(models, inputs, warmup, runs)
+    kind = profile.access.kind
+    try:
+        if kind == "local":
+            from edgeslim.targets.runners import local
+
+            return local.measure(profile, models, inputs, warmup=warmup, runs=runs,
+                                 instructions=instructions, memory=memory)
+        if kind == "cuda":
+            from edgeslim.targets.runners import cuda
+
+            return cuda.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory)
+        if kind == "qemu-arm":
+            from edgeslim.targets.runners import qemu
+
+            return qemu.measure(profile, models, inputs)
+        if kind == "ssh":
+            from edgeslim.targets.runners import ssh
+
+            return ssh.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory)
+        from edgeslim.targets import predict
+
+        return predict.predict_cells(profile, models, inputs)
+    except EdgeslimError:
+        raise
+    except Exception as exc:  # a device problem must not stop the matrix
+        return cells_for_all(models, "error", f"{kind} runner failed: {type(exc).__name__}: {one_line(str(exc))}")

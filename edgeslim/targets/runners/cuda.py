@@ -1,0 +1,37 @@
+"""The cuda runner: the local harness with onnxruntime's CUDA execution provider.
+
+Needs an onnxruntime build that has ``CUDAExecutionProvider`` (the ``onnxruntime-gpu`` wheel) and a
+visible GPU. Without them every cell is ``skipped`` with the reason, never a CPU figure passed off
+as a GPU one: the harness is given the CUDA provider alone, so a silent CPU fallback cannot happen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeslim.targets.profile import DeviceProfile
+from edgeslim.targets.runners import local
+from edgeslim.targets.runners.job import cells_for_all
+
+CUDA = "CUDAExecutionProvider"
+
+
+def unavailable_reason() -> str | None:
+    """Why CUDA cannot be used here, or None when onnxruntime has the CUDA provider."""
+    import onnxruntime
+
+    providers = onnxruntime.get_available_providers()
+    if CUDA not in providers:
+        return (f"onnxruntime {onnxruntime.__version__} has no {CUDA} (available: {', '.join(providers)}); "
+                "install onnxruntime-gpu on a machine with an NVIDIA GPU")
+    return None
+
+
+def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
+            warmup: int, runs: int, memory: bool = True) -> dict[str, dict]:
+    reason = unavailable_reason()
+    if reason is not None:
+        return cells_for_all(models, "skipped", reason)
+    return local.measure(profile, models, inputs, warmup=warmup, runs=runs, providers=[CUDA], memory=memory)
