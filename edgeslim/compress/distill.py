@@ -272,7 +272,7 @@ class DistillObjective:
         if not parts:
             raise EdgeslimError("distill: every loss is off or has weight 0; enable at least one in losses")
         total = torch.stack(list(parts.values())).sum()
-        return total, {k: float(v) for k, v in parts.items()}
+        return total, {k: float(v.detach()) for k, v in parts.items()}
 
     @staticmethod
     def _projection(model: Trainable, s: int):

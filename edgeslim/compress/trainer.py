@@ -352,7 +352,7 @@ def train(
         loop["step"] = step + 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
 
         done = loop["step"] >= steps
         if eval_rows is not None and (loop["step"] % eval_every == 0 or done):
@@ -401,7 +401,7 @@ def clear_checkpoints(root: Path | None) -> None:
 
 def _ce_loss(model: Trainable, batch: Batch, fraction: float):
     out = model.student(**model_inputs(batch), labels=batch["labels"])
-    return out.loss, {"ce": float(out.loss)}
+    return out.loss, {"ce": float(out.loss.detach())}
 
 
 def finetune_classifier(model, data, tokenizer, *, epochs, lr, batch_size, seed, progress=None) -> dict:
@@ -430,7 +430,7 @@ def live_kd_loss(teacher: nn.Module, temperature: float) -> LossFn:
             loss = token_divergence(student_logits, teacher_logits, batch["attention_mask"], "forward_kl", temperature)
         else:
             loss = soft_kl(student_logits, teacher_logits, temperature)
-        return loss, {"kd": float(loss)}
+        return loss, {"kd": float(loss.detach())}
 
     return loss_fn
 
