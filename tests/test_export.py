@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from edgeslim.data import DataBundle, Example
 from edgeslim.errors import EdgeslimError
 from edgeslim.export import onnx as export_onnx_mod
 from edgeslim.export.onnx import ExportConfig, export_model, export_onnx
@@ -94,13 +95,17 @@ def test_bert_export_matches_torch_and_is_fused(bert_dir, bert_onnx):
 
 def test_export_stage_reports_parity_and_fusions(bert_dir, tmp_path):
     spec = STAGES["export"]
-    ctx = StageContext(out_dir=tmp_path, recipe=SimpleNamespace(task="text-classification"), data=None, quiet=True)
-    artifact = spec.run(ExportConfig(opset=17), SimpleNamespace(path=bert_dir), ctx)
+    examples = [Example(text, i % 3) for i, text in enumerate(TEXTS * 3)]
+    data = DataBundle(train=examples, eval=examples, labels=["neg", "neu", "pos"], max_length=24)
+    ctx = StageContext(out_dir=tmp_path, recipe=SimpleNamespace(task="text-classification"), data=data, quiet=True)
+    artifact = spec.run(ExportConfig(opset=17, parity_batches=2), SimpleNamespace(path=bert_dir), ctx)
     assert artifact.kind == "onnx" and artifact.onnx_path.is_file()
     assert onnx.load(str(artifact.onnx_path)).opset_import[0].version == 17
     parity = artifact.manifest["parity"]
     assert parity["passed"] and parity["failed"] is None
-    assert len(parity["cases"]) >= 5 and parity["outputs"]["logits"]["max_abs"] < 1e-4
+    # real eval batches first (12 examples in batches of 8), then the varied shapes
+    assert [case.split(" s=")[0] for case in parity["cases"][:2]] == ["eval[0] b=8", "eval[1] b=4"]
+    assert len(parity["cases"]) == 2 + 5 and parity["outputs"]["logits"]["max_abs"] < 1e-4
     export = artifact.manifest["export"]
     assert export["exporter"] == "optimum"
     assert export["fusions"]["counts"]["Attention"] == 2  # one per layer
@@ -147,6 +152,18 @@ def test_llama_export_with_kv_cache_matches_torch(tmp_path):
             feeds[i.name] = np.zeros((1, 2, 0, 8), dtype=np.float32)
     got = session.run(["logits"], feeds)[0]
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_gpt2_export_with_fusions_and_kv_cache(tmp_path):
+    """GPT-2 takes no token_type_ids: parity must feed torch only what the ONNX graph takes."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                        bos_token_id=101, eos_token_id=102)
+    model_dir = save_tiny(GPT2LMHeadModel, config, tmp_path / "gpt2")
+    result = export_model(model_dir, tmp_path / "onnx", "causal-lm", ExportConfig(decode_steps=1))
+    assert result.fusions["model_type"] == "gpt2" and result.fusions["counts"].get("SkipLayerNormalization")
+    assert result.parity["passed"] and "present.1.value" in result.parity["outputs"]
 
 
 def test_dynamo_fallback_for_architecture_optimum_does_not_know(tmp_path):

@@ -1,0 +1,432 @@
+"""Stage ``bundle``: the folder an app developer receives, ready for Optimum, onnxruntime and phones.
+
+The bundle holds ``model.onnx`` with its ``config.json`` and tokenizer files (so Optimum's
+``ORTModelForSequenceClassification`` / ``ORTModelForCausalLM`` ``.from_pretrained(dir)`` loads it),
+``model.ort`` and ``required_operators.config`` for reduced onnxruntime mobile builds (converted with
+*fixed* optimizations only: saved runtime-optimization records fail to load for QDQ models), an
+optional ``model_with_tokenizer.onnx`` that takes raw strings (tokenizer in the graph through
+onnxruntime-extensions), the metadata an app needs in both ONNX ``metadata_props`` and
+``edgeslim.json``, a model card ``README.md``, and onnxruntime's mobile usability verdict (NNAPI and
+CoreML partitions, unsupported operators) in the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from edgeslim.artifacts import ONNX_FILE, Artifact, atomic_write_json, atomic_write_text, onnx_size_bytes, read_json
+from edgeslim.errors import EdgeslimError
+from edgeslim.export.onnx import SIDE_FILES
+from edgeslim.pipeline import StageConfig, register_stage
+
+ORT_FILE = "model.ort"
+OPERATORS_FILE = "required_operators.config"
+TOKENIZER_MODEL_FILE = "model_with_tokenizer.onnx"
+METADATA_FILE = "edgeslim.json"
+CARD_FILE = "README.md"
+METADATA_PREFIX = "edgeslim."
+# Inputs the in-graph tokenizer can provide, in the order a BERT-style tokenizer emits them.
+TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class BundleConfig(StageConfig):
+    """Recipe keys of stage ``bundle``."""
+
+    ort_format: bool = Field(True, description="write model.ort + required_operators.config for mobile builds")
+    ort_target_platform: Literal["arm", "amd64"] = Field(
+        "arm", description="platform the fixed ORT-format optimizations target (arm for phones and boards)")
+    tokenizer_in_graph: bool = Field(True, description="write model_with_tokenizer.onnx (text-classification)")
+    mobile_check: bool = Field(True, description="run onnxruntime's NNAPI/CoreML usability checker")
+    title: str | None = Field(None, description="model card title (default: the recipe name)")
+
+
+# Copying the model folder ---------------------------------------------------------------------
+
+def copy_model_folder(src: Path, dst: Path) -> None:
+    """Copy ``model.onnx`` (with external data), config and tokenizer files from ``src`` to ``dst``."""
+    src, dst = Path(src), Path(dst)
+    if not (src / ONNX_FILE).is_file():
+        raise EdgeslimError(f"{src} has no {ONNX_FILE}; put stage 'bundle' after 'export' or 'quantize'")
+    if not (src / "config.json").is_file():
+        raise EdgeslimError(f"{src} has no config.json; the bundle needs the model's config (re-run export)")
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in src.iterdir():
+        if path.is_file() and (path.name in SIDE_FILES or path.name.startswith(ONNX_FILE)):
+            shutil.copy2(path, dst / path.name)
+
+
+# Metadata -------------------------------------------------------------------------------------
+
+def bundle_metadata(folder: Path, task: str, labels: list[str] | None, max_length: int | None,
+                    recipe_hash: str | None, recipe_name: str | None) -> dict[str, Any]:
+    """What an app needs to drive the model: task, labels, max length, input/output names, versions."""
+    import onnx
+
+    import edgeslim
+
+    model = onnx.load(str(folder / ONNX_FILE), load_external_data=False)
+    config = read_json(folder / "config.json")
+    if labels is None and task == "text-classification" and config.get("id2label"):
+        id2label = config["id2label"]
+        labels = [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))]
+    initializers = {t.name for t in model.graph.initializer}
+    return {
+        "task": task,
+        "labels": labels or [],
+        "max_length": max_length or config.get("max_position_embeddings"),
+        "input_names": [i.name for i in model.graph.input if i.name not in initializers],
+        "output_names": [o.name for o in model.graph.output],
+        "model_type": config.get("model_type"),
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+        "edgeslim_version": edgeslim.__version__,
+        "recipe": recipe_name,
+        "recipe_hash": recipe_hash,
+    }
+
+
+def write_metadata(onnx_path: Path, metadata: dict[str, Any]) -> None:
+    """Store ``metadata`` in the model's ``metadata_props`` (key ``edgeslim.<name>``, value JSON)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    keep = [p for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in metadata.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = METADATA_PREFIX + key, json.dumps(value)
+    onnx.save(model, str(onnx_path))
+
+
+def read_metadata(onnx_path: Path) -> dict[str, Any]:
+    """The edgeslim metadata stored in an ONNX file's ``metadata_props`` (as onnxruntime reports it)."""
+    props = _session(onnx_path).get_modelmeta().custom_metadata_map
+    return {key[len(METADATA_PREFIX):]: json.loads(value) for key, value in props.items() if key.startswith(METADATA_PREFIX)}
+
+
+def _session(path: Path, extensions: bool = False):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if extensions:
+        from onnxruntime_extensions import get_library_path
+
+        options.register_custom_ops_library(get_library_path())
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+# ORT format for mobile builds -----------------------------------------------------------------
+
+def convert_to_ort(onnx_path: Path, out_dir: Path, target_platform: str = "arm") -> dict[str, Any]:
+    """Write ``model.ort`` and ``required_operators.config`` next to nothing else in ``out_dir``.
+
+    Fixed optimizations only: the ORT file then holds a graph that any onnxruntime (full or reduced
+    build) loads as is; saved runtime-optimization records are not shipped because they fail to load
+    for QDQ models.
+    """
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        tmp_dir = Path(tmp)
+        shutil.copy2(onnx_path, tmp_dir / ONNX_FILE)
+        for extra in Path(onnx_path).parent.glob(Path(onnx_path).name + ".data"):
+            shutil.copy2(extra, tmp_dir / extra.name)
+        converted = tmp_dir / "converted"
+        log = io.StringIO()
+        quiet_logger = logging.getLogger("ort_format_model.utils")
+        level = quiet_logger.level
+        quiet_logger.setLevel(logging.WARNING)  # it logs one INFO line per config file written
+        try:
+            with contextlib.redirect_stdout(log):
+                convert_onnx_models_to_ort(tmp_dir / ONNX_FILE, output_dir=converted,
+                                           optimization_styles=[OptimizationStyle.Fixed], target_platform=target_platform)
+        except Exception as err:  # the converter raises bare RuntimeErrors from onnxruntime
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise EdgeslimError(f"onnxruntime could not convert the model to ORT format: {first[:200]}; set bundle.ort_format: false") from err
+        finally:
+            quiet_logger.setLevel(level)
+        shutil.move(converted / ORT_FILE, out_dir / ORT_FILE)
+        shutil.move(converted / "model.required_operators.config", out_dir / OPERATORS_FILE)
+    operators = [line for line in (out_dir / OPERATORS_FILE).read_text().splitlines() if line and not line.startswith("#")]
+    return {"file": ORT_FILE, "operators_file": OPERATORS_FILE, "optimization_style": "fixed",
+            "target_platform": target_platform, "size_bytes": (out_dir / ORT_FILE).stat().st_size,
+            "operator_sets": operators}
+
+
+def compare_sessions(reference: Path, candidate: Path, feeds: dict[str, np.ndarray]) -> float:
+    """Largest absolute difference over all outputs of two models run on the same ``feeds``."""
+    ref_session, cand_session = _session(reference), _session(candidate)
+    names = [o.name for o in ref_session.get_outputs()]
+    ref = ref_session.run(names, feeds)
+    got = cand_session.run(names, feeds)
+    return max(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+               for a, b in zip(ref, got))
+
+
+def sample_feeds(onnx_path: Path, tokenizer, text: str = "an example sentence to check the bundle") -> dict[str, np.ndarray]:
+    """Inputs for one tokenized text, completed with position ids and an empty KV cache when needed."""
+    from edgeslim.export.parity import onnx_feeds
+
+    enc = tokenizer([text], return_tensors="np")
+    arrays = {key: np.asarray(value, dtype=np.int64) for key, value in enc.items()}
+    return onnx_feeds(_session(onnx_path), arrays)
+
+
+# Tokenizer in the graph -----------------------------------------------------------------------
+
+def build_tokenizer_model(onnx_path: Path, tokenizer, out_path: Path, max_length: int | None) -> dict[str, Any]:
+    """Write a model that takes one raw string (input ``text``, shape [1]) and returns the logits.
+
+    The tokenizer graph comes from onnxruntime-extensions (``gen_processing_models``); its 1-D token
+    tensors are unsqueezed to a batch of one and wired to the model's inputs. Running it needs the
+    onnxruntime-extensions custom-op library (available for Android and iOS too).
+    """
+    import onnx
+    from onnx import helper
+    from onnxruntime_extensions import gen_processing_models
+
+    kwargs = {"max_length": int(max_length)} if max_length else {}
+    try:
+        pre, _ = gen_processing_models(tokenizer, pre_kwargs=kwargs)
+    except Exception as err:  # unsupported tokenizer classes raise assorted errors
+        return {"written": False, "reason": f"onnxruntime-extensions cannot convert {type(tokenizer).__name__}: {str(err)[:120]}"}
+    model = onnx.load(str(onnx_path))
+    model_inputs = {i.name for i in model.graph.input}
+    tok_outputs = [o.name for o in pre.graph.output]
+    wanted = [name for name in TOKENIZER_OUTPUTS if name in model_inputs]
+    if any(name not in tok_outputs for name in wanted) or not model_inputs <= set(TOKENIZER_OUTPUTS):
+        return {"written": False, "reason": f"model inputs {sorted(model_inputs)} are not all produced by the tokenizer graph"}
+    renamed = {name: f"tokenizer/{name}" for name in tok_outputs}
+    pre_nodes = []
+    for node in pre.graph.node:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        node.output[:] = [renamed.get(o, o) for o in node.output]
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+        pre_nodes.append(node)
+    axes = helper.make_tensor("tokenizer/axes0", onnx.TensorProto.INT64, [1], [0])
+    unsqueeze = [helper.make_node("Unsqueeze", [renamed[name], "tokenizer/axes0"], [name], name=f"tokenizer/unsqueeze_{name}")
+                 for name in wanted]
+    graph = model.graph
+    text_input = pre.graph.input[0]
+    nodes = pre_nodes + unsqueeze + list(graph.node)
+    kept_inputs = [i for i in graph.input if i.name not in wanted]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.input[:]
+    graph.input.extend([text_input] + kept_inputs)
+    graph.initializer.extend(list(pre.graph.initializer) + [axes])
+    domains = {o.domain for o in model.opset_import}
+    for opset in pre.opset_import:
+        if opset.domain not in domains and opset.domain not in ("", "ai.onnx"):
+            model.opset_import.append(opset)
+    onnx.save(model, str(out_path))
+    return {"written": True, "file": out_path.name, "input": text_input.name, "max_length": max_length,
+            "needs": "onnxruntime-extensions custom-op library", "size_bytes": out_path.stat().st_size}
+
+
+def run_tokenizer_model(path: Path, text: str) -> list[np.ndarray]:
+    """Outputs of ``model_with_tokenizer.onnx`` for one raw string."""
+    session = _session(path, extensions=True)
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: np.array([text])})
+
+
+# Mobile usability ------------------------------------------------------------------------------
+
+MOBILE_EPS = {
+    "nnapi": ("check_nnapi_partitions", None),
+    "coreml_neuralnetwork": ("check_coreml_partitions", "coreml_supported_neuralnetwork_ops.md"),
+    "coreml_mlprogram": ("check_coreml_partitions", "coreml_supported_mlprogram_ops.md"),
+}
+
+
+def mobile_usability(onnx_path: Path) -> dict[str, Any]:
+    """onnxruntime's mobile usability verdict per execution provider (NNAPI, CoreML), as data.
+
+    The same analysis as ``python -m onnxruntime.tools.check_onnx_model_mobile_usability``: the
+    model is optimized to the basic level (as the ORT conversion does), shapes are inferred, and for
+    each EP the supported nodes, partitions and unsupported operators are counted; ``verdict`` is
+    YES / MAYBE / NO, and ``verdict_with_fixed_shapes`` says what fixing dynamic input shapes gives.
+    """
+    from onnxruntime.tools.mobile_helpers import usability_checker as checker
+    from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        basic = Path(tmp) / ONNX_FILE
+        optimize_model(Path(onnx_path), basic, use_external_initializers=True)
+        model = ModelProtoWithShapeInfo(basic).model_with_shape_info
+    dynamic_inputs, _ = checker.check_shapes(model.graph)
+    result: dict[str, Any] = {"dynamic_inputs": [i.name for i in dynamic_inputs], "providers": {}}
+    for ep, (func_name, ops_file) in MOBILE_EPS.items():
+        func = getattr(checker, func_name)
+        check = (lambda fixed, f=func: f(model, fixed)) if ops_file is None else \
+            (lambda fixed, f=func, o=ops_file: f(model, fixed, o))
+        info = check(True)
+        entry = _partition_summary(info)
+        if entry["verdict"] != "YES" and dynamic_inputs:
+            fixed = check(False)
+            entry["verdict_with_fixed_shapes"] = fixed.suitability().name
+            entry["supported_nodes_with_fixed_shapes"] = fixed.num_supported_nodes
+        result["providers"][ep] = entry
+    worth_trying = any(p["verdict"] != "NO" or p.get("verdict_with_fixed_shapes", "NO") != "NO"
+                       for p in result["providers"].values())
+    result["recommendation"] = ("compare NNAPI (Android) / CoreML (iOS) against the CPU EP" if worth_trying
+                                else "use the CPU execution provider")
+    return result
+
+
+def _partition_summary(info) -> dict[str, Any]:
+    return {
+        "verdict": info.suitability().name,
+        "nodes": info.num_nodes,
+        "supported_nodes": info.num_supported_nodes,
+        "partitions": info.num_partitions,
+        "unsupported_ops": sorted(info.unsupported_ops),
+        "nodes_unsupported_due_to_op": info.nodes_unsupported_due_to_op,
+        "nodes_unsupported_due_to_dynamic_shape": info.nodes_unsupported_due_to_dynamic_input,
+    }
+
+
+# Model card ------------------------------------------------------------------------------------
+
+FIGURES_START = "<!-- edgeslim:figures -->"
+FIGURES_END = "<!-- /edgeslim:figures -->"
+
+
+def write_model_card(bundle_dir: Path, figures: dict[str, Any]) -> Path:
+    """(Re)write the bundle's ``README.md`` from ``edgeslim.json`` and the measured ``figures``.
+
+    ``figures`` maps a name to a value, or to a dict of values (one row per key, e.g. per device);
+    the stage passes what it knows (size, parity, ORT size); the report step can call this again
+    with the benchmark matrix's figures. Everything else comes from ``edgeslim.json``.
+    """
+    bundle_dir = Path(bundle_dir)
+    meta = read_json(bundle_dir / METADATA_FILE)
+    title = meta.get("title") or meta.get("recipe") or "edgeslim model"
+    task = meta.get("task")
+    files = [name for name in (ONNX_FILE, ORT_FILE, OPERATORS_FILE, TOKENIZER_MODEL_FILE, "config.json",
+                                "tokenizer.json", METADATA_FILE) if (bundle_dir / name).exists()]
+    loader = "ORTModelForCausalLM" if task == "causal-lm" else "ORTModelForSequenceClassification"
+    lines = [
+        f"# {title}", "",
+        f"ONNX model for **{task}** built by edgeslim {meta.get('edgeslim_version')} "
+        f"(recipe `{meta.get('recipe')}`, hash `{meta.get('recipe_hash')}`).", "",
+        "## Inputs and outputs", "",
+        f"- inputs: {', '.join(f'`{n}`' for n in meta.get('input_names', []))}",
+        f"- outputs: {', '.join(f'`{n}`' for n in meta.get('output_names', []))}",
+        f"- max length: {meta.get('max_length')} tokens",
+    ]
+    if meta.get("labels"):
+        lines.append(f"- labels (index order): {', '.join(f'`{label}`' for label in meta['labels'])}")
+    lines += ["", "## Files", ""] + [f"- `{name}`" for name in files]
+    lines += ["", "## Use", "", "```python", f"from optimum.onnxruntime import {loader}",
+              "from transformers import AutoTokenizer", "",
+              f'model = {loader}.from_pretrained("path/to/this/folder")',
+              'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")', "```", ""]
+    if (bundle_dir / ORT_FILE).exists():
+        lines += ["On Android/iOS load `model.ort` with onnxruntime-mobile; `required_operators.config` "
+                  "lists the operators a reduced onnxruntime build needs.", ""]
+    if (bundle_dir / TOKENIZER_MODEL_FILE).exists():
+        lines += ["`model_with_tokenizer.onnx` takes one raw string (input `text`) and needs the "
+                  "onnxruntime-extensions custom-op library.", ""]
+    usability = meta.get("mobile_usability")
+    if usability:
+        lines += ["## Mobile execution providers", "", "| provider | verdict | supported nodes | partitions | unsupported ops |",
+                  "|---|---|---|---|---|"]
+        for ep, entry in usability.get("providers", {}).items():
+            lines.append(f"| {ep} | {entry['verdict']} | {entry['supported_nodes']}/{entry['nodes']} | "
+                         f"{entry['partitions']} | {', '.join(entry['unsupported_ops']) or '-'} |")
+        lines += ["", f"Recommendation: {usability.get('recommendation')}.", ""]
+    lines += [FIGURES_START, "## Measured figures", ""] + _figure_lines(figures) + [FIGURES_END, ""]
+    path = bundle_dir / CARD_FILE
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def _figure_lines(figures: dict[str, Any]) -> list[str]:
+    if not figures:
+        return ["No figures measured yet."]
+    lines = ["| figure | value |", "|---|---|"]
+    for name, value in figures.items():
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                lines.append(f"| {name} / {key} | {_fmt(inner)} |")
+        else:
+            lines.append(f"| {name} | {_fmt(value)} |")
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# The stage -------------------------------------------------------------------------------------
+
+def build_bundle(src: Path, out_dir: Path, task: str, config: BundleConfig, labels: list[str] | None = None,
+                 max_length: int | None = None, recipe_hash: str | None = None, recipe_name: str | None = None,
+                 figures: dict[str, Any] | None = None, log=lambda message: None) -> dict[str, Any]:
+    """Build the bundle from the ONNX folder ``src`` into ``out_dir``; return the manifest entries."""
+    from transformers import AutoTokenizer
+
+    out_dir = Path(out_dir)
+    copy_model_folder(src, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    metadata = bundle_metadata(out_dir, task, labels, max_length, recipe_hash, recipe_name)
+    if config.title:
+        metadata["title"] = config.title
+    write_metadata(out_dir / ONNX_FILE, metadata)
+    entries: dict[str, Any] = {"metadata": metadata}
+    feeds = sample_feeds(out_dir / ONNX_FILE, tokenizer)
+    if config.ort_format:
+        log("converting to ORT format (fixed optimizations)")
+        entries["ort"] = convert_to_ort(out_dir / ONNX_FILE, out_dir, config.ort_target_platform)
+        entries["ort"]["max_abs_vs_onnx"] = compare_sessions(out_dir / ONNX_FILE, out_dir / ORT_FILE, feeds)
+    if config.tokenizer_in_graph and task == "text-classification":
+        log("building model_with_tokenizer.onnx")
+        entries["tokenizer_in_graph"] = build_tokenizer_model(out_dir / ONNX_FILE, tokenizer,
+                                                              out_dir / TOKENIZER_MODEL_FILE, metadata["max_length"])
+    elif config.tokenizer_in_graph:
+        entries["tokenizer_in_graph"] = {"written": False, "reason": "only text-classification bundles take raw strings"}
+    if config.mobile_check:
+        log("checking mobile usability (NNAPI, CoreML)")
+        entries["mobile_usability"] = mobile_usability(out_dir / ONNX_FILE)
+    sidecar = {**metadata, "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()),
+               "mobile_usability": entries.get("mobile_usability")}
+    atomic_write_json(out_dir / METADATA_FILE, sidecar)
+    entries["figures"] = {"size_bytes": onnx_size_bytes(out_dir / ONNX_FILE), **(figures or {})}
+    if "ort" in entries:
+        entries["figures"]["ort_size_bytes"] = entries["ort"]["size_bytes"]
+    write_model_card(out_dir, entries["figures"])
+    return entries
+
+
+@register_stage("bundle", config=BundleConfig, consumes="onnx", produces="bundle")
+def run(config: BundleConfig, artifact: Artifact, ctx) -> Artifact:
+    """Turn the input ONNX artifact into the release bundle in ``ctx.out_dir``."""
+    data = ctx.data
+    labels = list(data.labels) if data is not None and getattr(data, "labels", None) else None
+    max_length = getattr(data, "max_length", None) if data is not None else None
+    fingerprint = getattr(ctx.recipe, "fingerprint", None)
+    recipe_hash = fingerprint() if callable(fingerprint) else None
+    upstream = (artifact.manifest or {}).get("metrics", {})
+    figures = {key: upstream[key] for key in ("accuracy", "perplexity", "agreement", "parity_max_abs") if key in upstream}
+    entries = build_bundle(artifact.path, ctx.out_dir, ctx.task, config, labels, max_length, recipe_hash,
+                           getattr(ctx.recipe, "name", None), figures, log=ctx.log)
+    metrics = {"size_bytes": entries["figures"]["size_bytes"]}
+    if "ort" in entries:
+        metrics["ort_size_bytes"] = entries["ort"]["size_bytes"]
+        metrics["ort_max_abs_vs_onnx"] = entries["ort"]["max_abs_vs_onnx"]
+    return Artifact(ctx.out_dir, "bundle", {"metrics": metrics, **{k: v for k, v in entries.items() if k != "figures"}})
