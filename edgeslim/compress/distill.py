@@ -332,10 +332,10 @@ def training_rows(config: DistillConfig, ctx: StageContext, teacher, tokenizer, 
     data = ctx.data
     rows = []
     if config.data in ("labeled", "labeled+unlabeled"):
-        rows += examples_from_split(data, tokenizer, "train")
+        rows += examples_from_split(data, tokenizer, "train", model=teacher)
     if config.data in ("unlabeled", "labeled+unlabeled"):
         texts = list(data.unlabeled) or [ex.text for ex in data.train]
-        rows += examples_from_texts(texts, tokenizer, data.max_length, token_level)
+        rows += examples_from_texts(texts, tokenizer, data.max_length, token_level, model=teacher)
     if config.data == "generated":
         gen = config.generation
         prompts = [ex.text for ex in data.train][: gen.num_prompts]
@@ -381,7 +381,7 @@ def run(config: DistillConfig, artifact: Artifact, ctx: StageContext) -> Artifac
     state_root = _state_root(ctx)
     teacher_id = _teacher_id(ctx.teacher)
     rows = training_rows(config, ctx, teacher, tokenizer, state_root / "teacher", teacher_id)
-    eval_rows = examples_from_split(ctx.data, tokenizer, "eval")
+    eval_rows = examples_from_split(ctx.data, tokenizer, "eval", model=teacher)
     if config.cache_teacher:
         objective.cache = cached_teacher(teacher, rows, objective.needs, state_root / "teacher", teacher_id,
                                          config.batch_size, ctx.progress, ctx.log)

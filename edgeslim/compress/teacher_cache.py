@@ -235,7 +235,8 @@ def generate_rows(
         ids, prompt_lengths = [], []
         bar = progress(len(prompts), "teacher generation", unit="prompt") if progress else None
         for i, prompt in enumerate(prompts):
-            enc = tokenizer(prompt, truncation=True, max_length=spec.prompt_tokens, return_tensors="pt").to(device)
+            enc = tokenizer(prompt, truncation=True, max_length=spec.prompt_tokens, return_tensors="pt")
+            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             torch.manual_seed(spec.seed * 1_000_003 + i)
             with torch.no_grad():
                 out = teacher.generate(

@@ -12,6 +12,7 @@ same loop data-parallel on several GPUs or nodes (each process takes every n-th 
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shutil
@@ -58,25 +59,36 @@ def _unpad_rows(batch: Batch, start_index: int) -> list[Example]:
     return rows
 
 
-def examples_from_split(data: Any, tokenizer: Any, split: str, batch_size: int = 64) -> list[Example]:
+def drop_unused_inputs(rows: list[Example], model: nn.Module | None) -> list[Example]:
+    """Remove ``token_type_ids`` when the model does not take them (decoders given a BERT-style
+    tokenizer), so one tokenizer's output feeds any architecture."""
+    if model is not None and "token_type_ids" not in inspect.signature(model.forward).parameters:
+        for row in rows:
+            row.pop("token_type_ids", None)
+    return rows
+
+
+def examples_from_split(data: Any, tokenizer: Any, split: str, batch_size: int = 64,
+                        model: nn.Module | None = None) -> list[Example]:
     """The split's examples as the data bundle tokenizes them (in order, padding removed), so the
     loop can shuffle, shard and resume on its own and the teacher cache can key them by position."""
     rows: list[Example] = []
     for batch in data.batches(tokenizer, split=split, batch_size=batch_size, shuffle=False):
         rows.extend(_unpad_rows(batch, len(rows)))
-    return rows
+    return drop_unused_inputs(rows, model)
 
 
-def examples_from_texts(texts: Iterable[str], tokenizer: Any, max_length: int, token_level: bool) -> list[Example]:
+def examples_from_texts(texts: Iterable[str], tokenizer: Any, max_length: int, token_level: bool,
+                        model: nn.Module | None = None) -> list[Example]:
     """Unlabeled text as examples: classification rows get label -100 (soft labels only); causal-LM
     rows predict their own next tokens."""
     rows: list[Example] = []
     for text in texts:
         enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
-        row: Example = {key: value[0] for key, value in enc.items() if key in ("input_ids", "attention_mask", "token_type_ids")}
+        row: Example = {key: value[0] for key, value in enc.items() if key in MODEL_INPUTS}
         row["labels"] = row["input_ids"].clone() if token_level else IGNORE_INDEX
         rows.append(row)
-    return rows
+    return drop_unused_inputs(rows, model)
 
 
 def reindex(rows: list[Example]) -> list[Example]:
@@ -407,8 +419,8 @@ def _ce_loss(model: Trainable, batch: Batch, fraction: float):
 def finetune_classifier(model, data, tokenizer, *, epochs, lr, batch_size, seed, progress=None) -> dict:
     """Fine-tune ``model`` (a sequence classifier) on ``data.train`` with cross-entropy in place and
     return ``{"eval_accuracy": ...}`` on ``data.eval``. ``progress`` is ``ctx.progress`` or None."""
-    train_rows = examples_from_split(data, tokenizer, "train")
-    eval_rows = examples_from_split(data, tokenizer, "eval")
+    train_rows = examples_from_split(data, tokenizer, "train", model=model)
+    eval_rows = examples_from_split(data, tokenizer, "eval", model=model)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, select_best=False, eval_every=10**9)
     result = train(model, train_rows, _ce_loss, cfg, eval_rows=eval_rows, progress=progress,
                    pad_token_id=tokenizer.pad_token_id or 0)
@@ -440,8 +452,8 @@ def kd_recover(student, teacher, data, tokenizer, *, steps, lr, batch_size, temp
     behaviour: ``steps`` updates on ``data.train`` (labels unused). Returns the student's eval metrics
     (``eval_accuracy``, or ``eval_loss``/``eval_perplexity`` for causal LMs) and the last ``kd_loss``."""
     teacher.eval()
-    train_rows = examples_from_split(data, tokenizer, "train")
-    eval_rows = examples_from_split(data, tokenizer, "eval")
+    train_rows = examples_from_split(data, tokenizer, "train", model=student)
+    eval_rows = examples_from_split(data, tokenizer, "eval", model=student)
     cfg = TrainConfig(max_steps=steps, lr=lr, batch_size=batch_size, seed=seed, select_best=False,
                       eval_every=10**9, warmup_ratio=0.0)
     last: dict[str, float] = {}

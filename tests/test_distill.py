@@ -1,0 +1,372 @@
+"""The ``distill`` stage end to end on tiny models: KD beats hard labels, the teacher cache serves the
+same outputs as the live teacher and is reused, a killed run resumes to the same weights, causal LMs
+distil with top-k token KD and teacher-generated data, and bad recipe values fail at check time."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
+
+from edgeslim.artifacts import Artifact
+from edgeslim.compress.distill import DistillConfig, run as run_distill
+from edgeslim.compress.losses import soft_kl
+from edgeslim.compress.teacher_cache import TeacherNeeds, build_cache, generate_rows, GenerationSpec, teacher_forward
+from edgeslim.compress.trainer import (
+    TrainConfig,
+    collate,
+    evaluate,
+    examples_from_split,
+    finetune_classifier,
+    kd_recover,
+    train,
+)
+from edgeslim.data import DataBundle, Example
+from edgeslim.errors import EdgeslimError
+from edgeslim.pipeline import StageContext
+
+TESTS = Path(__file__).resolve().parent
+POS, NEG = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "dull"]
+FILLER = ["the", "a", "movie", "is", "was", "very", "plot", "actor", "and", "it", "story"]
+WORDS = POS + NEG + FILLER + ["not"]
+
+
+def make_tokenizer(folder: Path) -> BertTokenizerFast:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS))
+    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+
+
+def sentiment_example(rng: random.Random) -> Example:
+    """A learnable task with an interaction: 'not' flips the next sentiment word; label = sign of the sum."""
+    while True:
+        ws = [rng.choice(WORDS + ["not"]) for _ in range(rng.randint(5, 12))]
+        score = sum((-1 if i and ws[i - 1] == "not" else 1) * ((w in POS) - (w in NEG)) for i, w in enumerate(ws))
+        if score:
+            return Example(" ".join(ws), int(score > 0))
+
+
+def make_data(n_train: int, n_eval: int = 200, seed: int = 0) -> DataBundle:
+    rng = random.Random(seed)
+    eval_split = [sentiment_example(rng) for _ in range(n_eval)]
+    train_split = [sentiment_example(rng) for _ in range(n_train)]
+    return DataBundle(train_split, eval_split, ["negative", "positive"], 16,
+                      unlabeled=[sentiment_example(rng).text for _ in range(64)])
+
+
+def bert_teacher(vocab_size: int) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=4,
+                                                    num_attention_heads=4, intermediate_size=64, num_labels=2,
+                                                    max_position_embeddings=32))
+
+
+class Recipe:
+    def __init__(self, task: str):
+        self.task = task
+
+
+def stage_context(parent: Path, data: DataBundle, teacher_dir: Path, task: str = "text-classification",
+                  quiet: bool = True) -> StageContext:
+    """A context like the pipeline's: a fresh temporary output folder under ``parent/stages``."""
+    out = parent / "stages" / f".02-distill.tmp-{time.monotonic_ns()}"
+    out.mkdir(parents=True)
+    return StageContext(out_dir=out, recipe=Recipe(task), data=data, quiet=quiet,
+                        teacher=Artifact(teacher_dir, "torch", {"key": "teacher-" + teacher_dir.name}))
+
+
+def distill(parent: Path, bundle: DataBundle, teacher_dir: Path, task: str = "text-classification", **config):
+    ctx = stage_context(parent, bundle, teacher_dir, task)
+    return run_distill(DistillConfig(**config), ctx.teacher, ctx)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Same kernels in every process (bit-identical resume), and no fight over the shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory) -> tuple[Path, DataBundle]:
+    """A tiny 4-layer BERT fine-tuned (with ``finetune_classifier``) on 600 examples of the task."""
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("teacher")
+    tokenizer = make_tokenizer(folder)
+    teacher = bert_teacher(len(tokenizer))
+    data = make_data(600)
+    metrics = finetune_classifier(teacher, data, tokenizer, epochs=10, lr=2e-3, batch_size=32, seed=0)
+    assert metrics["eval_accuracy"] > 0.8  # the teacher learned the task, 'not' included
+    teacher.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, data
+
+
+def few_labels(data: DataBundle, n: int) -> DataBundle:
+    return DataBundle(data.train[:n], data.eval, data.labels, data.max_length, data.unlabeled)
+
+
+# ----------------------------------------------------------------------------------- KD helps
+
+
+def test_logit_and_hidden_kd_beats_hard_labels(trained_teacher, tmp_path):
+    """Same 1-block student, same 48 labeled examples, same steps: KD from the teacher wins on eval."""
+    teacher_dir, data = trained_teacher
+    small = few_labels(data, 48)
+    common = dict(layers=[3], epochs=15, lr=3e-3, batch_size=16, checkpoint_every=0, select_best=False)
+    hard = distill(tmp_path / "hard", small, teacher_dir, alpha=0.0, losses={"logits": {}}, **common)
+    kd = distill(tmp_path / "kd", small, teacher_dir, alpha=0.9, temperature=4.0,
+                 losses={"logits": {}, "hidden": {"kind": "mse"}}, **common)
+    hard_acc, kd_acc = hard.manifest["metrics"]["eval_accuracy"], kd.manifest["metrics"]["eval_accuracy"]
+    print(f"hard-label student {hard_acc:.3f}  KD student {kd_acc:.3f}")
+    assert kd_acc > hard_acc + 0.02
+    # the artifact is a student that reloads with the reported accuracy
+    student = BertForSequenceClassification.from_pretrained(kd.path)
+    assert student.config.num_hidden_layers == 1
+    tokenizer = BertTokenizerFast.from_pretrained(kd.path)
+    reloaded = evaluate(student, examples_from_split(small, tokenizer, "eval"))
+    assert reloaded["eval_accuracy"] == pytest.approx(kd_acc)
+
+
+# -------------------------------------------------------------------------------- teacher cache
+
+
+def test_cache_serves_what_the_live_teacher_computes(trained_teacher, tmp_path):
+    teacher_dir, data = trained_teacher
+    teacher = BertForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager").eval()
+    tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
+    rows = examples_from_split(few_labels(data, 20), tokenizer, "train")
+    needs = TeacherNeeds(hidden=(2, 4), attention=(1,))
+    cache = build_cache(teacher, rows, needs, tmp_path / "cache", batch_size=7)  # other padding than below
+    batch = collate([rows[i] for i in (3, 0, 11, 19)])
+    live = teacher_forward(teacher, batch, needs)
+    cached = cache.lookup(batch)
+    assert set(cached) == set(live) == {"logits", "hidden.2", "hidden.4", "attn.1"}
+    mask = batch["attention_mask"].bool()
+    for name in live:
+        if name == "logits":
+            torch.testing.assert_close(cached[name], live[name], atol=1e-5, rtol=1e-5)
+        elif name.startswith("hidden."):
+            torch.testing.assert_close(cached[name][mask], live[name][mask], atol=1e-5, rtol=1e-5)
+        else:  # attention rows of real query tokens
+            torch.testing.assert_close(cached[name].transpose(1, 2)[mask], live[name].transpose(1, 2)[mask],
+                                       atol=1e-5, rtol=1e-5)
+
+
+def test_rerun_reads_the_teacher_cache(trained_teacher, tmp_path, capsys):
+    teacher_dir, data = trained_teacher
+    small = few_labels(data, 32)
+    for _ in range(2):
+        ctx = stage_context(tmp_path, small, teacher_dir, quiet=False)
+        run_distill(DistillConfig(max_steps=2, batch_size=16, checkpoint_every=0), ctx.teacher, ctx)
+    log = capsys.readouterr().out
+    assert log.count("computing teacher outputs") == 1 and log.count("teacher outputs from cache") == 1
+
+
+# ------------------------------------------------------------------------------ kill and resume
+
+CHILD = """
+import sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_distill import distill, make_data, few_labels
+distill(Path({parent!r}), few_labels(make_data(600), 64), Path({teacher!r}), **{config!r})
+"""
+
+
+def test_killed_run_resumes_to_the_same_weights(trained_teacher, tmp_path):
+    teacher_dir, _ = trained_teacher
+    data = few_labels(make_data(600), 64)
+    config = dict(layers=[1, 3], max_steps=24, batch_size=8, lr=2e-3, checkpoint_every=4, eval_every=4,
+                  losses={"logits": {}, "hidden": {}})
+    killed = tmp_path / "killed"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(tests=str(TESTS), parent=str(killed), teacher=str(teacher_dir), config=config))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env={**os.environ, "TQDM_DISABLE": "1"})
+    state = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        found = list(killed.glob("stages/.distill/runs/*/last/loop_state.json"))
+        if found:
+            state = json.loads(found[0].read_text())
+            if state["step"] >= 8:
+                break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert state is not None and 8 <= state["step"] < 24, child.stderr.read().decode()[-2000:]
+    assert not list(killed.glob("stages/*/model.safetensors"))  # no finished artifact
+
+    resumed = distill(killed, data, teacher_dir, **config)
+    assert resumed.manifest["resumed_from_step"] >= 8
+    straight = distill(tmp_path / "straight", data, teacher_dir, **config)
+    assert straight.manifest["resumed_from_step"] is None
+    from safetensors.torch import load_file
+
+    a, b = load_file(resumed.path / "model.safetensors"), load_file(straight.path / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert resumed.manifest["metrics"] == straight.manifest["metrics"]
+    assert not (killed / "stages" / ".distill" / "runs").exists() or not any((killed / "stages/.distill/runs").iterdir())
+
+
+# --------------------------------------------------------------- eval, best, early stopping
+
+
+def test_early_stopping_keeps_the_best_checkpoint(trained_teacher, tmp_path):
+    teacher_dir, data = trained_teacher
+    tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
+    torch.manual_seed(0)
+    model = bert_teacher(len(tokenizer))
+    rows = examples_from_split(few_labels(data, 32), tokenizer, "train")
+    eval_rows = examples_from_split(few_labels(data, 32), tokenizer, "eval")[:40]
+
+    def ce(m, batch, fraction):
+        out = m.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return out.loss, {"ce": float(out.loss.detach())}
+
+    cfg = TrainConfig(max_steps=60, lr=5e-2, batch_size=8, eval_every=1, early_stopping_patience=2,
+                      checkpoint_dir=tmp_path / "ckpt", select_best=True)
+    result = train(model, rows, ce, cfg, eval_rows=eval_rows)
+    assert result.stopped_early and result.steps < 60
+    best = max(h["eval_accuracy"] for h in result.history)
+    assert result.metrics["eval_accuracy"] == pytest.approx(best)  # best weights restored, not the last
+    assert [h["step"] for h in result.history] == list(range(1, result.steps + 1))
+
+
+# -------------------------------------------------------------------------- helpers for stages
+
+
+def test_kd_recover_brings_a_damaged_student_back(trained_teacher):
+    teacher_dir, data = trained_teacher
+    teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()
+    tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
+    student = BertForSequenceClassification.from_pretrained(teacher_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in student.bert.encoder.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    small = few_labels(data, 96)
+    eval_rows = examples_from_split(small, tokenizer, "eval")
+    batch = collate(eval_rows)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def gap():
+        with torch.no_grad():
+            return float(soft_kl(student.eval()(**inputs).logits, teacher(**inputs).logits, 1.0))
+
+    before = gap()
+    metrics = kd_recover(student, teacher, small, tokenizer, steps=12, lr=2e-3, batch_size=16, temperature=2.0, seed=0)
+    assert set(metrics) == {"eval_accuracy", "kd_loss"}
+    assert gap() < 0.5 * before
+
+
+# -------------------------------------------------------------------------------- causal LM
+
+
+@pytest.fixture(scope="module")
+def llama_teacher(tmp_path_factory) -> tuple[Path, DataBundle]:
+    folder = tmp_path_factory.mktemp("llama")
+    tokenizer = make_tokenizer(folder)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                         max_position_embeddings=64, pad_token_id=0))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    rng = random.Random(1)
+    texts = [Example(sentiment_example(rng).text) for _ in range(40)]
+    return folder, DataBundle(texts[:32], texts[32:], [], 16)
+
+
+@pytest.mark.parametrize("kind,top_k", [("forward_kl", None), ("reverse_kl", 5), ("jsd", 5)])
+def test_causal_lm_token_kd(llama_teacher, tmp_path, kind, top_k):
+    teacher_dir, data = llama_teacher
+    art = distill(tmp_path, data, teacher_dir, task="causal-lm", layers={"every": 2}, max_steps=6, batch_size=8,
+                  lr=5e-3, eval_every=3, checkpoint_every=0, losses={"tokens": {"kind": kind, "top_k": top_k}})
+    metrics = art.manifest["metrics"]
+    assert metrics["student_layers"] == 2 and metrics["eval_perplexity"] > 1
+    history = art.manifest["history"]
+    assert history[-1]["train_tokens"] < history[0]["train_tokens"] * 1.5  # finite, training ran
+    student = LlamaForCausalLM.from_pretrained(art.path)
+    assert [b.self_attn.layer_idx for b in student.model.layers] == [0, 1]
+
+
+def test_teacher_generated_data(llama_teacher, tmp_path):
+    teacher_dir, data = llama_teacher
+    teacher = LlamaForCausalLM.from_pretrained(teacher_dir).eval()
+    tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
+    spec = GenerationSpec(max_new_tokens=5, prompt_tokens=4, seed=0)
+    prompts = [ex.text for ex in data.train[:3]]
+    rows = generate_rows(teacher, tokenizer, prompts, spec, tmp_path, "t")
+    assert len(rows) == 3
+    for row, prompt in zip(rows, prompts):
+        prompt_ids = tokenizer(prompt, truncation=True, max_length=4)["input_ids"]
+        assert row["input_ids"][: len(prompt_ids)].tolist() == prompt_ids
+        assert (row["labels"][: len(prompt_ids)] == -100).all()
+        assert (row["labels"][len(prompt_ids):] == row["input_ids"][len(prompt_ids):]).all()
+    again = generate_rows(teacher, tokenizer, prompts, spec, tmp_path, "t")  # from the cache, same text
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(rows, again))
+    art = distill(tmp_path / "run", data, teacher_dir, task="causal-lm", data="generated", max_steps=3,
+                  batch_size=4, checkpoint_every=0, generation={"max_new_tokens": 4, "num_prompts": 8},
+                  losses={"tokens": {"top_k": 4}})
+    assert "eval_perplexity" in art.manifest["metrics"]
+
+
+# ------------------------------------------------------------------------ bad recipe values
+
+
+def _check(tmp_path, distill_config: dict) -> str:
+    """Run ``edgeslim check``'s code path on the tiny recipe with this distill stage; the error line."""
+    from conftest import tiny_recipe_dict, write_recipe
+    from edgeslim.recipe import check_recipe, load_recipe
+
+    recipe = tiny_recipe_dict()
+    recipe["stages"][0] = {"distill": distill_config}
+    with pytest.raises(EdgeslimError) as info:
+        check_recipe(load_recipe(write_recipe(tmp_path, recipe)))
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("config,expected", [
+    ({"temperature": 0}, "temperature must be > 0"),
+    ({"temperature": {"kind": "linear", "start": 4, "end": -1}}, "temperature must be > 0"),
+    ({"losses": {"feature": {}}}, "stages[0].distill.losses.feature: unknown key"),
+    ({"layers": [0, 7]}, "student layer 7 does not exist"),
+    ({"losses": {"hidden": {"mapping": {0: 9}}}}, "teacher layer 9 does not exist"),
+    ({"losses": {"hidden": {"mapping": {3: 3}}}}, "student layer 3 does not exist"),
+    ({"losses": {"attention": {"mapping": {0: 4}}}}, "teacher layer 4 does not exist"),
+    ({"losses": {"tokens": {"top_k": 100000}}}, "larger than the vocabulary"),
+    ({"alpha": 1.5}, "alpha"),
+    ({"losses": {"tokens": {"kind": "jsd", "beta": 1.0}}}, "beta"),
+])
+def test_bad_values_fail_at_check_time(tmp_path, config, expected):
+    assert expected in _check(tmp_path, config)
+
+
+def test_good_config_passes_check(tmp_path):
+    from conftest import tiny_recipe_dict, write_recipe
+    from edgeslim.recipe import check_recipe, load_recipe
+
+    recipe = tiny_recipe_dict()
+    recipe["stages"][0] = {"distill": {"layers": [1, 3], "losses": {"hidden": {"mapping": {0: 1, 1: 3}}, "relation": {}},
+                                     "temperature": {"kind": "linear", "start": 4, "end": 1}}}
+    notes = check_recipe(load_recipe(write_recipe(tmp_path, recipe)))
+    assert any("distill" in note for note in notes)
