@@ -1,0 +1,85 @@
+"""The tiny recipe end to end through the real CLI: teacher -> distill -> export -> quantize ->
+report -> gate; a second run reuses every stage; a run killed mid-stage resumes correctly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import TINY_RECIPE, run_cli
+
+STAGE_DIRS = ["00-teacher", "01-distill", "02-export", "03-quantize"]
+
+
+def test_run_writes_stages_reports_and_passes_the_gate(tiny_run):
+    out, result = tiny_run
+    for name in STAGE_DIRS:
+        manifest = json.loads((out / "stages" / name / "manifest.json").read_text())
+        assert manifest["complete"] is True and manifest["key"]
+    for name in ("report.json", "report.md", "report.html", "junit.xml"):
+        assert (out / "report" / name).stat().st_size > 0
+    assert "gate: PASS" in result.stdout
+
+
+def test_report_has_the_contract_fields(tiny_run):
+    report = json.loads((tiny_run[0] / "report" / "report.json").read_text())
+    names = [a["name"] for a in report["artifacts"]]
+    assert report["teacher"] == "teacher-fp32" and "teacher-int8" in names
+    assert report["release"] == "03-quantize"
+    for artifact in report["artifacts"]:
+        assert artifact["size_bytes"] > 0 and 0.0 <= artifact["accuracy"] <= 1.0
+        cell = artifact["devices"]["x86-64-cpu"]
+        if artifact["kind"] == "onnx":
+            assert cell["status"] == "measured"
+            lat = cell["latency_ms"]
+            assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and lat["n"] == 20
+        else:
+            assert cell["status"] == "skipped" and cell["reason"]
+    # INT8 weights are about a quarter of fp32 ones
+    sizes = {a["name"]: a["size_bytes"] for a in report["artifacts"]}
+    assert sizes["teacher-int8"] < 0.5 * sizes["teacher-fp32"]
+    assert sizes["03-quantize"] < sizes["teacher-int8"]
+
+
+def test_second_run_skips_every_cached_stage(copy_run):
+    started = time.time()
+    result = run_cli("run", TINY_RECIPE, "--out", copy_run)
+    assert result.returncode == 0, result.stderr
+    cached = [line for line in result.stdout.splitlines() if ": cached" in line]
+    assert len(cached) == 6, result.stdout  # teacher, two baselines, three stages
+    assert ": running" not in result.stdout
+    assert time.time() - started < 60
+
+
+def test_killed_stage_is_never_reused_and_the_rerun_finishes(copy_run):
+    """Kill the run while distill trains: no 01-distill folder may look finished; a rerun resumes
+    from the cached teacher and completes."""
+    import shutil
+
+    for name in STAGE_DIRS[1:]:
+        shutil.rmtree(copy_run / "stages" / name)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeslim.cli", "run", str(TINY_RECIPE), "--out", str(copy_run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = ""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        if "[01] distill: running" in line or not line:
+            break
+    time.sleep(3)  # let the stage write into its temporary folder
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert "[01] distill: running" in seen, seen
+    assert not (copy_run / "stages" / "01-distill" / "manifest.json").exists()
+    rerun = run_cli("run", TINY_RECIPE, "--out", copy_run, "--quiet")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert json.loads((copy_run / "stages" / "01-distill" / "manifest.json").read_text())["complete"]
+    leftovers = [p.name for p in (copy_run / "stages").iterdir() if ".tmp-" in p.name]
+    assert leftovers == []
