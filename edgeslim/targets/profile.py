@@ -1,21 +1,21 @@
 """Device profiles: what a target device is, how to run on it, how to predict it, what it must meet.
 
 A profile is a YAML file. Built-in profiles live in the repository's top-level ``devices/`` folder,
-which an installed wheel carries as package data (``edgeslim/_builtin/devices/`` or
-``edgeslim/builtin/devices/``); ``load_profile`` accepts either a built-in name (``x86-64-cpu``) or a
-path to any YAML file. Every section forbids unknown keys, so a typo in a profile is an error that
+which an installed wheel carries as package data ``edgeslim/_builtin/devices/`` (resolved by
+``edgeslim.builtin``); ``load_profile`` accepts either a built-in name (``x86-64-cpu``) or a path to
+any YAML file. Every section forbids unknown keys, so a typo in a profile is an error that
 names the key instead of a setting silently ignored.
 """
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgeslim.builtin import builtin_names, resolve_builtin
 from edgeslim.errors import EdgeslimError
 
 ACCESS_KINDS = ("local", "qemu-arm", "ssh", "cuda", "none")
@@ -131,30 +131,6 @@ class DeviceProfile(_Section):
         return self
 
 
-def builtin_dirs() -> list[Path]:
-    """Folders holding built-in profiles: package data of an installed wheel first, then the checkout."""
-    found: list[Path] = []
-    for sub in ("_builtin", "builtin"):
-        try:
-            candidate = importlib.resources.files("edgeslim").joinpath(sub, "devices")
-        except (ModuleNotFoundError, FileNotFoundError):  # pragma: no cover - edgeslim itself is importable
-            continue
-        if candidate.is_dir():
-            found.append(Path(str(candidate)))
-    checkout = Path(__file__).resolve().parents[2] / "devices"
-    if checkout.is_dir():
-        found.append(checkout)
-    return found
-
-
-def _builtin_files() -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for folder in reversed(builtin_dirs()):  # earlier folders win
-        for path in sorted(folder.glob("*.yaml")):
-            files[path.stem] = path
-    return files
-
-
 def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
@@ -178,16 +154,8 @@ def profile_from_dict(data: Any, source: str) -> DeviceProfile:
 
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
-    """Load a built-in profile by name or a profile YAML file by path."""
-    text_name = str(name_or_path)
-    path = Path(text_name)
-    if not (text_name.endswith((".yaml", ".yml")) or path.is_file()):
-        builtins = _builtin_files()
-        if text_name not in builtins:
-            raise EdgeslimError(f"unknown device '{text_name}'; built-in devices: {', '.join(sorted(builtins))} (or give a path to a profile YAML)")
-        path = builtins[text_name]
-    if not path.is_file():
-        raise EdgeslimError(f"device profile file '{path}' does not exist")
+    """Load a built-in profile by name (``x86-64-cpu``) or a profile YAML file by path."""
+    path = resolve_builtin("devices", str(name_or_path))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -199,4 +167,4 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
 
 def list_profiles() -> list[DeviceProfile]:
     """All built-in profiles, sorted by name."""
-    return [load_profile(path) for _, path in sorted(_builtin_files().items())]
+    return [load_profile(name) for name in builtin_names("devices")]

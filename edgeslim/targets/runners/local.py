@@ -72,8 +72,9 @@ def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[st
                        runs: int = 3, timeout_s: int = TIMEOUT_S) -> int | None:
     """Instructions per inference under callgrind, counting only the inference loop; None without valgrind.
 
-    Runs on one intra-op thread whatever the profile says: thread pools make counts vary with
-    scheduling, and the figure is meant to be identical run to run.
+    Runs on one intra-op thread whatever the profile says, and counts the main thread only:
+    onnxruntime's and Python's helper threads do work that varies with scheduling, and the figure is
+    meant to be identical run to run.
     """
     valgrind = shutil.which("valgrind")
     if valgrind is None:
@@ -84,16 +85,17 @@ def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[st
         inputs_path = write_inputs(work / "inputs.npz", inputs)
         spec = write_spec(work / "spec.json", single, {"model": str(model.resolve())}, str(inputs_path),
                           warmup=1, runs=runs, mode="count", memory=False)
-        command = [valgrind, "--tool=callgrind", "--zero-before=strfry", "--dump-before=memfrob",
-                   f"--callgrind-out-file={work / 'callgrind.out'}", sys.executable, str(HARNESS), str(spec), "result.json"]
+        command = [valgrind, "--tool=callgrind", "--separate-threads=yes", "--zero-before=getloadavg",
+                   "--dump-before=ctermid", f"--callgrind-out-file={work / 'callgrind.out'}",
+                   sys.executable, str(HARNESS), str(spec), "result.json"]
         run_harness(command, work, harness_env(single), timeout_s)
-        dumps = sorted(work.glob("callgrind.out.*"))
-        total = _callgrind_total(dumps[0]) if dumps else None
+        loop_dump = work / "callgrind.out.1-01"  # part 1 (the dump at ctermid) of thread 1 (the main thread)
+        total = _callgrind_total(loop_dump) if loop_dump.is_file() else None
     return None if total is None else round(total / runs)
 
 
 def _callgrind_total(path: Path) -> int | None:
-    """The Ir total from a callgrind output file (``summary:`` or ``totals:`` line)."""
+    """The instructions (Ir) collected in a callgrind output file, from its ``summary:`` line."""
     text = path.read_text(encoding="utf-8", errors="replace")
-    match = re.search(r"^(?:summary|totals):\s+(\d+)", text, flags=re.MULTILINE)
+    match = re.search(r"^summary:\s+(\d+)", text, flags=re.MULTILINE)
     return int(match.group(1)) if match else None
