@@ -1,0 +1,214 @@
+"""Where the prunable parts of a Hugging Face transformer are, and how to cut them so it still reloads.
+
+torch-pruning removes rows and columns of ``nn.Linear`` weights but leaves the HF bookkeeping stale
+(``num_attention_heads``, ``attention_head_size``, ``all_head_size``, ``intermediate_size``, ...), and a
+model whose config disagrees with its weights fails to reload. This module knows two families:
+
+* BERT family (BERT, RoBERTa, ELECTRA, ...: ``encoder.layer[i].attention.self.query``): pruned heads
+  are recorded in ``config.pruned_heads`` (original head numbers), which HF itself replays on
+  ``from_pretrained``, so every layer may keep a different number of heads.
+* Llama family (Llama, Mistral, Qwen2: ``layers[i].self_attn.q_proj`` + ``mlp.gate_proj``): the unit
+  of head pruning is a key/value group (one K/V head and the query heads that share it), so grouped-
+  query attention stays grouped; the config holds one head count for all layers.
+
+A standard config holds one FFN width (and, for Llama, one head count) for all layers. Where layers
+end up different, the narrower ones are padded with exact zeros (zero rows in, zero columns out) up to
+the widest: the model reloads with ``AutoModel...from_pretrained`` and identical outputs, but the padded
+channels still cost time, so uniform pruning is the fast choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2")
+
+
+def family_of_type(model_type: str | None) -> str | None:
+    """``"bert"``, ``"llama"`` or ``None`` for a config's ``model_type``."""
+    if model_type in BERT_FAMILY:
+        return "bert"
+    if model_type in LLAMA_FAMILY:
+        return "llama"
+    return None
+
+
+def supported_types() -> str:
+    return ", ".join(BERT_FAMILY + LLAMA_FAMILY)
+
+
+@dataclass
+class AttentionBlock:
+    """One layer's attention: its projections and head layout.
+
+    A *unit* is what head pruning removes at once: one head (BERT), one key/value group (Llama).
+    ``original_units`` maps current unit positions to original head numbers (BERT ``pruned_heads``).
+    """
+
+    index: int
+    module: nn.Module
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+    head_dim: int
+    heads_per_unit: int  # query heads per unit
+    kv_per_unit: int  # key/value heads per unit (1 for both families)
+    original_units: list[int] = field(default_factory=list)
+
+    @property
+    def units(self) -> int:
+        return self.q.out_features // (self.head_dim * self.heads_per_unit)
+
+    def query_rows(self, unit: int) -> list[int]:
+        width = self.head_dim * self.heads_per_unit
+        return list(range(unit * width, (unit + 1) * width))
+
+    def kv_rows(self, unit: int) -> list[int]:
+        width = self.head_dim * self.kv_per_unit
+        return list(range(unit * width, (unit + 1) * width))
+
+
+@dataclass
+class FfnBlock:
+    """One layer's feed-forward: the Linears that widen (``inputs``) and the one that narrows."""
+
+    index: int
+    inputs: list[nn.Linear]
+    output: nn.Linear
+
+    @property
+    def width(self) -> int:
+        return self.output.in_features
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    return getattr(model, "base_model", model)
+
+
+def family_of(model: nn.Module) -> str:
+    family = family_of_type(getattr(model.config, "model_type", None))
+    if family is None:
+        raise ValueError(f"prune supports model types {supported_types()}, not '{model.config.model_type}'")
+    return family
+
+
+def attention_blocks(model: nn.Module) -> list[AttentionBlock]:
+    family, base, config = family_of(model), base_model(model), model.config
+    blocks = []
+    if family == "bert":
+        n_orig = config.num_attention_heads
+        for i, layer in enumerate(base.encoder.layer):
+            attn = layer.attention
+            kept = [h for h in range(n_orig) if h not in attn.pruned_heads]
+            s = attn.self
+            blocks.append(AttentionBlock(i, attn, s.query, s.key, s.value, attn.output.dense,
+                                         s.attention_head_size, 1, 1, kept))
+        return blocks
+    for i, layer in enumerate(base.layers):
+        a = layer.self_attn
+        groups = a.k_proj.out_features // a.head_dim
+        blocks.append(AttentionBlock(i, a, a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.head_dim,
+                                     a.num_key_value_groups, 1, list(range(groups))))
+    return blocks
+
+
+def ffn_blocks(model: nn.Module) -> list[FfnBlock]:
+    family, base = family_of(model), base_model(model)
+    if family == "bert":
+        return [FfnBlock(i, [l.intermediate.dense], l.output.dense) for i, l in enumerate(base.encoder.layer)]
+    return [FfnBlock(i, [l.mlp.gate_proj, l.mlp.up_proj], l.mlp.down_proj) for i, l in enumerate(base.layers)]
+
+
+# ----------------------------------------------------------------------------------- surgery
+
+
+def remove_units(block: AttentionBlock, drop: list[int]) -> None:
+    """Remove attention units ``drop`` (current positions) with torch-pruning and fix the module."""
+    if not drop:
+        return
+    drop = sorted(set(drop))
+    q_rows = [r for u in drop for r in block.query_rows(u)]
+    kv_rows = [r for u in drop for r in block.kv_rows(u)]
+    tp.prune_linear_out_channels(block.q, q_rows)
+    tp.prune_linear_out_channels(block.k, kv_rows)
+    tp.prune_linear_out_channels(block.v, kv_rows)
+    tp.prune_linear_in_channels(block.o, q_rows)
+    removed = {block.original_units[u] for u in drop}
+    block.original_units = [u for u in block.original_units if u not in removed]
+    module = block.module
+    if hasattr(module, "pruned_heads"):  # BERT family: HF replays config.pruned_heads on load
+        s = module.self
+        s.num_attention_heads = block.q.out_features // s.attention_head_size
+        s.all_head_size = s.num_attention_heads * s.attention_head_size
+        module.pruned_heads = set(module.pruned_heads) | removed
+    # Llama family: head_dim and num_key_value_groups are unchanged by removing whole groups.
+
+
+def remove_channels(block: FfnBlock, drop: list[int]) -> None:
+    """Remove FFN channels ``drop`` (rows of the widening Linears, columns of the narrowing one)."""
+    if not drop:
+        return
+    drop = sorted(set(drop))
+    for linear in block.inputs:
+        tp.prune_linear_out_channels(linear, drop)
+    tp.prune_linear_in_channels(block.output, drop)
+
+
+def _pad_rows(linear: nn.Linear, extra: int) -> None:
+    weight = linear.weight.data
+    linear.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(extra, weight.shape[1])], 0))
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(torch.cat([linear.bias.data, linear.bias.data.new_zeros(extra)]))
+    linear.out_features = linear.weight.shape[0]
+
+
+def _pad_cols(linear: nn.Linear, extra: int) -> None:
+    weight = linear.weight.data
+    linear.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(weight.shape[0], extra)], 1))
+    linear.in_features = linear.weight.shape[1]
+
+
+def pad_channels(block: FfnBlock, width: int) -> int:
+    """Zero-pad an FFN to ``width`` channels (outputs unchanged: act(0)·0 = 0); returns channels added."""
+    extra = width - block.width
+    if extra > 0:
+        for linear in block.inputs:
+            _pad_rows(linear, extra)
+        _pad_cols(block.output, extra)
+    return max(extra, 0)
+
+
+def pad_units(block: AttentionBlock, units: int) -> int:
+    """Zero-pad a Llama attention to ``units`` key/value groups; a zero head adds exactly nothing
+    (its values and output columns are zero). Returns the number of units added."""
+    extra = units - block.units
+    if extra > 0:
+        _pad_rows(block.q, extra * block.head_dim * block.heads_per_unit)
+        _pad_rows(block.k, extra * block.head_dim * block.kv_per_unit)
+        _pad_rows(block.v, extra * block.head_dim * block.kv_per_unit)
+        _pad_cols(block.o, extra * block.head_dim * block.heads_per_unit)
+    return max(extra, 0)
+
+
+def sync_config(model: nn.Module) -> None:
+    """Write the pruned shapes into ``model.config`` so ``from_pretrained`` rebuilds the same model.
+
+    Call after every layer has the same FFN width (and, for Llama, the same number of units).
+    """
+    config, family = model.config, family_of(model)
+    ffns = ffn_blocks(model)
+    config.intermediate_size = ffns[0].width
+    blocks = attention_blocks(model)
+    if family == "bert":
+        config.pruned_heads = {b.index: sorted(b.module.pruned_heads) for b in blocks if b.module.pruned_heads}
+        return
+    b = blocks[0]
+    config.head_dim = b.head_dim
+    config.num_key_value_heads = b.units * b.kv_per_unit
+    config.num_attention_heads = b.units * b.heads_per_unit

@@ -1,0 +1,393 @@
+"""Stage ``prune``: structured pruning of attention heads and FFN channels, so the model is really
+smaller and faster (whole rows and columns go, not scattered zeros).
+
+Importance decides what goes: ``magnitude`` (L2 norm of every weight a head or channel owns, as in
+torch-pruning's group magnitude importance), ``taylor`` (|weight x gradient| of the task loss on a few
+batches, torch-pruning's group Taylor importance) or ``calibration`` (mean activation x output-weight
+norm on a few real inputs, Wanda-style). ``scope: uniform`` removes the same fraction in every layer;
+``scope: global`` ranks all layers together (scores normalized per layer) so weak layers lose more.
+``layers`` overrides single layers. The weights are cut with torch-pruning's pruning functions and
+:mod:`edgeslim.compress.hf_fixups` makes the HF modules and config agree with them, so the saved folder
+reloads with ``AutoModelFor...from_pretrained`` and gives identical outputs. A short KD recovery against
+the teacher (``recovery.steps``) can follow.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from edgeslim.artifacts import Artifact
+from edgeslim.compress import hf_fixups as fx
+from edgeslim.errors import EdgeslimError
+from edgeslim.pipeline import StageConfig, StageContext, register_stage
+
+Ratio = float
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LayerPrune(_Strict):
+    """Per-layer override: a ratio, or for ``heads`` the list of heads (Llama: K/V groups) to remove."""
+
+    heads: float | list[int] | None = None
+    ffn: float | None = Field(None, ge=0, lt=1)
+
+    @field_validator("heads")
+    @classmethod
+    def _heads(cls, value):
+        if isinstance(value, float) and not 0 <= value < 1:
+            raise ValueError("heads ratio must be in [0, 1) (1 would remove every head)")
+        if isinstance(value, list) and (len(set(value)) != len(value) or any(h < 0 for h in value)):
+            raise ValueError("heads list must name distinct head numbers >= 0")
+        return value
+
+
+class Recovery(_Strict):
+    """Short logit-KD against the teacher after pruning; ``steps: 0`` turns it off."""
+
+    steps: int = Field(0, ge=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(16, ge=1)
+    temperature: float = Field(2.0, gt=0)
+
+
+class PruneConfig(StageConfig):
+    """What fraction of heads and FFN channels to remove, how to rank them, and where."""
+
+    heads: Ratio = Field(0.0, ge=0, lt=1, description="fraction of attention heads (Llama: K/V groups) removed")
+    ffn: Ratio = Field(0.0, ge=0, lt=1, description="fraction of FFN channels removed")
+    importance: Literal["magnitude", "taylor", "calibration"] = "magnitude"
+    scope: Literal["uniform", "global"] = "uniform"
+    layers: dict[int, LayerPrune] = Field(default_factory=dict)
+    round_to: int = Field(1, ge=1, description="FFN widths kept are multiples of this (8/16 suit SIMD)")
+    samples: int = Field(32, ge=1, description="examples for taylor/calibration importance")
+    recovery: Recovery = Recovery()
+
+    @model_validator(mode="after")
+    def _something_to_do(self):
+        if self.heads == 0 and self.ffn == 0 and not self.layers:
+            raise ValueError("nothing to prune: set heads and/or ffn to a fraction in (0, 1), or give layers")
+        return self
+
+    def check_against(self, model_config: Any, task: str) -> None:
+        """Layer numbers exist, the family is supported, and no layer loses all its heads."""
+        if model_config is None:
+            return
+        if fx.family_of_type(getattr(model_config, "model_type", None)) is None:
+            raise ValueError(f"prune supports model types {fx.supported_types()}, not '{model_config.model_type}'")
+        n_layers = model_config.num_hidden_layers
+        for layer in self.layers:
+            if not 0 <= layer < n_layers:
+                raise ValueError(f"layers: layer {layer} does not exist (the model has layers 0..{n_layers - 1})")
+        for layer, units in enumerate(units_per_layer(model_config)):
+            ratio = self.heads_for(layer)
+            if isinstance(ratio, list):
+                bad = [h for h in ratio if h >= units]
+                if bad:
+                    raise ValueError(f"layers.{layer}.heads: head {bad[0]} does not exist (the layer has heads 0..{units - 1})")
+                if len(ratio) >= units:
+                    raise ValueError(f"layers.{layer}.heads removes every head of layer {layer}; keep at least one")
+            elif keep_count(units, ratio) < 1:
+                raise ValueError(f"heads: {ratio} removes every head of layer {layer} (it has {units}); use a smaller ratio")
+
+    def heads_for(self, layer: int) -> float | list[int]:
+        override = self.layers.get(layer)
+        return override.heads if override is not None and override.heads is not None else self.heads
+
+    def ffn_for(self, layer: int) -> float:
+        override = self.layers.get(layer)
+        return override.ffn if override is not None and override.ffn is not None else self.ffn
+
+
+def units_per_layer(config) -> list[int]:
+    """Head-pruning units in each layer: heads (BERT, less those already pruned) or K/V groups (Llama)."""
+    n_layers = config.num_hidden_layers
+    if fx.family_of_type(config.model_type) == "llama":
+        return [getattr(config, "num_key_value_heads", None) or config.num_attention_heads] * n_layers
+    pruned = getattr(config, "pruned_heads", None) or {}
+    return [config.num_attention_heads - len(pruned.get(i, ())) for i in range(n_layers)]
+
+
+def keep_count(n: int, ratio: float, round_to: int = 1) -> int:
+    """How many of ``n`` units to keep when removing ``ratio`` of them, rounded up to ``round_to``."""
+    keep = n - int(math.floor(n * ratio + 0.5))
+    if round_to > 1 and keep > 0:
+        keep = min(n, int(math.ceil(keep / round_to) * round_to))
+    return keep
+
+
+# ----------------------------------------------------------------------------------- importance
+
+
+def _unit_params(block: fx.AttentionBlock, unit: int) -> list[tuple[torch.Tensor, torch.Tensor | None, int, list[int]]]:
+    """(weight, grad, dim, indices) of every weight slice a head unit owns."""
+    q, kv = block.query_rows(unit), block.kv_rows(unit)
+    return [(block.q.weight, block.q.weight.grad, 0, q), (block.k.weight, block.k.weight.grad, 0, kv),
+            (block.v.weight, block.v.weight.grad, 0, kv), (block.o.weight, block.o.weight.grad, 1, q)]
+
+
+def _slice_score(weight, grad, dim, idx, method) -> torch.Tensor:
+    index = torch.tensor(idx)
+    w = weight.detach().index_select(dim, index)
+    if method == "taylor":
+        if grad is None:
+            raise RuntimeError("taylor importance needs gradients; run a backward pass first")
+        return (w * grad.index_select(dim, index)).abs().sum(1 - dim)
+    return w.pow(2).sum(1 - dim)
+
+
+def magnitude_or_taylor(model: nn.Module, method: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-layer scores of head units and FFN channels from weights (and their gradients)."""
+    heads = []
+    for block in fx.attention_blocks(model):
+        heads.append(torch.stack([sum(_slice_score(*p, method).sum() for p in _unit_params(block, u))
+                                  for u in range(block.units)]))
+    ffns = []
+    for block in fx.ffn_blocks(model):
+        idx = list(range(block.width))
+        score = sum(_slice_score(l.weight, l.weight.grad, 0, idx, method) for l in block.inputs)
+        ffns.append(score + _slice_score(block.output.weight, block.output.weight.grad, 1, idx, method))
+    return heads, ffns
+
+
+def taylor_scores(model: nn.Module, batches: Iterable[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """First-order Taylor importance: accumulate task-loss gradients over ``batches`` (with labels)."""
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    seen = 0
+    for batch in batches:
+        loss = model(**batch).loss
+        if loss is None:
+            raise EdgeslimError("prune: importance: taylor needs labeled data; use magnitude or calibration")
+        loss.backward()
+        seen += 1
+    if not seen:
+        raise EdgeslimError("prune: importance: taylor needs training examples, but the train split is empty")
+    scores = magnitude_or_taylor(model, "taylor")
+    model.zero_grad(set_to_none=True)
+    return scores
+
+
+@torch.no_grad()
+def calibration_scores(model: nn.Module, batches: Iterable[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Activation importance: mean |input| of each channel of the narrowing Linear (attention output,
+    FFN output) times the norm of its weight column, on real inputs (batch 1, no padding)."""
+    model.eval()
+    attn, ffn = fx.attention_blocks(model), fx.ffn_blocks(model)
+    sums: dict[nn.Module, torch.Tensor] = {}
+    count = [0]
+
+    def hook(module, inputs, _output):
+        x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().sum(0)
+        sums[module] = sums.get(module, 0) + x
+
+    handles = [b.o.register_forward_hook(hook) for b in attn] + [b.output.register_forward_hook(hook) for b in ffn]
+    try:
+        for batch in batches:
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+            count[0] += int(batch["input_ids"].numel())
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not count[0]:
+        raise EdgeslimError("prune: importance: calibration needs training examples, but the train split is empty")
+    heads = []
+    for b in attn:
+        channel = sums[b.o] / count[0] * b.o.weight.norm(dim=0)
+        heads.append(channel.reshape(b.units, -1).sum(1))
+    ffns = [sums[b.output] / count[0] * b.output.weight.norm(dim=0) for b in ffn]
+    return heads, ffns
+
+
+def importance(model: nn.Module, method: str, batches: Iterable[dict] | None = None):
+    """Per-layer (head-unit scores, FFN-channel scores) by ``method``."""
+    if method == "magnitude":
+        return magnitude_or_taylor(model, "magnitude")
+    if batches is None:
+        raise ValueError(f"importance '{method}' needs batches of data")
+    if method == "taylor":
+        return taylor_scores(model, batches)
+    return calibration_scores(model, batches)
+
+
+# ------------------------------------------------------------------------------------- planning
+
+
+def _lowest(score: torch.Tensor, keep: int) -> list[int]:
+    """Positions of the ``len(score) - keep`` least important entries."""
+    order = torch.argsort(score, stable=True)
+    return sorted(order[: len(score) - keep].tolist())
+
+
+def plan_uniform(scores: list[torch.Tensor], ratios: list[float], round_to: int = 1) -> list[list[int]]:
+    """Per layer, drop the least important ``ratio`` of entries (keep rounded up to ``round_to``)."""
+    return [_lowest(s, keep_count(len(s), r, round_to)) for s, r in zip(scores, ratios)]
+
+
+def plan_global(scores: list[torch.Tensor], ratio: float, round_to: int = 1, min_keep: int = 1) -> list[list[int]]:
+    """Drop ``ratio`` of all entries, ranked across layers by score / layer mean; every layer keeps
+    at least ``min_keep`` and a multiple of ``round_to``."""
+    if not scores:
+        return []
+    total = sum(len(s) for s in scores)
+    n_drop = int(math.floor(total * ratio + 0.5))
+    flat = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
+    layer_of = torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)])
+    dropped = [0] * len(scores)
+    for pos in torch.argsort(flat, stable=True).tolist():
+        if n_drop == 0:
+            break
+        layer = int(layer_of[pos])
+        if len(scores[layer]) - dropped[layer] > min_keep:
+            dropped[layer] += 1
+            n_drop -= 1
+    plans = []
+    for s, d in zip(scores, dropped):
+        keep = len(s) - d
+        if round_to > 1:
+            keep = min(len(s), int(math.ceil(keep / round_to) * round_to))
+        plans.append(_lowest(s, keep))
+    return plans
+
+
+def plan(config: PruneConfig, head_scores: list[torch.Tensor], ffn_scores: list[torch.Tensor]):
+    """Which head units and FFN channels each layer loses."""
+    n = len(head_scores)
+    overridden_heads = {i for i in range(n) if i in config.layers and config.layers[i].heads is not None}
+    overridden_ffn = {i for i in range(n) if i in config.layers and config.layers[i].ffn is not None}
+    heads = _plan_part(head_scores, config.heads, config.scope, 1, overridden_heads, config.heads_for)
+    ffn = _plan_part(ffn_scores, config.ffn, config.scope, config.round_to, overridden_ffn, config.ffn_for)
+    for i in range(n):
+        if len(heads[i]) >= len(head_scores[i]):
+            raise EdgeslimError(f"prune: layer {i} would lose every head; lower heads or its layers override")
+    return heads, ffn
+
+
+def _plan_part(scores, ratio, scope, round_to, overridden, ratio_for):
+    plans = [[] for _ in scores]
+    free = [i for i in range(len(scores)) if i not in overridden]
+    if scope == "global":
+        for i, drop in zip(free, plan_global([scores[i] for i in free], ratio, round_to)):
+            plans[i] = drop
+    else:
+        for i in free:
+            plans[i] = plan_uniform([scores[i]], [ratio], round_to)[0]
+    for i in overridden:
+        value = ratio_for(i)
+        plans[i] = sorted(value) if isinstance(value, list) else plan_uniform([scores[i]], [value], round_to)[0]
+    return plans
+
+
+# ------------------------------------------------------------------------------------- applying
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def apply_plan(model: nn.Module, head_drops: list[list[int]], ffn_drops: list[list[int]]) -> dict[str, Any]:
+    """Cut the planned units and channels, pad layers to a common shape where the config needs one,
+    and make the config agree, so ``save_pretrained``/``from_pretrained`` round-trips exactly."""
+    family = fx.family_of(model)
+    for block, drop in zip(fx.attention_blocks(model), head_drops):
+        fx.remove_units(block, drop)
+    for block, drop in zip(fx.ffn_blocks(model), ffn_drops):
+        fx.remove_channels(block, drop)
+    widths = [b.width for b in fx.ffn_blocks(model)]
+    padded = {"ffn_channels": sum(fx.pad_channels(b, max(widths)) for b in fx.ffn_blocks(model))}
+    units = [b.units for b in fx.attention_blocks(model)]
+    if family == "llama":
+        padded["head_units"] = sum(fx.pad_units(b, max(units)) for b in fx.attention_blocks(model))
+    fx.sync_config(model)
+    return {"heads_per_layer": [b.units * b.heads_per_unit for b in fx.attention_blocks(model)],
+            "kept_head_units": units, "ffn_per_layer": widths, "padded": padded}
+
+
+def prune_model(model: nn.Module, config: PruneConfig, batches: Iterable[dict] | None = None) -> dict[str, Any]:
+    """Prune ``model`` in place per ``config``; returns what was kept and the parameter counts.
+
+    ``batches``: dicts of tensors for ``taylor`` (with ``labels``) or ``calibration`` importance.
+    """
+    try:
+        config.check_against(model.config, "")
+    except ValueError as exc:
+        raise EdgeslimError(f"prune: {exc}") from None
+    before = count_params(model)
+    head_scores, ffn_scores = importance(model, config.importance, batches)
+    head_drops, ffn_drops = plan(config, head_scores, ffn_scores)
+    summary = apply_plan(model, head_drops, ffn_drops)
+    summary.update(params_before=before, params_after=count_params(model),
+                   removed_head_units=head_drops, removed_ffn_channels=ffn_drops)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------- stage
+
+
+def _auto_class(task: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+
+
+def load_torch(path: Path, task: str):
+    """Model (eval mode) and tokenizer of a torch artifact folder."""
+    from transformers import AutoTokenizer
+
+    model = _auto_class(task).from_pretrained(path)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def importance_batches(config: PruneConfig, ctx: StageContext, tokenizer) -> list[dict] | None:
+    """The data importance needs: padded labeled batches (taylor) or unpadded single examples."""
+    if config.importance == "magnitude":
+        return None
+    if config.importance == "taylor":
+        return list(ctx.data.batches(tokenizer, "train", batch_size=8, limit=config.samples))
+    return [{k: torch.from_numpy(v) for k, v in ex.items()} for ex in ctx.data.calibration(tokenizer, config.samples)]
+
+
+def recover(student: nn.Module, recovery: Recovery, ctx: StageContext, tokenizer) -> dict[str, Any]:
+    """Short KD recovery against the teacher (or, with ``steps: 0``, just the eval metrics)."""
+    from edgeslim.compress.trainer import evaluate, examples_from_split, kd_recover
+
+    if recovery.steps and ctx.teacher is not None:
+        teacher, _ = load_torch(ctx.teacher.path, ctx.task)
+        metrics = kd_recover(student, teacher, ctx.data, tokenizer, steps=recovery.steps, lr=recovery.lr,
+                             batch_size=recovery.batch_size, temperature=recovery.temperature, seed=ctx.seed,
+                             progress=ctx.progress)
+        student.eval()
+        return {**metrics, "recovery_steps": recovery.steps}
+    rows = examples_from_split(ctx.data, tokenizer, "eval", model=student)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return evaluate(student, rows, pad_token_id=pad)
+
+
+def save_torch(model: nn.Module, tokenizer, out_dir: Path) -> None:
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+@register_stage("prune", config=PruneConfig, consumes="torch", produces="torch")
+def run(config: PruneConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
+    """Prune heads and FFN channels of the input model, optionally recover, save a reloadable folder."""
+    torch.manual_seed(ctx.seed)
+    model, tokenizer = load_torch(artifact.path, ctx.task)
+    batches = importance_batches(config, ctx, tokenizer)
+    summary = prune_model(model, config, batches)
+    ctx.log(f"prune: params {summary['params_before']:,} -> {summary['params_after']:,}; "
+            f"heads/layer {summary['heads_per_layer']}, ffn/layer {summary['ffn_per_layer']}")
+    if any(summary["padded"].values()):
+        ctx.log(f"prune: layers padded with zeros to a common shape {summary['padded']} (use scope: uniform to avoid)")
+    metrics = {**summary, **recover(model, config.recovery, ctx, tokenizer)}
+    save_torch(model, tokenizer, ctx.out_dir)
+    return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics})

@@ -1,0 +1,237 @@
+"""Structured pruning: the cut model equals the original with the same heads/channels masked to zero,
+reloads with identical outputs, ranks by the importance it claims, and rejects bad values in one line."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from pydantic import ValidationError
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig,
+                          BertForSequenceClassification, GPT2Config, LlamaConfig, LlamaForCausalLM)
+
+from edgeslim.compress.prune import PruneConfig, keep_count, plan_global, prune_model
+from edgeslim.errors import EdgeslimError
+
+HEAD = 8  # head_dim of the tiny models below
+
+
+def tiny_bert(layers: int = 2, heads: int = 4) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=HEAD * heads, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=64, num_labels=3, max_position_embeddings=32)
+    return BertForSequenceClassification(config).eval()
+
+
+def tiny_llama(layers: int = 2, heads: int = 4, kv: int = 2) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=100, hidden_size=HEAD * heads, num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv, intermediate_size=64, max_position_embeddings=32)
+    return LlamaForCausalLM(config).eval()
+
+
+def inputs(batch: int = 2, length: int = 8) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, 5:] = 0  # padding in the second row
+    return {"input_ids": torch.randint(0, 100, (batch, length)), "attention_mask": mask}
+
+
+def _zero_rows(linear, rows):
+    linear.weight.data[rows] = 0
+    if linear.bias is not None:
+        linear.bias.data[rows] = 0
+
+
+def masked_bert(model, head_drops, ffn_drops):
+    """The unpruned model with the removed heads and FFN channels set to zero: what pruning must equal."""
+    masked = copy.deepcopy(model)
+    for layer, heads, channels in zip(masked.bert.encoder.layer, head_drops, ffn_drops):
+        s = layer.attention.self
+        rows = [r for h in heads for r in range(h * HEAD, (h + 1) * HEAD)]
+        for linear in (s.query, s.key, s.value):
+            _zero_rows(linear, rows)
+        layer.attention.output.dense.weight.data[:, rows] = 0
+        _zero_rows(layer.intermediate.dense, channels)
+        layer.output.dense.weight.data[:, channels] = 0
+    return masked
+
+
+def masked_llama(model, group_drops, ffn_drops):
+    masked = copy.deepcopy(model)
+    per_group = model.config.num_attention_heads // model.config.num_key_value_heads
+    for layer, groups, channels in zip(masked.model.layers, group_drops, ffn_drops):
+        a = layer.self_attn
+        q_rows = [r for g in groups for r in range(g * per_group * HEAD, (g + 1) * per_group * HEAD)]
+        kv_rows = [r for g in groups for r in range(g * HEAD, (g + 1) * HEAD)]
+        _zero_rows(a.q_proj, q_rows)
+        _zero_rows(a.k_proj, kv_rows)
+        _zero_rows(a.v_proj, kv_rows)
+        a.o_proj.weight.data[:, q_rows] = 0
+        _zero_rows(layer.mlp.gate_proj, channels)
+        _zero_rows(layer.mlp.up_proj, channels)
+        layer.mlp.down_proj.weight.data[:, channels] = 0
+    return masked
+
+
+@torch.no_grad()
+def logits(model, batch):
+    return model(**batch).logits
+
+
+def test_uniform_bert_prune_equals_masking_and_reloads_exactly(tmp_path):
+    original = tiny_bert()
+    model = copy.deepcopy(original)
+    summary = prune_model(model, PruneConfig(heads=0.5, ffn=0.5))
+    assert summary["heads_per_layer"] == [2, 2] and summary["ffn_per_layer"] == [32, 32]
+    for layer in model.bert.encoder.layer:
+        assert layer.attention.self.query.weight.shape == (2 * HEAD, 4 * HEAD)
+        assert layer.attention.self.num_attention_heads == 2
+        assert layer.attention.self.all_head_size == 2 * HEAD
+        assert layer.intermediate.dense.weight.shape == (32, 4 * HEAD)
+    assert summary["params_after"] == sum(p.numel() for p in model.parameters()) < summary["params_before"]
+    batch = inputs()
+    expected = logits(masked_bert(original, summary["removed_head_units"], summary["removed_ffn_channels"]), batch)
+    torch.testing.assert_close(logits(model, batch), expected, atol=1e-5, rtol=1e-4)
+
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.intermediate_size == 32
+    assert {int(k): sorted(v) for k, v in reloaded.config.pruned_heads.items()} == {
+        i: sorted(h) for i, h in enumerate(summary["removed_head_units"])}
+    assert torch.equal(logits(reloaded, batch), logits(model, batch))
+
+
+def test_global_scope_overrides_and_round_to_give_uneven_layers_that_still_reload(tmp_path):
+    original = tiny_bert(layers=3)
+    model = copy.deepcopy(original)
+    config = PruneConfig(heads=0.25, ffn=0.5, scope="global", round_to=8,
+                         layers={2: {"heads": [0, 3], "ffn": 0.25}})
+    summary = prune_model(model, config)
+    assert summary["removed_head_units"][2] == [0, 3]
+    assert summary["ffn_per_layer"][2] == 48  # 64 * 0.75
+    assert all(width % 8 == 0 for width in summary["ffn_per_layer"])
+    free = summary["ffn_per_layer"][:2]
+    assert sum(free) <= 64 + 8 * 2  # half of the two free layers' 128 channels, up to rounding
+    # layers narrower than the widest are zero-padded so one intermediate_size fits all
+    assert model.config.intermediate_size == max(summary["ffn_per_layer"])
+    batch = inputs()
+    expected = logits(masked_bert(original, summary["removed_head_units"], summary["removed_ffn_channels"]), batch)
+    torch.testing.assert_close(logits(model, batch), expected, atol=1e-5, rtol=1e-4)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert [l.attention.self.num_attention_heads for l in reloaded.bert.encoder.layer] == summary["heads_per_layer"]
+    assert torch.equal(logits(reloaded, batch), logits(model, batch))
+
+
+def test_llama_gqa_prunes_whole_key_value_groups_and_reloads_exactly(tmp_path):
+    original = tiny_llama(heads=4, kv=2)
+    model = copy.deepcopy(original)
+    summary = prune_model(model, PruneConfig(heads=0.5, ffn=0.25, importance="magnitude"))
+    assert model.config.num_attention_heads == 2 and model.config.num_key_value_heads == 1
+    assert model.config.head_dim == HEAD and model.config.intermediate_size == 48
+    a = model.model.layers[0].self_attn
+    assert a.q_proj.out_features == 2 * HEAD and a.k_proj.out_features == HEAD and a.num_key_value_groups == 2
+    batch = inputs()
+    expected = logits(masked_llama(original, summary["removed_head_units"], summary["removed_ffn_channels"]), batch)
+    torch.testing.assert_close(logits(model, batch), expected, atol=1e-5, rtol=1e-4)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(logits(reloaded, batch), logits(model, batch))
+
+
+def test_llama_uneven_groups_are_zero_padded_and_reload(tmp_path):
+    original = tiny_llama(heads=4, kv=4)
+    model = copy.deepcopy(original)
+    summary = prune_model(model, PruneConfig(layers={0: {"heads": [1, 2, 3]}, 1: {"heads": [0]}}))
+    assert summary["kept_head_units"] == [1, 3] and summary["padded"]["head_units"] == 2
+    assert model.config.num_attention_heads == 3
+    batch = inputs()
+    expected = logits(masked_llama(original, summary["removed_head_units"], summary["removed_ffn_channels"]), batch)
+    torch.testing.assert_close(logits(model, batch), expected, atol=1e-5, rtol=1e-4)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path).eval(), batch), logits(model, batch))
+
+
+def _weaken_head(model, layer: int, head: int, scale: float = 1e-3):
+    s = model.bert.encoder.layer[layer].attention.self
+    rows = slice(head * HEAD, (head + 1) * HEAD)
+    with torch.no_grad():
+        for linear in (s.query, s.key, s.value):
+            linear.weight[rows] *= scale
+        model.bert.encoder.layer[layer].attention.output.dense.weight[:, rows] *= scale
+
+
+def test_magnitude_removes_the_head_with_the_smallest_weights():
+    model = tiny_bert()
+    _weaken_head(model, 0, 2)
+    _weaken_head(model, 1, 0)
+    summary = prune_model(model, PruneConfig(heads=0.25))
+    assert summary["removed_head_units"] == [[2], [0]]
+
+
+def test_magnitude_ffn_ranking_matches_group_norms_computed_here():
+    model = tiny_bert()
+    layer = model.bert.encoder.layer[0]
+    norms = layer.intermediate.dense.weight.pow(2).sum(1) + layer.output.dense.weight.pow(2).sum(0)
+    expected = sorted(torch.argsort(norms)[:16].tolist())
+    summary = prune_model(model, PruneConfig(ffn=0.25))
+    assert summary["removed_ffn_channels"][0] == expected
+
+
+def test_calibration_removes_a_head_whose_output_is_silent():
+    model = tiny_bert()
+    with torch.no_grad():
+        model.bert.encoder.layer[1].attention.output.dense.weight[:, 3 * HEAD:4 * HEAD] = 0
+    batches = [{k: v[:1] for k, v in inputs().items()}]
+    summary = prune_model(model, PruneConfig(heads=0.25, importance="calibration"), batches)
+    assert summary["removed_head_units"][1] == [3]
+
+
+def test_taylor_uses_gradients_and_removes_a_head_that_cannot_change_the_loss():
+    model = tiny_bert()
+    with torch.no_grad():  # head 1 of layer 0 feeds nothing downstream, so its gradient is zero
+        model.bert.encoder.layer[0].attention.output.dense.weight[:, HEAD:2 * HEAD] = 0
+    batch = {**inputs(), "labels": torch.tensor([0, 2])}
+    summary = prune_model(model, PruneConfig(heads=0.25, importance="taylor"), [batch])
+    assert summary["removed_head_units"][0] == [1]
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_keep_count_and_global_plan():
+    assert keep_count(4, 0.5) == 2 and keep_count(64, 0.3, round_to=8) == 48 and keep_count(2, 0.9) == 0
+    scores = [torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([10.0, 10.0, 10.0, 0.01])]
+    # normalized by the layer mean, layer 1's last channel is the least important overall
+    drops = plan_global(scores, 0.25)
+    assert drops == [[0], [3]]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"heads": 1.0}, "less than 1"),
+    ({"ffn": -0.1}, "greater than or equal to 0"),
+    ({}, "nothing to prune"),
+    ({"heads": 0.5, "layers": {0: {"heads": 1.5}}}, "heads ratio must be in [0, 1)"),
+])
+def test_bad_ratios_fail_validation(values, message):
+    with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        PruneConfig(**values)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"heads": 0.9}, "removes every head of layer 0"),
+    ({"heads": 0.5, "layers": {1: {"heads": [0, 1, 2, 3]}}}, "removes every head of layer 1"),
+    ({"heads": 0.5, "layers": {1: {"heads": [7]}}}, "head 7 does not exist"),
+    ({"heads": 0.5, "layers": {5: {"ffn": 0.5}}}, "layer 5 does not exist"),
+])
+def test_values_that_need_the_model_fail_check_against_in_one_line(values, message):
+    with pytest.raises(ValueError, match=message) as info:
+        PruneConfig(**values).check_against(tiny_bert().config, "text-classification")
+    assert "\n" not in str(info.value)
+
+
+def test_unsupported_family_and_every_head_fail_at_run_time_as_edgeslim_errors():
+    with pytest.raises(ValueError, match="prune supports model types"):
+        PruneConfig(heads=0.5).check_against(GPT2Config(), "causal-lm")
+    with pytest.raises(EdgeslimError, match="removes every head"):
+        prune_model(tiny_llama(kv=2), PruneConfig(heads=0.8))
