@@ -113,3 +113,75 @@ def initializer_bytes(onnx_file: Path, names: set[str] | None = None) -> dict[st
         for init in model.graph.initializer
         if names is None or init.name in names
     }
+
+
+POSITIVE = ["good", "great", "fine", "happy", "love"]
+NEGATIVE = ["bad", "awful", "sad", "hate", "poor"]
+FILLER = ["the", "movie", "is", "was", "very"]
+
+
+def sentiment_examples(n: int, seed: int):
+    """Short synthetic reviews whose label is the sentiment word they contain (1 = positive)."""
+    from edgeslim.data import Example
+
+    rng = np.random.default_rng(seed)
+    examples = []
+    for _ in range(n):
+        label = int(rng.integers(0, 2))
+        word = rng.choice(POSITIVE if label else NEGATIVE)
+        words = list(rng.choice(FILLER, size=int(rng.integers(2, 5)))) + [word]
+        rng.shuffle(words)
+        examples.append(Example(" ".join(words), label))
+    return examples
+
+
+def sentiment_data(n_train: int = 128, n_eval: int = 64):
+    """A real :class:`edgeslim.data.DataBundle` over the synthetic reviews."""
+    from edgeslim.data import DataBundle
+
+    return DataBundle(sentiment_examples(n_train, 1), sentiment_examples(n_eval, 2), ["negative", "positive"], 32)
+
+
+def trained_tiny_bert(folder: Path, data, seed: int = 0, epochs: int = 4):
+    """A tiny BERT fine-tuned on ``data`` (a few seconds on CPU), saved in ``folder``."""
+    from transformers import AutoTokenizer
+
+    model = tiny_bert(folder, seed)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model trains ~100x faster without thread contention
+    try:
+        model.train()
+        for epoch in range(epochs):
+            for batch in data.batches(tokenizer, "train", batch_size=32, shuffle=True, seed=epoch):
+                loss = model(**batch).loss
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def tiny_llama_onnx(folder: Path, seed: int = 0) -> Path:
+    """A tiny Llama saved from a config and exported by Optimum with its KV cache; returns the ONNX folder."""
+    from optimum.exporters.onnx import main_export
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf = folder / "hf"
+    hf.mkdir(parents=True, exist_ok=True)
+    vocab_size = write_tokenizer(hf)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=2, eos_token_id=3, pad_token_id=0, tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).eval().save_pretrained(hf)
+    out = folder / "onnx"
+    main_export(str(hf), output=str(out), task="text-generation-with-past", opset=18, no_post_process=True)
+    return out

@@ -1,8 +1,16 @@
-"""The ``quantize`` stage: an ONNX model in, a smaller, faster quantized ONNX model out.
+"""The ``quantize`` stage: an ONNX model in, the fastest quantized ONNX model within budget out.
+
+The stage tries one or more quantization *candidates* (dynamic or static INT8, INT4/INT8
+weight-only ``MatMulNBits``, neural-compressor weight-only on the torch model), measures each on
+the recipe's eval split (accuracy, size, interleaved single-thread latency) and keeps the fastest
+whose accuracy drop stays within the budget. When none does, per-node sensitivity (the output error
+each quantized node adds on its own) ranks the nodes, and the most sensitive are left in float one
+by one until the budget holds; if it still does not, the most accurate candidate is saved anyway and
+the manifest says by how much it misses. ``manifest["candidates"]`` lists every candidate tried and
+``manifest["choice"]`` says which was kept and why.
 
 The output folder has the input's layout: ``model.onnx`` plus every other file of the input folder
-(``config.json``, tokenizer files, generation config) copied unchanged, so later stages and Optimum
-load it like the input. The stage manifest records the mode and the sizes before and after.
+(``config.json``, tokenizer files, generation config) copied unchanged.
 
 :func:`quantize_dynamic_int8` is the plain dynamic INT8 recipe the pipeline uses to build the
 "teacher INT8" baseline that every report compares against.
@@ -11,28 +19,147 @@ load it like the input. The stage manifest records the mode and the sizes before
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from edgeslim.artifacts import ONNX_FILE, Artifact, MANIFEST, onnx_size_bytes
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edgeslim.artifacts import ONNX_FILE, Artifact, MANIFEST
 from edgeslim.errors import EdgeslimError
 from edgeslim.export import quantize_ort
 from edgeslim.pipeline import StageConfig, StageContext, register_stage
 
+MODES = ("dynamic", "static", "weight_only", "neural_compressor")
+ALGORITHMS = {"weight_only": ("rtn", "hqq", "gptq"), "neural_compressor": ("rtn", "gptq", "awq")}
+FORMATS = ("qdq", "qoperator")
 
-class QuantizeConfig(StageConfig):
-    """Recipe keys of the ``quantize`` stage.
 
-    ``mode``: ``dynamic`` = onnxruntime dynamic INT8 (weights int8, activations quantized at run time).
-    ``per_channel``: one scale per output channel of each weight (more accurate, slightly larger).
-    ``reduce_range``: 7-bit weights, which avoids saturation on CPUs without VNNI instructions.
-    ``nodes_to_exclude``: ONNX node names left in float.
+class QuantSpec(BaseModel):
+    """One way to quantize a model (a candidate). Every value is checked when the recipe loads.
+
+    ``mode``: ``dynamic`` (INT8 weights, activations quantized at run time), ``static`` (INT8 with
+    activation ranges calibrated on ``calibration_samples`` training examples by ``calibration``:
+    minmax, entropy or percentile; ``format`` qdq or qoperator), ``weight_only`` (onnxruntime
+    ``MatMulNBits``: ``algorithm`` rtn, hqq or gptq; ``bits`` 4 or 8; ``block_size``; ``symmetric``;
+    ``accuracy_level``), ``neural_compressor`` (weight-only rtn, gptq or awq on the torch model,
+    written to ONNX as ``MatMulNBits``). ``quantize_embeddings`` also quantizes the embedding
+    tables (``Gather``). ``nodes_to_exclude`` are ONNX node names left in float.
     """
 
-    mode: Literal["dynamic"] = "dynamic"
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="label of this candidate in the manifest and report")
+    mode: str = "dynamic"
+    bits: int | None = Field(None, description="8 for dynamic/static; 4 (default) or 8 for weight-only")
     per_channel: bool = False
     reduce_range: bool = False
-    nodes_to_exclude: list[str] = []
+    quantize_embeddings: bool | None = Field(None, description="default: yes for INT8 modes, no for weight-only")
+    calibration: str = "minmax"
+    format: str = "qdq"
+    calibration_samples: int = 64
+    algorithm: str = "rtn"
+    block_size: int = 32
+    symmetric: bool = False
+    accuracy_level: int | None = None
+    nodes_to_exclude: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> "QuantSpec":
+        check_spec(self)
+        return self
+
+    @property
+    def resolved_bits(self) -> int:
+        return self.bits if self.bits is not None else (8 if self.mode in ("dynamic", "static") else 4)
+
+    @property
+    def embeddings(self) -> bool:
+        if self.quantize_embeddings is not None:
+            return self.quantize_embeddings
+        return self.mode in ("dynamic", "static")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.mode == "static" or (self.mode in ALGORITHMS and self.algorithm in ("gptq", "awq"))
+
+    def label(self) -> str:
+        """A short readable name: ``dynamic-int8-pc``, ``static-qdq-entropy``, ``weight_only-rtn-int4-b32``."""
+        if self.name:
+            return self.name
+        if self.mode == "dynamic":
+            parts = ["dynamic", "int8"] + (["pc"] if self.per_channel else []) + (["rr"] if self.reduce_range else [])
+        elif self.mode == "static":
+            parts = ["static", self.format, self.calibration] + (["pc"] if self.per_channel else [])
+        else:
+            parts = [self.mode, self.algorithm, f"int{self.resolved_bits}", f"b{self.block_size}"]
+            parts += ["sym"] if self.symmetric else []
+        if self.embeddings != (self.mode in ("dynamic", "static")):
+            parts.append("emb" if self.embeddings else "noemb")
+        if self.nodes_to_exclude:
+            parts.append(f"excl{len(self.nodes_to_exclude)}")
+        return "-".join(parts)
+
+
+def check_spec(spec: QuantSpec) -> None:
+    """Reject values no quantizer accepts, each with one line saying what to change."""
+    if spec.mode not in MODES:
+        raise ValueError(f"unknown mode '{spec.mode}'; choose one of {', '.join(MODES)}")
+    if spec.bits is not None and spec.bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, not {spec.bits}")
+    if spec.mode in ("dynamic", "static") and spec.resolved_bits != 8:
+        raise ValueError(f"mode '{spec.mode}' is INT8 only; use mode weight_only for {spec.bits} bits")
+    if spec.calibration not in quantize_ort.CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method '{spec.calibration}'; choose minmax, entropy or percentile")
+    if spec.format not in FORMATS:
+        raise ValueError(f"unknown format '{spec.format}'; choose qdq or qoperator")
+    if spec.calibration_samples < 1:
+        raise ValueError("calibration_samples must be at least 1 (the calibration set cannot be empty)")
+    if spec.mode in ALGORITHMS and spec.algorithm not in ALGORITHMS[spec.mode]:
+        choices = ", ".join(ALGORITHMS[spec.mode])
+        raise ValueError(f"unknown algorithm '{spec.algorithm}' for mode {spec.mode}; choose {choices}")
+    if spec.block_size < 16 or spec.block_size & (spec.block_size - 1):
+        raise ValueError(f"block_size must be a power of two >= 16, not {spec.block_size}")
+    if spec.accuracy_level is not None and spec.accuracy_level not in (0, 1, 2, 3, 4):
+        raise ValueError(f"accuracy_level must be 0, 1, 2, 3 or 4, not {spec.accuracy_level}")
+    if spec.mode == "weight_only" and spec.algorithm == "hqq" and spec.symmetric:
+        raise ValueError("hqq is asymmetric only; set symmetric: false or use algorithm rtn")
+    if spec.mode == "weight_only" and spec.algorithm in ("hqq", "gptq") and spec.quantize_embeddings:
+        raise ValueError(f"{spec.algorithm} quantizes MatMul weights only; set quantize_embeddings: false or use rtn")
+    if spec.mode == "weight_only" and spec.algorithm == "gptq" and spec.nodes_to_exclude:
+        raise ValueError("onnxruntime's gptq cannot leave nodes in float; drop nodes_to_exclude or use rtn or hqq")
+
+
+class QuantizeConfig(StageConfig, QuantSpec):
+    """Recipe keys of the ``quantize`` stage.
+
+    The keys of :class:`QuantSpec` describe the single candidate used when ``candidates`` is empty.
+    ``max_accuracy_drop`` (absolute, e.g. 0.01) overrides the recipe's ``budgets.accuracy_drop``;
+    ``exclude_sensitive`` lets the stage leave up to ``max_excluded_nodes`` of the most sensitive
+    nodes in float to meet it. ``eval_limit`` eval examples measure accuracy, ``sensitivity_samples``
+    measure per-node error, and ``latency_runs`` interleaved runs per model measure latency.
+    """
+
+    candidates: list[QuantSpec] = Field(default_factory=list)
+    max_accuracy_drop: float | None = Field(None, ge=0)
+    exclude_sensitive: bool = True
+    max_excluded_nodes: int = Field(8, ge=0)
+    eval_limit: int = Field(200, ge=1)
+    sensitivity_samples: int = Field(16, ge=1)
+    latency_runs: int = Field(20, ge=1)
+
+    def specs(self) -> list[QuantSpec]:
+        """The candidates to try: the listed ones, or the single one the top-level keys describe."""
+        if self.candidates:
+            return list(self.candidates)
+        fields = {k: getattr(self, k) for k in QuantSpec.model_fields}
+        return [QuantSpec(**fields)]
+
+    def check_against(self, model_config: Any, task: str) -> None:
+        for spec in self.specs():
+            if spec.mode == "neural_compressor" and model_config is not None and spec.algorithm == "awq" \
+                    and task != "causal-lm":
+                raise ValueError("neural-compressor awq needs a causal LM; use rtn or gptq for this task")
 
 
 def quantize_dynamic_int8(src_onnx: Path, dst_onnx: Path) -> Path:
@@ -41,6 +168,34 @@ def quantize_dynamic_int8(src_onnx: Path, dst_onnx: Path) -> Path:
     if not src_onnx.is_file():
         raise EdgeslimError(f"no ONNX model at {src_onnx}; point to the export stage's model.onnx")
     return quantize_ort.quantize_dynamic(src_onnx, dst_onnx)
+
+
+def quantize_with(spec: QuantSpec, src: Path, dst: Path, calibration: list[dict] | None = None,
+                  torch_dir: Path | None = None, extra_exclude: list[str] | None = None) -> Path:
+    """Quantize ``src`` into ``dst`` as ``spec`` says (``extra_exclude`` adds float nodes)."""
+    exclude = list(spec.nodes_to_exclude) + list(extra_exclude or [])
+    if spec.mode == "dynamic":
+        return quantize_ort.quantize_dynamic(
+            src, dst, per_channel=spec.per_channel, reduce_range=spec.reduce_range, nodes_to_exclude=exclude,
+            op_types=quantize_ort.dynamic_op_types(spec.embeddings),
+        )
+    if spec.needs_calibration and not calibration:
+        raise EdgeslimError(f"candidate {spec.label()} needs calibration data, but the recipe's train split is empty")
+    if spec.mode == "static":
+        return quantize_ort.quantize_static(
+            src, dst, calibration, method=spec.calibration, quant_format=spec.format, per_channel=spec.per_channel,
+            reduce_range=spec.reduce_range, quantize_embeddings=spec.embeddings, nodes_to_exclude=exclude,
+        )
+    if spec.mode == "weight_only":
+        return quantize_ort.quantize_weight_only(
+            src, dst, bits=spec.resolved_bits, algorithm=spec.algorithm, block_size=spec.block_size,
+            symmetric=spec.symmetric, accuracy_level=spec.accuracy_level, quantize_embeddings=spec.embeddings,
+            nodes_to_exclude=exclude, calibration=calibration,
+        )
+    from edgeslim.export import quantize_inc
+
+    return quantize_inc.quantize_neural_compressor(spec, src, dst, torch_dir=torch_dir, calibration=calibration,
+                                                   nodes_to_exclude=exclude)
 
 
 def copy_sidecar_files(src_dir: Path, dst_dir: Path) -> list[str]:
@@ -58,23 +213,23 @@ def copy_sidecar_files(src_dir: Path, dst_dir: Path) -> list[str]:
     return copied
 
 
+def torch_source(artifact: Artifact) -> Path | None:
+    """The torch model folder the ONNX artifact was exported from (the pipeline records it)."""
+    path = (artifact.manifest.get("input") or {}).get("path")
+    return Path(path) if path and Path(path).is_dir() else None
+
+
 @register_stage("quantize", config=QuantizeConfig, consumes="onnx", produces="onnx")
 def run(config: QuantizeConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
-    """Quantize ``artifact``'s ``model.onnx`` into ``ctx.out_dir`` as the config says."""
+    """Quantize ``artifact``'s ``model.onnx`` into ``ctx.out_dir``, choosing among the candidates."""
+    from edgeslim.export.quantize_select import select
+
     src = artifact.onnx_path
     if not src.is_file():
         raise EdgeslimError(f"the quantize stage needs an ONNX artifact with {ONNX_FILE}; {artifact.path} has none")
     out_dir = Path(ctx.out_dir)
-    dst = out_dir / ONNX_FILE
-    ctx.log(f"quantize: {config.mode} INT8 (per_channel={config.per_channel}, reduce_range={config.reduce_range})")
-    quantize_ort.quantize_dynamic(
-        src,
-        dst,
-        per_channel=config.per_channel,
-        reduce_range=config.reduce_range,
-        nodes_to_exclude=list(config.nodes_to_exclude),
-    )
+    with tempfile.TemporaryDirectory(prefix="edgeslim-quantize-") as tmp:
+        outcome = select(config, artifact, ctx, Path(tmp))
+        shutil.copy2(outcome.chosen_path, out_dir / ONNX_FILE)
     copy_sidecar_files(artifact.path, out_dir)
-    size_in, size_out = onnx_size_bytes(src), onnx_size_bytes(dst)
-    metrics = {"size_bytes": size_out, "input_size_bytes": size_in, "size_ratio": size_out / size_in}
-    return Artifact(out_dir, "onnx", {"metrics": metrics, "mode": config.mode})
+    return Artifact(out_dir, "onnx", outcome.manifest())

@@ -1,0 +1,314 @@
+"""Accuracy-aware choice among quantization candidates, with sensitivity-driven node exclusion.
+
+Every candidate is quantized, scored on the eval split (accuracy drop against the reference) and
+timed together with the others (interleaved, one thread, batch 1, medians). The fastest candidate
+within the accuracy budget wins. When none is within budget, the candidate closest to it is taken
+apart: each of its quantized nodes is quantized alone and the output error it adds is measured; the
+nodes that add the most are then left in float, one more at a time, until the budget holds. When even
+that fails the most accurate candidate is kept and the gap is reported, so a run never ends empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeslim.artifacts import Artifact
+from edgeslim.errors import EdgeslimError
+from edgeslim.export import quantize_measure as qm
+
+# Operator types whose weights each mode quantizes (the units of sensitivity and exclusion).
+WEIGHT_OPS = {
+    "dynamic": ("MatMul", "Attention", "Gather", "EmbedLayerNormalization"),
+    "static": ("MatMul", "Gemm", "Gather"),
+    "weight_only": ("MatMul", "Gather"),
+}
+EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
+# A drop this close to the budget counts as within it (accuracy is a ratio of integers).
+TOLERANCE = 1e-9
+
+
+@dataclass
+class Candidate:
+    """One quantized model and what was measured about it."""
+
+    name: str
+    spec: Any
+    path: Path | None
+    excluded: list[str] = field(default_factory=list)
+    accuracy: float | None = None
+    drop: float | None = None
+    output_error: float | None = None
+    size_bytes: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+
+    def meets(self, budget: float | None) -> bool:
+        if self.error is not None:
+            return False
+        return budget is None or (self.drop is not None and self.drop <= budget + TOLERANCE)
+
+    def row(self, budget: float | None) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "config": self.spec.model_dump(mode="json", exclude_none=True),
+            "excluded_nodes": self.excluded,
+            "accuracy": self.accuracy,
+            "accuracy_drop": self.drop,
+            "output_error": self.output_error,
+            "size_bytes": self.size_bytes,
+            "latency_ms_p50": self.latency_ms,
+            "meets_budget": self.meets(budget) if self.error is None else False,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Outcome:
+    """The candidates, the reference they were scored against, and the choice."""
+
+    candidates: list[Candidate]
+    chosen: Candidate
+    reason: str
+    budget: float | None
+    reference: dict[str, Any]
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def chosen_path(self) -> Path:
+        return self.chosen.path
+
+    def manifest(self) -> dict[str, Any]:
+        chosen = self.chosen
+        size_in = self.reference.get("size_bytes")
+        metrics = {
+            "accuracy": chosen.accuracy,
+            "accuracy_drop": chosen.drop,
+            "reference_accuracy": self.reference.get("accuracy"),
+            "size_bytes": chosen.size_bytes,
+            "input_size_bytes": size_in,
+            "size_ratio": chosen.size_bytes / size_in if size_in and chosen.size_bytes else None,
+            "latency_ms_p50": chosen.latency_ms,
+            "input_latency_ms_p50": self.reference.get("latency_ms_p50"),
+        }
+        choice = {
+            "name": chosen.name,
+            "reason": self.reason,
+            "budget_accuracy_drop": self.budget,
+            "meets_budget": chosen.meets(self.budget),
+            "gap": None if chosen.meets(self.budget) or chosen.drop is None else chosen.drop - self.budget,
+            "excluded_nodes": chosen.excluded,
+        }
+        return {
+            "metrics": metrics,
+            "mode": chosen.spec.mode,
+            "candidates": [c.row(self.budget) for c in self.candidates],
+            "choice": choice,
+            "reference": self.reference,
+            "sensitivity": self.sensitivity,
+        }
+
+
+class Scorer:
+    """Measures candidates of one source model against one reference (accuracy and outputs)."""
+
+    def __init__(self, src: Path, tokenizer, examples: list, task: str, max_length: int, sensitivity_samples: int):
+        self.src = src
+        self.tokenizer = tokenizer
+        self.examples = examples
+        self.task = task
+        self.max_length = max_length
+        texts = [ex.text for ex in examples[:sensitivity_samples]]
+        self.probe_feeds = qm.encode(tokenizer, texts, max_length) if tokenizer is not None and texts else []
+        self.probe_reference = qm.outputs(src, self.probe_feeds) if self.probe_feeds else []
+
+    def accuracy(self, onnx_file: Path) -> float | None:
+        if not self.examples or self.tokenizer is None:
+            return None
+        return qm.task_accuracy(onnx_file, self.tokenizer, self.examples, self.task, self.max_length)
+
+    def output_error(self, onnx_file: Path) -> float | None:
+        if not self.probe_feeds:
+            return None
+        return qm.output_error(self.probe_reference, qm.outputs(onnx_file, self.probe_feeds))
+
+
+def load_tokenizer(folder: Path):
+    """The artifact's tokenizer, or ``None`` when the folder has none (then nothing can be scored)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError):
+        return None
+
+
+def accuracy_budget(config, recipe) -> float | None:
+    """The stage's ``max_accuracy_drop``, else the recipe's ``budgets.accuracy_drop``, else none."""
+    if config.max_accuracy_drop is not None:
+        return config.max_accuracy_drop
+    budgets = getattr(recipe, "budgets", None)
+    return getattr(budgets, "accuracy_drop", None)
+
+
+def teacher_accuracy(ctx) -> float | None:
+    """The teacher's eval accuracy when its stage recorded one (drops are then counted from it)."""
+    teacher = getattr(ctx, "teacher", None)
+    metrics = (teacher.manifest.get("metrics") if teacher is not None else None) or {}
+    for key in ("eval_accuracy", "accuracy"):
+        if isinstance(metrics.get(key), (int, float)):
+            return float(metrics[key])
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
+def select(config, artifact: Artifact, ctx, work: Path) -> Outcome:
+    """Build, score and time every candidate of ``config``; return the choice (see module doc)."""
+    from edgeslim.export.quantize import quantize_with, torch_source
+
+    src = artifact.onnx_path
+    data = ctx.data
+    task = getattr(ctx.recipe, "task", "text-classification")
+    tokenizer = load_tokenizer(artifact.path)
+    max_length = getattr(data, "max_length", 128) or 128
+    examples = list((getattr(data, "eval", None) or [])[: config.eval_limit]) if tokenizer is not None else []
+    scorer = Scorer(src, tokenizer, examples, task, max_length, config.sensitivity_samples)
+    budget = accuracy_budget(config, ctx.recipe)
+    reference = {"accuracy": scorer.accuracy(src), "size_bytes": qm.size_bytes(src), "examples": len(examples)}
+    reference["teacher_accuracy"] = teacher_accuracy(ctx)
+    baseline = reference["teacher_accuracy"] if reference["teacher_accuracy"] is not None else reference["accuracy"]
+    reference["drops_from"] = "teacher" if reference["teacher_accuracy"] is not None else "input"
+    calibration_cache: dict[int, list] = {}
+    torch_dir = torch_source(artifact)
+    taken: set[str] = set()
+
+    def calibration(n: int) -> list | None:
+        if n not in calibration_cache:
+            if data is None or tokenizer is None:
+                raise EdgeslimError("static and calibrated quantization need the recipe's data and a tokenizer")
+            sess = qm.session(src)
+            calibration_cache[n] = [qm.complete_feeds(sess, feed) for feed in data.calibration(tokenizer, n)]
+        return calibration_cache[n]
+
+    def build(spec, extra_exclude: list[str] | None = None, suffix: str = "") -> Candidate:
+        name = unique_name(spec.label() + suffix, taken)
+        cand = Candidate(name, spec, work / f"{name}.onnx", excluded=list(spec.nodes_to_exclude) + list(extra_exclude or []))
+        ctx.log(f"quantize: candidate {name}")
+        try:
+            feeds = calibration(spec.calibration_samples) if spec.needs_calibration else None
+            quantize_with(spec, src, cand.path, calibration=feeds, torch_dir=torch_dir, extra_exclude=extra_exclude)
+            cand.size_bytes = qm.size_bytes(cand.path)
+            cand.accuracy = scorer.accuracy(cand.path)
+            cand.output_error = scorer.output_error(cand.path)
+            if cand.accuracy is not None and baseline is not None:
+                cand.drop = baseline - cand.accuracy
+        except EdgeslimError:
+            raise
+        except Exception as exc:  # one candidate that a quantizer cannot handle must not end the run
+            cand.error = one_line(exc)
+            cand.path = None
+            ctx.log(f"quantize: candidate {name} failed: {cand.error}")
+        return cand
+
+    candidates = [build(spec) for spec in config.specs()]
+    sensitivity: list[dict[str, Any]] = []
+    if (budget is not None and scorer.examples and config.exclude_sensitive and config.max_excluded_nodes > 0
+            and not any(c.meets(budget) for c in candidates)):
+        base = closest(candidates)
+        if base is not None and excludable(base.spec):
+            sensitivity = rank_nodes(base.spec, src, work, scorer, calibration, torch_dir, ctx)
+            for k in range(1, min(config.max_excluded_nodes, len(sensitivity)) + 1):
+                worst = [row["node"] for row in sensitivity[:k]]
+                cand = build(base.spec, extra_exclude=worst, suffix=f"-excl{k}")
+                candidates.append(cand)
+                if cand.meets(budget) or cand.error:
+                    break
+    built = [c for c in candidates if c.error is None]
+    if not built:
+        raise EdgeslimError(f"no quantization candidate could be built; first error: {candidates[0].error}")
+    timed = time_candidates(src, built, scorer, config.latency_runs, tokenizer)
+    reference["latency_ms_p50"] = timed
+    chosen, reason = choose(built, budget, baseline)
+    ctx.log(f"quantize: kept {chosen.name} ({reason})")
+    return Outcome(candidates, chosen, reason, budget, reference, sensitivity)
+
+
+def closest(candidates: list[Candidate]) -> Candidate | None:
+    """The built candidate with the smallest accuracy drop (the cheapest one to repair)."""
+    scored = [c for c in candidates if c.error is None and c.drop is not None]
+    return min(scored, key=lambda c: c.drop) if scored else None
+
+
+def excludable(spec) -> bool:
+    """Whether ``spec``'s quantizer can leave chosen nodes in float."""
+    if spec.mode == "neural_compressor":
+        return False
+    return not (spec.mode == "weight_only" and spec.algorithm == "gptq")
+
+
+def spec_weight_ops(spec) -> tuple[str, ...]:
+    ops = WEIGHT_OPS[spec.mode]
+    return ops if spec.embeddings else tuple(op for op in ops if op not in EMBEDDING_OPS)
+
+
+def rank_nodes(spec, src: Path, work: Path, scorer: Scorer, calibration, torch_dir, ctx) -> list[dict[str, Any]]:
+    """Output error each weight node adds when it alone is quantized, largest first."""
+    from edgeslim.export.quantize import quantize_with
+
+    nodes = [n for n in qm.weight_nodes(src, spec_weight_ops(spec)) if n not in spec.nodes_to_exclude]
+    feeds = calibration(spec.calibration_samples) if spec.needs_calibration else None
+    rows = []
+    probe = work / "sensitivity-probe.onnx"
+    with ctx.progress(len(nodes), "quantize: node sensitivity", unit="node") as bar:
+        for node in nodes:
+            others = [n for n in nodes if n != node]
+            quantize_with(spec, src, probe, calibration=feeds, torch_dir=torch_dir, extra_exclude=others)
+            rows.append({"node": node, "output_error": scorer.output_error(probe)})
+            bar.update(1)
+    probe.unlink(missing_ok=True)
+    rows.sort(key=lambda row: row["output_error"], reverse=True)
+    return rows
+
+
+def time_candidates(src: Path, built: list[Candidate], scorer: Scorer, runs: int, tokenizer) -> float | None:
+    """Interleaved median latency of the input and every candidate; returns the input's."""
+    feeds = scorer.probe_feeds[:8]
+    if not feeds and tokenizer is not None:
+        feeds = qm.encode(tokenizer, ["a short sentence to time the model with"])
+    if not feeds:
+        return None
+    models = {"__input__": src, **{c.name: c.path for c in built}}
+    medians = qm.interleaved_latency(models, feeds, runs=runs)
+    for cand in built:
+        cand.latency_ms = medians.get(cand.name)
+    return medians.get("__input__")
+
+
+def choose(built: list[Candidate], budget: float | None, baseline: float | None) -> tuple[Candidate, str]:
+    """The fastest candidate within budget; else the most accurate, with the gap in the reason."""
+    def speed(c: Candidate):
+        return (c.latency_ms if c.latency_ms is not None else float("inf"), c.size_bytes or 0)
+
+    within = [c for c in built if c.meets(budget)]
+    if within:
+        best = min(within, key=speed)
+        if budget is None:
+            why = "no accuracy budget" if baseline is not None else "no eval data to score accuracy"
+            return best, f"fastest of {len(built)} candidates ({why})"
+        return best, (f"fastest of {len(within)} candidates within the accuracy budget "
+                      f"(drop {best.drop:.4f} <= {budget:.4f})")
+    best = min(built, key=lambda c: (c.drop if c.drop is not None else float("inf"), speed(c)))
+    return best, (f"no candidate meets the accuracy budget {budget:.4f}; kept the most accurate "
+                  f"(drop {best.drop:.4f}, {best.drop - budget:.4f} over budget)")

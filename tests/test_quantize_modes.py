@@ -1,0 +1,228 @@
+"""Every quantization mode on tiny encoder and causal-LM exports: loads in onnxruntime, stays close to
+fp32, and shrinks the quantized weights by the expected ratio (INT8 ~1/4, INT4 ~1/8)."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from _quantize_models import export_torchscript, onnx_artifact_dir, run_onnx, sentiment_data, tiny_llama_onnx, trained_tiny_bert
+from edgeslim.export.quantize import QuantSpec, quantize_with
+from edgeslim.export import quantize_inc
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    """A tiny BERT fine-tuned on synthetic reviews, its ONNX export, and tokenized eval feeds."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("enc")
+    data = sentiment_data()
+    model = trained_tiny_bert(root / "hf", data)
+    onnx_file = export_torchscript(model, root / "model.onnx")
+    tokenizer = AutoTokenizer.from_pretrained(root / "hf")
+    feeds = [dict(tokenizer(ex.text, return_tensors="np")) for ex in data.eval[:16]]
+    calibration = [dict(tokenizer(ex.text, return_tensors="np")) for ex in data.train[:16]]
+    return types.SimpleNamespace(root=root, hf=root / "hf", onnx=onnx_file, feeds=feeds, calibration=calibration,
+                                 reference=[run_onnx(onnx_file, f) for f in feeds])
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    """A tiny Llama exported by Optimum with its KV cache (text-generation-with-past)."""
+    from transformers import AutoTokenizer
+
+    folder = tiny_llama_onnx(tmp_path_factory.mktemp("llama"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    texts = ["the movie was very good", "bad sad movie", "i love the movie", "it is not fine"]
+    feeds = [with_empty_past(folder / "model.onnx", dict(tokenizer(t, return_tensors="np"))) for t in texts]
+    return types.SimpleNamespace(folder=folder, onnx=folder / "model.onnx", feeds=feeds,
+                                 reference=[run_onnx(folder / "model.onnx", f) for f in feeds])
+
+
+def with_empty_past(onnx_file: Path, feed: dict) -> dict:
+    """Inputs for one KV-cache call scoring the whole text: positions and a zero-length past."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    length = feed["input_ids"].shape[1]
+    feed = {k: v.astype(np.int64) for k, v in feed.items() if k != "token_type_ids"}
+    feed["position_ids"] = np.arange(length, dtype=np.int64)[None, :]
+    for meta in session.get_inputs():
+        if meta.name.startswith("past_key_values"):
+            feed[meta.name] = np.zeros((1, meta.shape[1], 0, meta.shape[3]), dtype=np.float32)
+    return feed
+
+
+def relative_error(reference: list[np.ndarray], outputs: list[np.ndarray]) -> float:
+    """Largest absolute output difference over the largest reference magnitude."""
+    diff = max(float(np.abs(r - o).max()) for r, o in zip(reference, outputs))
+    return diff / max(float(np.abs(r).max()) for r in reference)
+
+
+def agreement(reference: list[np.ndarray], outputs: list[np.ndarray]) -> float:
+    """Fraction of positions whose arg-max output is the same as fp32's."""
+    same = [np.argmax(r, -1) == np.argmax(o, -1) for r, o in zip(reference, outputs)]
+    return float(np.mean(np.concatenate([s.ravel() for s in same])))
+
+
+def ops(onnx_file: Path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(onnx_file)).graph.node]
+
+
+def nbits_weight_ratio(float_file: Path, quant_file: Path) -> tuple[float, float]:
+    """(packed weights, packed weights + scales + zero points) bytes over the fp32 weights they replace."""
+    float_graph = onnx.load(str(float_file)).graph
+    quant_graph = onnx.load(str(quant_file)).graph
+    float_inits = {i.name: numpy_helper.to_array(i) for i in float_graph.initializer}
+    quant_inits = {i.name: numpy_helper.to_array(i) for i in quant_graph.initializer}
+    float_weight = {n.name: n.input[1] for n in float_graph.node if n.op_type == "MatMul"}
+    fp32 = packed = total = 0
+    for node in quant_graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        original = node.name.rsplit("_Q", 1)[0]
+        fp32 += float_inits[float_weight[original]].nbytes
+        packed += quant_inits[node.input[1]].nbytes
+        total += sum(quant_inits[name].nbytes for name in node.input[1:] if name in quant_inits)
+    assert fp32 > 0
+    return packed / fp32, total / fp32
+
+
+# --- INT8 -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("calibration", ["minmax", "entropy", "percentile"])
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_static_int8_every_method_and_format(encoder, tmp_path, calibration, fmt):
+    spec = QuantSpec(mode="static", calibration=calibration, format=fmt, calibration_samples=16)
+    dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx", calibration=encoder.calibration)
+    outputs = [run_onnx(dst, f) for f in encoder.feeds]
+    # Stated bound: static INT8 keeps logits within 15% of their range and every prediction.
+    assert relative_error(encoder.reference, outputs) < 0.15
+    assert agreement(encoder.reference, outputs) == 1.0
+    present = ops(dst)
+    if fmt == "qdq":
+        assert present.count("QuantizeLinear") >= 12 and "MatMul" in present
+    else:
+        assert present.count("QLinearMatMul") == 12
+
+
+def test_static_quantizes_embeddings_only_when_asked(encoder, tmp_path):
+    with_emb = quantize_with(QuantSpec(mode="static", calibration_samples=8), encoder.onnx, tmp_path / "a.onnx",
+                             calibration=encoder.calibration)
+    without = quantize_with(QuantSpec(mode="static", calibration_samples=8, quantize_embeddings=False), encoder.onnx,
+                            tmp_path / "b.onnx", calibration=encoder.calibration)
+    word_table = "bert.embeddings.word_embeddings.weight"
+    assert any(i.name == word_table + "_quantized" and i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+               for i in onnx.load(str(with_emb)).graph.initializer)
+    assert word_table in {i.name for i in onnx.load(str(without)).graph.initializer}
+    assert with_emb.stat().st_size < without.stat().st_size
+
+
+def test_dynamic_int8_quantizes_embedding_gather(encoder, tmp_path):
+    dst = quantize_with(QuantSpec(mode="dynamic", per_channel=True), encoder.onnx, tmp_path / "q.onnx")
+    table = {i.name: i for i in onnx.load(str(dst)).graph.initializer}
+    assert table["bert.embeddings.word_embeddings.weight_quantized"].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    outputs = [run_onnx(dst, f) for f in encoder.feeds]
+    assert relative_error(encoder.reference, outputs) < 0.10
+    assert agreement(encoder.reference, outputs) == 1.0
+
+
+# --- INT4 / INT8 weight-only (MatMulNBits) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm,bits,symmetric,block", [
+    ("rtn", 4, False, 32), ("rtn", 4, True, 64), ("rtn", 8, False, 32), ("hqq", 4, False, 32), ("gptq", 4, False, 32),
+])
+def test_weight_only_encoder(encoder, tmp_path, algorithm, bits, symmetric, block):
+    spec = QuantSpec(mode="weight_only", algorithm=algorithm, bits=bits, symmetric=symmetric, block_size=block,
+                     accuracy_level=4 if bits == 4 else None, calibration_samples=16)
+    dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx", calibration=encoder.calibration)
+    assert ops(dst).count("MatMulNBits") == 12
+    outputs = [run_onnx(dst, f) for f in encoder.feeds]
+    assert relative_error(encoder.reference, outputs) < (0.10 if bits == 4 else 0.02)
+    assert agreement(encoder.reference, outputs) == 1.0
+    packed, total = nbits_weight_ratio(encoder.onnx, dst)
+    assert packed == pytest.approx(bits / 32)  # INT4: an eighth of fp32; INT8: a quarter
+    assert total < bits / 32 + 5.0 / block  # plus one fp32 scale (and a zero point) per block
+
+
+def test_weight_only_gather_block_quantized(encoder, tmp_path):
+    spec = QuantSpec(mode="weight_only", algorithm="rtn", quantize_embeddings=True, block_size=32)
+    dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx")
+    assert ops(dst).count("GatherBlockQuantized") >= 1
+    outputs = [run_onnx(dst, f) for f in encoder.feeds]
+    assert agreement(encoder.reference, outputs) == 1.0
+
+
+# --- causal LM with KV cache ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [
+    QuantSpec(mode="dynamic"),
+    QuantSpec(mode="static", calibration_samples=4),
+    QuantSpec(mode="weight_only", algorithm="rtn", block_size=32),
+    QuantSpec(mode="weight_only", algorithm="hqq", block_size=32),
+], ids=lambda s: s.label())
+def test_causal_lm_with_kv_cache(decoder, tmp_path, spec):
+    dst = quantize_with(spec, decoder.onnx, tmp_path / "q.onnx", calibration=decoder.feeds)
+    outputs = [run_onnx(dst, f) for f in decoder.feeds]
+    assert outputs[0].shape == decoder.reference[0].shape
+    # Stated bounds on a random-init tiny Llama (near-uniform logits): INT8 within 10%, INT4 within 40%.
+    assert relative_error(decoder.reference, outputs) < (0.10 if spec.resolved_bits == 8 else 0.40)
+    if spec.mode == "weight_only":
+        packed, _ = nbits_weight_ratio(decoder.onnx, dst)
+        assert packed == pytest.approx(1 / 8)
+        assert ops(dst).count("MatMulNBits") == 2 * 7 + 1  # q k v o gate up down per layer, and lm_head
+
+
+# --- neural-compressor weight-only, written as real MatMulNBits -------------------------------------
+
+
+@pytest.mark.parametrize("algorithm,symmetric", [("rtn", True), ("gptq", False), ("awq", False)])
+def test_neural_compressor_encoder_reaches_onnx_as_4bit(encoder, tmp_path, algorithm, symmetric):
+    spec = QuantSpec(mode="neural_compressor", algorithm=algorithm, symmetric=symmetric, block_size=32)
+    dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx", calibration=encoder.calibration[:4], torch_dir=encoder.hf)
+    assert ops(dst).count("MatMulNBits") == 12
+    packed, _ = nbits_weight_ratio(encoder.onnx, dst)
+    assert packed == pytest.approx(1 / 8)
+    assert dst.stat().st_size < 0.6 * encoder.onnx.stat().st_size  # not fp32 weights dequantized in the graph
+    outputs = [run_onnx(dst, f) for f in encoder.feeds]
+    assert relative_error(encoder.reference, outputs) < 0.10
+    assert agreement(encoder.reference, outputs) == 1.0
+
+
+def test_neural_compressor_causal_lm(decoder, tmp_path):
+    spec = QuantSpec(mode="neural_compressor", algorithm="rtn", block_size=32)
+    dst = quantize_with(spec, decoder.onnx, tmp_path / "q.onnx", calibration=decoder.feeds,
+                        torch_dir=decoder.folder.parent / "hf")
+    assert ops(dst).count("MatMulNBits") >= 2 * 7
+    outputs = [run_onnx(dst, f) for f in decoder.feeds]
+    assert relative_error(decoder.reference, outputs) < 0.40
+
+
+def test_matmul_nbits_writer_matches_numpy(tmp_path):
+    """The packed layout: a one-node MatMulNBits graph computes x @ dequantized(W).T like numpy does."""
+    rng = np.random.default_rng(0)
+    n, k, block = 24, 80, 32  # k not a multiple of the block: the last block is padded
+    for bits, zero_points in ((4, rng.integers(0, 16, (n, 3))), (4, None), (8, rng.integers(0, 256, (n, 3)))):
+        top = (1 << bits) - 1
+        layer = quantize_inc.IntLinear(rng.integers(0, top + 1, (n, k)), rng.uniform(0.01, 0.1, (n, 3)).astype(np.float32),
+                                       zero_points, bits, block)
+        tensors, attrs = quantize_inc.matmul_nbits_tensors(layer, "w")
+        node = onnx.helper.make_node("MatMulNBits", ["x"] + [t.name for t in tensors], ["y"], domain="com.microsoft", **attrs)
+        graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, k])],
+                                       [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, n])], tensors)
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid("com.microsoft", 1)], ir_version=9)
+        onnx.save(model, str(tmp_path / "m.onnx"))
+        x = rng.normal(size=(2, k)).astype(np.float32)
+        zp = zero_points if zero_points is not None else np.full((n, 3), 1 << (bits - 1))
+        groups = np.arange(k) // block
+        weight = (layer.qweight - zp[:, groups]) * layer.scales[:, groups]
+        np.testing.assert_allclose(run_onnx(tmp_path / "m.onnx", {"x": x}), x @ weight.T, rtol=1e-4, atol=1e-4)
