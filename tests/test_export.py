@@ -182,6 +182,46 @@ def test_dynamo_fallback_for_architecture_optimum_does_not_know(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
 
 
+def test_optimized_graph_failing_parity_falls_back_to_plain_export(bert_dir, tmp_path, monkeypatch):
+    """If the fused graph is wrong (here: fusions followed by a deliberately corrupted head), the
+    export keeps the plain graph, which passes parity, and records why."""
+    real_fusions = export_onnx_mod.apply_fusions
+
+    def fusions_then_corrupt(onnx_path, model_config):
+        report = real_fusions(onnx_path, model_config)
+        model_proto = onnx.load(str(onnx_path))
+        for tensor in model_proto.graph.initializer:
+            if "classifier" in tensor.name:
+                tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) + 1.0, tensor.name))
+        onnx.save(model_proto, str(onnx_path))
+        return report
+
+    monkeypatch.setattr(export_onnx_mod, "apply_fusions", fusions_then_corrupt)
+    result = export_model(bert_dir, tmp_path, "text-classification", ExportConfig(slim=False))
+    assert not result.fusions["applied"] and "output 'logits'" in result.fusions["reason"]
+    assert result.fusions["attempted"]["counts"]["Attention"] == 2
+    assert result.parity["passed"]
+    assert "Attention" not in {node.op_type for node in onnx.load(str(result.onnx_path)).graph.node}
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["model.onnx"]  # no leftover copies
+
+
+def test_dynamo_decoder_without_cache_generates_like_torch(tmp_path):
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_llama(tmp_path / "llama")
+    result = export_model(model_dir, tmp_path / "onnx", "causal-lm", ExportConfig(exporter="dynamo"))
+    assert result.exporter == "dynamo" and result.parity["passed"]
+    assert result.fusions["counts"]["SkipSimplifiedLayerNormalization"] == 4  # RMSNorm fused
+    onnx_model = ORTModelForCausalLM.from_pretrained(tmp_path / "onnx", use_cache=False)
+    enc = tokenizer()(["the weather today is"], return_tensors="pt")
+    prompt = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(model_dir).generate(**prompt, **kwargs)
+    assert torch.equal(onnx_model.generate(**prompt, **kwargs), expected)
+
+
 def test_bad_inputs_raise_one_line_errors(bert_dir, tmp_path):
     with pytest.raises(EdgeslimError, match="does not know task 'summarization'"):
         export_model(bert_dir, tmp_path / "a", "summarization", ExportConfig())

@@ -318,6 +318,8 @@ def write_model_card(bundle_dir: Path, figures: dict[str, Any]) -> Path:
     files = [name for name in (ONNX_FILE, ORT_FILE, OPERATORS_FILE, TOKENIZER_MODEL_FILE, "config.json",
                                 "tokenizer.json", METADATA_FILE) if (bundle_dir / name).exists()]
     loader = "ORTModelForCausalLM" if task == "causal-lm" else "ORTModelForSequenceClassification"
+    has_cache = any(name.startswith("past_key_values") for name in meta.get("input_names", []))
+    no_cache = ", use_cache=False" if task == "causal-lm" and not has_cache else ""
     lines = [
         f"# {title}", "",
         f"ONNX model for **{task}** built by edgeslim {meta.get('edgeslim_version')} "
@@ -332,7 +334,7 @@ def write_model_card(bundle_dir: Path, figures: dict[str, Any]) -> Path:
     lines += ["", "## Files", ""] + [f"- `{name}`" for name in files]
     lines += ["", "## Use", "", "```python", f"from optimum.onnxruntime import {loader}",
               "from transformers import AutoTokenizer", "",
-              f'model = {loader}.from_pretrained("path/to/this/folder")',
+              f'model = {loader}.from_pretrained("path/to/this/folder"{no_cache})',
               'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")', "```", ""]
     if (bundle_dir / ORT_FILE).exists():
         lines += ["On Android/iOS load `model.ort` with onnxruntime-mobile; `required_operators.config` "

@@ -112,26 +112,25 @@ def onnx_feeds(session, inputs: dict[str, np.ndarray], past: dict[str, np.ndarra
     return feeds
 
 
-def torch_outputs(model, inputs: dict[str, np.ndarray], output_names: Sequence[str],
-                  past: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Torch's values for the ONNX ``output_names`` (``logits``, ``present.N.key|value``)."""
+def torch_outputs(model, feeds: dict[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Torch's values for the ONNX ``output_names`` (``logits``, ``present.N.key|value``).
+
+    ``feeds`` is exactly what the ONNX session was fed (see :func:`onnx_feeds`): the same ids,
+    mask and position ids, and ``past_key_values.N.key|value`` turned into a transformers cache.
+    """
     accepted = inspect.signature(model.forward).parameters
-    kwargs = {name: torch.from_numpy(value) for name, value in inputs.items()
-              if name in accepted and name != "position_ids"}
+    kwargs = {name: torch.from_numpy(value) for name, value in feeds.items() if name in accepted}
     wants_cache = any(name.startswith("present.") for name in output_names)
     if wants_cache:
         from transformers import DynamicCache
 
         cache = DynamicCache()
         for layer in range(model.config.num_hidden_layers):
-            if past:
-                cache.update(torch.from_numpy(past[f"past_key_values.{layer}.key"]),
-                             torch.from_numpy(past[f"past_key_values.{layer}.value"]), layer)
+            keys = feeds[f"past_key_values.{layer}.key"]
+            if keys.shape[2]:
+                cache.update(torch.from_numpy(keys), torch.from_numpy(feeds[f"past_key_values.{layer}.value"]), layer)
         kwargs["past_key_values"] = cache
         kwargs["use_cache"] = True
-        mask = inputs["attention_mask"]
-        past_len = mask.shape[1] - inputs["input_ids"].shape[1]
-        kwargs["position_ids"] = torch.from_numpy(_position_ids(mask)[:, past_len:])
     with torch.no_grad():
         out = model(**kwargs)
     result = {"logits": out.logits.float().numpy()}
@@ -195,11 +194,17 @@ class ParityReport:
         }
 
     def error_message(self) -> str:
-        f = self.failed or {}
+        return self.message_for(self.as_dict())
+
+    @staticmethod
+    def message_for(report: dict[str, Any], hint: str = "raise export.atol/export.rtol if this difference is acceptable") -> str:
+        """One line naming the failing output, case and magnitude of a report dict, then ``hint``."""
+        f = report.get("failed") or {}
+        atol, rtol = report.get("atol"), report.get("rtol")
         detail = f" ({f['detail']})" if "detail" in f else ""
         return (f"ONNX parity failed: output '{f.get('output')}' differs from torch by max abs {f.get('max_abs', 0):.3g} "
-                f"(rel {f.get('max_rel', 0):.3g}) on case '{f.get('case')}'{detail}, tolerance atol={self.atol:g} "
-                f"rtol={self.rtol:g}; raise export.atol/export.rtol or set export.fusions: false")
+                f"(rel {f.get('max_rel', 0):.3g}) on case '{f.get('case')}'{detail}, tolerance atol={atol:g} "
+                f"rtol={rtol:g}" + (f"; {hint}" if hint else ""))
 
 
 def new_session(onnx_path: Path):
@@ -241,8 +246,9 @@ def check_parity(onnx_path: Path, model, cases: Sequence[ParityCase], atol: floa
         report.cases.append(case.name)
         # Both sides get exactly the inputs the ONNX graph declares (e.g. no token_type_ids for GPT-2).
         case = ParityCase(case.name, {k: v for k, v in case.inputs.items() if k in declared})
-        got = dict(zip(output_names, session.run(None, onnx_feeds(session, case.inputs))))
-        ref = torch_outputs(model, case.inputs, output_names)
+        feeds = onnx_feeds(session, case.inputs)
+        got = dict(zip(output_names, session.run(None, feeds)))
+        ref = torch_outputs(model, feeds, output_names)
         for name in output_names:
             if name in ref:
                 report.add(case.name, name, got[name], ref[name])
@@ -264,8 +270,9 @@ def _check_decode(session, model, case: ParityCase, first: dict[str, np.ndarray]
         mask = np.concatenate([mask, np.ones_like(next_ids)], axis=1)
         inputs = {"input_ids": next_ids, "attention_mask": mask}
         label = f"{case.name} decode[{step}]"
-        got = dict(zip(output_names, session.run(None, onnx_feeds(session, inputs, past))))
-        ref = torch_outputs(model, inputs, output_names, past)
+        feeds = onnx_feeds(session, inputs, past)
+        got = dict(zip(output_names, session.run(None, feeds)))
+        ref = torch_outputs(model, feeds, output_names)
         for name in output_names:
             if name in ref:
                 report.add(label, name, got[name], ref[name])
