@@ -96,7 +96,7 @@ def _quiet_libraries(args) -> None:
 
 
 def cmd_run(args) -> int:
-    from edgeslim.pipeline import Pipeline
+    from edgeslim.pipeline import Pipeline, publish_release
     from edgeslim.recipe import check_recipe, load_recipe
     from edgeslim.report.gate import evaluate_gate, format_checks, gate_exit_code
     from edgeslim.report.matrix import build_report, write_report
@@ -111,20 +111,20 @@ def cmd_run(args) -> int:
     write_report(report, report_dir)
     checks = evaluate_gate(report)
     write_all(report, checks, report_dir)
+    model_dir = publish_release(outcome.release.artifact, out_dir)
+    if outcome.release.artifact.kind == "bundle":
+        from edgeslim.export.mobile import write_model_card
+        from edgeslim.report.render import card_figures
+
+        write_model_card(model_dir, card_figures(report, checks))
     print()
     print(text_table(summary_rows(report)))
     for line in ratios(report):
         print(f"  {line}")
     print()
     print(format_checks(checks))
-    print(f"\nrelease model: {Path(report_artifact_path(report))}\nreports: {report_dir}/report.json, report.md, report.html, junit.xml")
+    print(f"\nrelease model: {model_dir}\nreports: {report_dir}/report.json, report.md, report.html, junit.xml")
     return gate_exit_code(checks)
-
-
-def report_artifact_path(report) -> str:
-    from edgeslim.report.gate import find_artifact
-
-    return find_artifact(report, report["release"])["path"]
 
 
 def cmd_check(args) -> int:

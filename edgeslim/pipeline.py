@@ -96,9 +96,13 @@ class StageContext:
 
     def progress(self, total: int | None, desc: str, unit: str = "step"):
         """A progress bar with ETA (tqdm); silent under ``--quiet``."""
+        import sys
+
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, disable=self.quiet, leave=False, dynamic_ncols=True)
+        interactive = sys.stderr.isatty()
+        return tqdm(total=total, desc=desc, unit=unit, disable=self.quiet, leave=False, dynamic_ncols=True,
+                    mininterval=0.2 if interactive else 15.0)
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -284,6 +288,16 @@ def copy_sidecar_files(src: Path, dst: Path) -> None:
         if path.is_file() and path.name != MANIFEST and not path.name.startswith("model.") \
                 and path.suffix not in (".onnx", ".safetensors", ".bin", ".ort", ".data"):
             shutil.copy2(path, Path(dst) / path.name)
+
+
+def publish_release(release: Artifact, out_dir: Path) -> Path:
+    """Copy the release artifact to ``DIR/model`` (atomically), where users and apps look for it."""
+    import shutil
+
+    target = Path(out_dir) / "model"
+    with atomic_dir(target) as tmp:
+        shutil.copytree(release.path, tmp, dirs_exist_ok=True)
+    return target
 
 
 def check_stage_order(recipe) -> None:

@@ -23,6 +23,8 @@ def test_run_writes_stages_reports_and_passes_the_gate(tiny_run):
         assert manifest["complete"] is True and manifest["key"]
     for name in ("report.json", "report.md", "report.html", "junit.xml"):
         assert (out / "report" / name).stat().st_size > 0
+    release = json.loads((out / "model" / "manifest.json").read_text())
+    assert release["stage"] == "quantize" and (out / "model" / "model.onnx").is_file()
     assert "gate: PASS" in result.stdout
 
 

@@ -40,7 +40,8 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
     reference = np.asarray(scored["teacher-fp32"]["predictions"])
     profiles = [load_profile(name) for name in recipe.devices]
     onnx_entries = [(name, stage.artifact) for name, stage in entries if stage.artifact.kind in ("onnx", "bundle")]
-    cells = {profile.name: _measure_device(profile, onnx_entries, outcome.data, recipe, quiet) for profile in profiles}
+    measure_device = _measure_device if recipe.task == "text-classification" else _measure_decoder
+    cells = {profile.name: measure_device(profile, onnx_entries, outcome.data, recipe, quiet) for profile in profiles}
 
     artifacts = []
     for name, stage in entries:
@@ -54,7 +55,8 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
             "cached": stage.cached,
             "size_bytes": artifact.size_bytes(),
             "params": score["params"],
-            "accuracy": score["accuracy"],
+            "accuracy": score.get("accuracy"),
+            "perplexity": score.get("perplexity"),
             "agreement": agreement_with(score["predictions"], reference),
             "devices": {},
         }
@@ -106,7 +108,13 @@ def _score(artifact: Artifact, examples, recipe, cache_dir: Path) -> dict[str, A
     cache_file = cache_dir / f"{artifact.path.name}-{key}.json"
     if cache_file.is_file():
         return read_json(cache_file)
-    score = score_artifact(artifact, examples, recipe.data.max_length)
+    if recipe.task == "causal-lm":
+        from edgeslim.report.lm_eval import score_causal_lm
+
+        texts = [ex.text for ex in examples]
+        score = score_causal_lm(artifact, texts, lm_prompts(texts, recipe.measure.samples), recipe.data.max_length)
+    else:
+        score = score_artifact(artifact, examples, recipe.data.max_length)
     atomic_write_json(cache_file, score)
     return score
 
@@ -187,6 +195,36 @@ def _measure_device(profile, onnx_entries, data, recipe, quiet: bool) -> dict[st
             print(f"measuring {len(members)} model(s) on {profile.name} ({profile.access.kind})", flush=True)
         cells.update(measure(profile, {name: art.onnx_path for name, art in members}, inputs,
                              warmup=recipe.measure.warmup, runs=recipe.measure.runs))
+    return cells
+
+
+def lm_prompts(texts: list[str], count: int) -> list[str]:
+    """Prompts for greedy agreement and decode speed: the first half (by words) of eval texts."""
+    prompts = []
+    for text in texts[:count]:
+        words = text.split()
+        prompts.append(" ".join(words[: max(1, len(words) // 2)]))
+    return prompts
+
+
+def _measure_decoder(profile, onnx_entries, data, recipe, quiet: bool) -> dict[str, dict]:
+    """Causal LMs: prefill latency and decode tokens/s, measured on this host for local profiles."""
+    from transformers import AutoTokenizer
+
+    from edgeslim.report.lm_eval import measure_decode
+
+    if profile.access.kind != "local":
+        reason = f"decoder latency is measured by the local runner only (device access: {profile.access.kind})"
+        return {name: {"status": "skipped", "latency_ms": None, "throughput": None, "peak_memory_mb": None,
+                       "reason": reason} for name, _ in onnx_entries}
+    prompts = lm_prompts([ex.text for ex in data.eval], recipe.measure.samples)
+    cells = {}
+    for name, artifact in onnx_entries:
+        if not quiet:
+            print(f"measuring decode of {name} on {profile.name}", flush=True)
+        tokenizer = AutoTokenizer.from_pretrained(artifact.path)
+        cells[name] = measure_decode(artifact.onnx_path, tokenizer, prompts, threads=profile.runtime.threads,
+                                     new_tokens=20, warmup=recipe.measure.warmup, runs=recipe.measure.runs)
     return cells
 
 

@@ -30,19 +30,28 @@ def _latency(cell: dict[str, Any] | None, quantile: str) -> str:
 def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     """Header plus one row per artifact: accuracy, agreement, size, params, p50/p90 per device."""
     devices = [d["name"] for d in report["devices"]]
-    header = ["artifact", "kind", "accuracy", "agree", "size MiB", "params"]
+    language_model = any(r.get("perplexity") is not None for r in report["artifacts"])
+    quality = "perplexity" if language_model else "accuracy"
+    header = ["artifact", "kind", quality, "agree", "size MiB", "params"]
     for device in devices:
-        header += [f"{device} p50 ms", f"{device} p90 ms"]
+        header += [f"{device} p50 ms", f"{device} p90 ms"] + ([f"{device} tok/s"] if language_model else [])
     rows = [header]
     for record in report["artifacts"]:
         name = record["name"] + (" (release)" if record["name"] == report["release"] else "")
-        row = [name, record["kind"], _pct(record.get("accuracy")), _pct(record.get("agreement")),
+        score = _number(record.get("perplexity")) if language_model else _pct(record.get("accuracy"))
+        row = [name, record["kind"], score, _pct(record.get("agreement")),
                f"{record['size_bytes'] / MIB:.2f}", f"{record['params'] / 1e6:.2f}M" if record.get("params") else "-"]
         for device in devices:
             cell = record["devices"].get(device)
             row += [_latency(cell, "p50"), _latency(cell, "p90")]
+            if language_model:
+                row.append(_number((cell or {}).get("decode_tokens_per_s")))
         rows.append(row)
     return rows
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def text_table(rows: list[list[str]]) -> str:
@@ -72,6 +81,31 @@ def ratios(report: dict[str, Any]) -> list[str]:
         if t.get("status") == "measured" and r.get("status") == "measured":
             lines.append(f"{device}: p50 {t['latency_ms']['p50'] / r['latency_ms']['p50']:.1f}x lower than the fp32 teacher")
     return lines
+
+
+def card_figures(report: dict[str, Any], checks: list[Check]) -> dict[str, Any]:
+    """The measured figures a bundle's model card shows (from the same run's report)."""
+    from edgeslim.report.gate import find_artifact
+
+    release = find_artifact(report, report["release"])
+    teacher = find_artifact(report, report["teacher"])
+    figures: dict[str, Any] = {
+        "size (MiB)": round(release["size_bytes"] / MIB, 3),
+        "accuracy on the eval split": release.get("accuracy"),
+        "fp32 teacher accuracy": teacher.get("accuracy"),
+        "agreement with the teacher": release.get("agreement"),
+        "eval examples": report.get("eval_examples"),
+        "gate": "PASS" if gate_exit_code(checks) == 0 else "FAIL",
+    }
+    latency = {}
+    for device, cell in release["devices"].items():
+        if cell.get("status") == "measured" and cell.get("latency_ms"):
+            latency[device] = f"p50 {cell['latency_ms']['p50']:.3f} ms, p90 {cell['latency_ms']['p90']:.3f} ms (batch 1)"
+        else:
+            latency[device] = f"{cell.get('status')}: {cell.get('reason') or ''}".strip()
+    figures["latency per device"] = latency
+    figures["compared with the fp32 teacher"] = {str(i): line for i, line in enumerate(ratios(report), 1)}
+    return {k: v for k, v in figures.items() if v is not None}
 
 
 def render_markdown(report: dict[str, Any], checks: list[Check]) -> str:
