@@ -192,12 +192,12 @@ class Pipeline:
 
     def _baselines(self, teacher: StageOutcome, data) -> dict[str, StageOutcome]:
         """The fp32 teacher ONNX and its plain dynamic-INT8 version: every gain is a ratio to these."""
-        from edgeslim.export.onnx import export_onnx
+        from edgeslim.export.onnx import export_artifact
         from edgeslim.export.quantize import quantize_dynamic_int8
 
         def export_teacher(ctx: StageContext) -> Artifact:
-            export_onnx(teacher.artifact.path, ctx.out_dir, self.recipe.task)
-            return Artifact(ctx.out_dir, "onnx", {})
+            # exported, fused and parity-checked exactly like the student's export stage
+            return export_artifact(teacher.artifact.path, ctx.out_dir, self.recipe.task, data=data, log=ctx.log)
 
         fp32 = self._stage(0, "teacher-fp32", self.out_dir / "baselines" / "teacher-fp32",
                            {"baseline": "export"}, teacher.artifact, data, teacher.artifact, export_teacher)
