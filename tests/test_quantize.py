@@ -152,3 +152,14 @@ def test_stage_on_folder_without_model_is_one_line_error(tmp_path):
 def test_unknown_config_key_is_rejected():
     with pytest.raises(ValueError, match="per_chanel"):
         QuantizeConfig(per_chanel=True)
+
+
+def test_dynamic_exclusion_of_a_gemm_keeps_it_float(bert, tmp_path):
+    """Dynamic mode renames a Gemm to '<name>_MatMul' before checking exclusions; excluding it must work."""
+    dst = quantize_dynamic_int8(bert.onnx, tmp_path / "all.onnx")
+    assert "/classifier/Gemm_MatMul_quant" in {n.name for n in onnx.load(str(dst)).graph.node}
+    src = onnx_artifact_dir(bert.hf, bert.onnx, tmp_path / "export")
+    ctx = context(tmp_path / "out")
+    run(QuantizeConfig(nodes_to_exclude=["/classifier/Gemm"]), Artifact(src, "onnx", {}), ctx)
+    names = {n.name: n.op_type for n in onnx.load(str(ctx.out_dir / "model.onnx")).graph.node}
+    assert "/classifier/Gemm_MatMul_quant" not in names and "/bert/pooler/dense/Gemm_MatMul_quant" in names

@@ -91,6 +91,8 @@ def quantize_dynamic(
 
     model = load_for_quantization(src_onnx)
     options = {**base_extra_options(model), **(extra_options or {})}
+    # Dynamic mode rewrites a Gemm into "<name>_MatMul" + Add before it checks the exclusions.
+    nodes_to_exclude = [m for name in (nodes_to_exclude or []) for m in (name, name + "_MatMul")]
     dst_onnx = Path(dst_onnx)
     dst_onnx.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as tmp:

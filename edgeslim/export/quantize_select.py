@@ -20,7 +20,7 @@ from edgeslim.export import quantize_measure as qm
 
 # Operator types whose weights each mode quantizes (the units of sensitivity and exclusion).
 WEIGHT_OPS = {
-    "dynamic": ("MatMul", "Attention", "Gather", "EmbedLayerNormalization"),
+    "dynamic": ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization"),
     "static": ("MatMul", "Gemm", "Gather"),
     "weight_only": ("MatMul", "Gather"),
 }
@@ -307,8 +307,10 @@ def choose(built: list[Candidate], budget: float | None, baseline: float | None)
         if budget is None:
             why = "no accuracy budget" if baseline is not None else "no eval data to score accuracy"
             return best, f"fastest of {len(built)} candidates ({why})"
+        kept_float = len(best.excluded) - len(best.spec.nodes_to_exclude)
+        how = f", after leaving its {kept_float} most sensitive node(s) in float" if kept_float else ""
         return best, (f"fastest of {len(within)} candidates within the accuracy budget "
-                      f"(drop {best.drop:.4f} <= {budget:.4f})")
+                      f"(drop {best.drop:.4f} <= {budget:.4f}){how}")
     best = min(built, key=lambda c: (c.drop if c.drop is not None else float("inf"), speed(c)))
     return best, (f"no candidate meets the accuracy budget {budget:.4f}; kept the most accurate "
                   f"(drop {best.drop:.4f}, {best.drop - budget:.4f} over budget)")
