@@ -8,35 +8,13 @@ import copy
 import pytest
 import torch
 from pydantic import ValidationError
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig,
-                          BertForSequenceClassification, GPT2Config, LlamaConfig, LlamaForCausalLM)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
 
 from edgeslim.compress.prune import PruneConfig, keep_count, plan_global, prune_model
+from edgeslim.compress.prune import run as run_prune
 from edgeslim.errors import EdgeslimError
-
-HEAD = 8  # head_dim of the tiny models below
-
-
-def tiny_bert(layers: int = 2, heads: int = 4) -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=100, hidden_size=HEAD * heads, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=64, num_labels=3, max_position_embeddings=32)
-    return BertForSequenceClassification(config).eval()
-
-
-def tiny_llama(layers: int = 2, heads: int = 4, kv: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=100, hidden_size=HEAD * heads, num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=kv, intermediate_size=64, max_position_embeddings=32)
-    return LlamaForCausalLM(config).eval()
-
-
-def inputs(batch: int = 2, length: int = 8) -> dict[str, torch.Tensor]:
-    torch.manual_seed(1)
-    mask = torch.ones(batch, length, dtype=torch.long)
-    mask[1, 5:] = 0  # padding in the second row
-    return {"input_ids": torch.randint(0, 100, (batch, length)), "attention_mask": mask}
-
+from _compress_fixtures import (HEAD, inputs, logits, stage_context, teacher_artifact, tiny_bert, tiny_llama,
+                                tiny_tokenizer)
 
 def _zero_rows(linear, rows):
     linear.weight.data[rows] = 0
@@ -235,3 +213,65 @@ def test_unsupported_family_and_every_head_fail_at_run_time_as_edgeslim_errors()
         PruneConfig(heads=0.5).check_against(GPT2Config(), "causal-lm")
     with pytest.raises(EdgeslimError, match="removes every head"):
         prune_model(tiny_llama(kv=2), PruneConfig(heads=0.8))
+
+
+def test_pruned_bert_exports_to_onnx_and_onnxruntime_still_fuses_attention(tmp_path):
+    """Uneven heads (3 and 1) and narrower FFNs: optimum exports it, ORT fuses one Attention node per
+    layer, and both the plain and the fused graph match torch."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnxruntime.transformers.optimizer import optimize_model
+    from optimum.exporters.onnx import main_export
+
+    model = tiny_bert()
+    prune_model(model, PruneConfig(heads=0.25, ffn=0.5, round_to=8, layers={1: {"heads": [0, 1, 2]}}))
+    model.save_pretrained(tmp_path / "torch")
+    main_export(str(tmp_path / "torch"), str(tmp_path / "onnx"), task="text-classification", opset=18,
+                do_validation=False, library_name="transformers")
+    fused = optimize_model(str(tmp_path / "onnx" / "model.onnx"), model_type="bert", num_heads=0, hidden_size=0)
+    ops = [node.op_type for node in fused.model.graph.node]
+    assert ops.count("Attention") == 2
+    fused.save_model_to_file(str(tmp_path / "fused.onnx"))
+    batch = inputs()
+    expected = logits(model, batch).numpy()
+    feeds = {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy(),
+             "token_type_ids": np.zeros_like(batch["input_ids"].numpy())}
+    for path in (tmp_path / "onnx" / "model.onnx", tmp_path / "fused.onnx"):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        got = session.run(["logits"], {k: v for k, v in feeds.items() if k in names})[0]
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_pruned_llama_exports_to_onnx_and_matches_torch(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    from optimum.exporters.onnx import main_export
+
+    model = tiny_llama(heads=4, kv=2)
+    prune_model(model, PruneConfig(heads=0.5, ffn=0.25))
+    model.save_pretrained(tmp_path / "torch")
+    main_export(str(tmp_path / "torch"), str(tmp_path / "onnx"), task="text-generation", opset=18,
+                do_validation=False, library_name="transformers")
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = inputs()
+    feeds = {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy(),
+             "position_ids": np.broadcast_to(np.arange(8), (2, 8)).copy()}
+    names = {i.name for i in session.get_inputs()}
+    got = session.run(["logits"], {k: v for k, v in feeds.items() if k in names})[0]
+    keep = batch["attention_mask"].bool().numpy()
+    np.testing.assert_allclose(got[keep], logits(model, batch).numpy()[keep], atol=1e-4, rtol=1e-3)
+
+
+def test_prune_stage_runs_on_real_data_recovers_and_saves_a_reloadable_folder(tmp_path):
+    tokenizer = tiny_tokenizer(tmp_path)
+    teacher = teacher_artifact(tmp_path / "teacher", tiny_bert(vocab=len(tokenizer)), tokenizer)
+    ctx = stage_context(tmp_path / "out", teacher)
+    config = PruneConfig(heads=0.5, ffn=0.5, importance="calibration", samples=8, recovery={"steps": 2, "batch_size": 8})
+    artifact = run_prune(config, teacher, ctx)
+    metrics = artifact.manifest["metrics"]
+    assert metrics["heads_per_layer"] == [2, 2] and metrics["recovery_steps"] == 2
+    assert 0 <= metrics["eval_accuracy"] <= 1 and "kd_loss" in metrics
+    reloaded = AutoModelForSequenceClassification.from_pretrained(artifact.path).eval()
+    assert sum(p.numel() for p in reloaded.parameters()) == metrics["params_after"]
+    assert (artifact.path / "tokenizer.json").exists() or (artifact.path / "vocab.txt").exists()

@@ -388,6 +388,7 @@ def run(config: PruneConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
             f"heads/layer {summary['heads_per_layer']}, ffn/layer {summary['ffn_per_layer']}")
     if any(summary["padded"].values()):
         ctx.log(f"prune: layers padded with zeros to a common shape {summary['padded']} (use scope: uniform to avoid)")
-    metrics = {**summary, **recover(model, config.recovery, ctx, tokenizer)}
+    kept = {k: v for k, v in summary.items() if k != "removed_ffn_channels"}  # channel lists are long
+    metrics = {**kept, **recover(model, config.recovery, ctx, tokenizer)}
     save_torch(model, tokenizer, ctx.out_dir)
     return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics})
