@@ -30,6 +30,7 @@ from edgeslim.compress.trainer import (
     examples_from_split,
     examples_from_texts,
     model_inputs,
+    process_state,
     reindex,
     train,
 )
@@ -322,6 +323,10 @@ def load_teacher(path: Path, task: str, eager: bool = False):
     return model, tokenizer
 
 
+def _main_process_first():
+    return process_state().main_process_first()
+
+
 def _teacher_id(artifact: Artifact) -> str:
     return artifact.manifest.get("key") or hash_tree(artifact.path)
 
@@ -346,11 +351,19 @@ def training_rows(config: DistillConfig, ctx: StageContext, teacher, tokenizer, 
     return reindex(rows)
 
 
-def _state_root(ctx: StageContext) -> Path:
-    """Where caches and checkpoints outlive a killed stage: ``ctx.extras['cache_dir']`` or a
-    ``.distill`` folder beside the stage folders (the stage's own output folder is temporary)."""
+def _cache_root(ctx: StageContext) -> Path:
+    """Where teacher outputs are kept across runs: ``ctx.extras['cache_dir']``, else a ``.distill``
+    folder beside the stage folders (the stage's own output folder is temporary)."""
     root = ctx.extras.get("cache_dir")
     return Path(root) if root else Path(ctx.out_dir).parent / ".distill"
+
+
+def _checkpoint_dir(ctx: StageContext, run_key: str) -> Path:
+    """Where training checkpoints survive a killed stage: the pipeline's ``work_dir`` (keyed by the
+    stage's cache key, removed when the stage finishes), else a folder keyed by this run's inputs."""
+    if getattr(ctx, "work_dir", None) is not None:
+        return Path(ctx.work_dir) / "checkpoints"
+    return _cache_root(ctx) / "runs" / run_key
 
 
 @register_stage("distill", config=DistillConfig, consumes="torch", produces="torch")
@@ -378,19 +391,20 @@ def run(config: DistillConfig, artifact: Artifact, ctx: StageContext) -> Artifac
     token_level = task == "causal-lm"
     objective = DistillObjective(config, student, teacher, keep if source is teacher else None, token_level, ctx.seed)
 
-    state_root = _state_root(ctx)
+    cache_root = _cache_root(ctx) / "teacher"
     teacher_id = _teacher_id(ctx.teacher)
-    rows = training_rows(config, ctx, teacher, tokenizer, state_root / "teacher", teacher_id)
+    with _main_process_first():  # under accelerate launch, rank 0 fills the caches, the others read them
+        rows = training_rows(config, ctx, teacher, tokenizer, cache_root, teacher_id)
+        if config.cache_teacher:
+            objective.cache = cached_teacher(teacher, rows, objective.needs, cache_root, teacher_id,
+                                             config.batch_size, ctx.progress, ctx.log)
     eval_rows = examples_from_split(ctx.data, tokenizer, "eval", model=teacher)
-    if config.cache_teacher:
-        objective.cache = cached_teacher(teacher, rows, objective.needs, state_root / "teacher", teacher_id,
-                                         config.batch_size, ctx.progress, ctx.log)
     run_key = hash_bytes(teacher_id, hash_tree(artifact.path) if artifact.path != ctx.teacher.path else "",
                          config.model_dump_json(), str(ctx.seed), getattr(ctx.data, "fingerprint", ""))[:24]
     train_cfg = TrainConfig(
         epochs=config.epochs, max_steps=config.max_steps, lr=config.lr, batch_size=config.batch_size,
         weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio, seed=ctx.seed,
-        checkpoint_dir=state_root / "runs" / run_key, checkpoint_every=config.checkpoint_every,
+        checkpoint_dir=_checkpoint_dir(ctx, run_key), checkpoint_every=config.checkpoint_every,
         eval_every=config.eval_every, early_stopping_patience=config.early_stopping_patience,
         select_best=config.select_best,
     )

@@ -227,10 +227,25 @@ def _lr_at(step: int, steps: int, cfg: TrainConfig) -> float:
     return cfg.lr * max(0.0, (steps - step) / max(1, steps - warmup))
 
 
-def _make_accelerator():
-    from accelerate import Accelerator
+def process_state():
+    """This process's place in an ``accelerate launch``/``torchrun`` job (one process when run plainly).
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+    Created with ``cpu=True`` when there is no GPU, so several CPU processes form a gloo group."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _make_accelerator():
+    """One CPU process by default; under ``accelerate launch`` the launcher's devices and processes.
+
+    Unused parameters are allowed under DDP (e.g. a pooler that a loss does not reach)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    process_state()  # the shared state must know about CPU process groups before Accelerator reads it
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 LOOP_STATE = "loop_state.json"
@@ -381,6 +396,7 @@ def train(
 
     best_step = loop["best_step"]
     if cfg.select_best and best_step is not None and cfg.checkpoint_dir is not None and best_step != loop["step"]:
+        accelerator.wait_for_everyone()
         _load_best(inner, cfg.checkpoint_dir)
     final = evaluate_fn(inner.student) if eval_rows is not None else {}
     return TrainResult(final, loop["step"], best_step, loop["stopped_early"], resumed_from, loop["history"])
