@@ -163,3 +163,57 @@ def test_dynamic_exclusion_of_a_gemm_keeps_it_float(bert, tmp_path):
     run(QuantizeConfig(nodes_to_exclude=["/classifier/Gemm"]), Artifact(src, "onnx", {}), ctx)
     names = {n.name: n.op_type for n in onnx.load(str(ctx.out_dir / "model.onnx")).graph.node}
     assert "/classifier/Gemm_MatMul_quant" not in names and "/bert/pooler/dense/Gemm_MatMul_quant" in names
+
+
+# --- bad values fail when the recipe loads (edgeslim check), one line naming the key ---------------
+
+RECIPE = """name: q
+task: text-classification
+teacher:
+  build: {{model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}}
+  train_tokenizer: {{vocab_size: 100}}
+data:
+  source: data.csv
+stages:
+  - export: {{}}
+  - quantize:
+{body}
+"""
+
+
+@pytest.mark.parametrize("body,message", [
+    ("      mode: weight_only\n      bits: 3", "bits must be 4 or 8, not 3"),
+    ("      mode: dynamic\n      bits: 4", "mode 'dynamic' is INT8 only"),
+    ("      mode: weight_only\n      block_size: 24", "block_size must be a power of two >= 16, not 24"),
+    ("      mode: weight_only\n      block_size: 8", "block_size must be a power of two >= 16, not 8"),
+    ("      mode: static\n      calibration_samples: 0", "calibration set cannot be empty"),
+    ("      mode: weight_only\n      algorithm: awq", "unknown algorithm 'awq' for mode weight_only"),
+    ("      mode: neural_compressor\n      algorithm: hqq", "unknown algorithm 'hqq' for mode neural_compressor"),
+    ("      mode: static\n      calibration: kl", "unknown calibration method 'kl'"),
+    ("      mode: static\n      format: qlinear", "unknown format 'qlinear'"),
+    ("      mode: int4", "unknown mode 'int4'"),
+    ("      mode: weight_only\n      accuracy_level: 7", "accuracy_level must be 0, 1, 2, 3 or 4"),
+    ("      candidates:\n        - {mode: weight_only, bits: 2}", "bits must be 4 or 8, not 2"),
+    ("      max_accuracy_drop: -0.1", "greater than or equal to 0"),
+])
+def test_bad_values_fail_at_check_time_with_one_line(tmp_path, body, message):
+    from edgeslim.recipe import load_recipe
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.format(body=body))
+    with pytest.raises(EdgeslimError) as err:
+        load_recipe(path)
+    text = str(err.value)
+    assert message in text and "\n" not in text
+    assert "quantize" in text and "recipe.yaml:" in text
+
+
+def test_valid_quantize_recipe_loads(tmp_path):
+    from edgeslim.recipe import load_recipe
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.format(body="      candidates:\n        - {mode: dynamic, per_channel: true}\n"
+                                       "        - {mode: weight_only, algorithm: hqq, block_size: 64}\n"
+                                       "      max_accuracy_drop: 0.01"))
+    stage = load_recipe(path).stages[1].config
+    assert [s.label() for s in stage.specs()] == ["dynamic-int8-pc", "weight_only-hqq-int4-b64"]
