@@ -10,7 +10,8 @@ Spec keys: ``models`` ({name: onnx path}), ``inputs`` (an ``.npz`` whose keys ar
 ``"<index>/<input name>"``), ``warmup``, ``runs``, ``threads``, ``inter_op_threads``, ``providers``,
 ``provider_options``, ``session_options``, ``graph_optimization_level``, ``affinity`` (CPU ids or
 null), ``memory`` (bool), ``outputs`` (an ``.npz`` path to save each model's outputs to, or null),
-``mode`` (``"latency"`` or ``"count"``).
+``mode`` (``"latency"``, ``"memory"`` or ``"count"``). The result maps each model name to its figures
+(or ``{"error": ...}``) and ``"__machine__"`` to the architecture and versions it ran on.
 
 Latency mode times every model on the same inputs, interleaved round-robin with the model order
 rotated every round, so a load spike on a shared machine hits all models alike and their ratios stay
@@ -32,6 +33,18 @@ import sys
 import time
 
 import numpy as np
+
+#: Key of the result entry describing the machine (every other key is a model name).
+MACHINE_KEY = "__machine__"
+
+def machine():
+    """Where this harness ran: CPU architecture, Python and onnxruntime versions."""
+    import platform
+
+    import onnxruntime
+
+    return {"arch": platform.machine(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__}
+
 
 def load_inputs(path):
     """Read the ``.npz`` of inputs back into a list of {input name: array}, in index order."""
@@ -216,6 +229,7 @@ def main(argv):
             for name, path in spec["models"].items():
                 if "error" not in result[name]:
                     result[name]["peak_memory_mb"] = memory_in_child(spec, name, path, spec_path)
+    result[MACHINE_KEY] = machine()
     with open(result_path, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
     return 0

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeslim.targets.harness import MACHINE_KEY
 from edgeslim.targets.profile import DeviceProfile
 
 HARNESS = Path(__file__).resolve().parents[1] / "harness.py"
@@ -70,6 +71,8 @@ def cells_from_result(result: dict[str, dict], status: str) -> dict[str, dict]:
     """Turn the harness's per-model result into report cells (``error`` where a model failed)."""
     cells = {}
     for name, entry in result.items():
+        if name == MACHINE_KEY:
+            continue
         if "error" in entry:
             cells[name] = cell("error", reason=entry["error"])
         else:

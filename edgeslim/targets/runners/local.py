@@ -35,7 +35,8 @@ def harness_env(profile: DeviceProfile) -> dict[str, str]:
     return env
 
 
-def run_harness(command: list[str], workdir: Path, env: dict[str, str], timeout_s: int) -> dict:
+def run_harness(command: list[str], workdir: Path, env: dict[str, str], timeout_s: int,
+                result_name: str = "result.json") -> dict:
     """Run the harness command; return its JSON result or raise RuntimeError with one line."""
     try:
         proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -43,7 +44,7 @@ def run_harness(command: list[str], workdir: Path, env: dict[str, str], timeout_
         raise RuntimeError(f"harness timed out after {timeout_s} s") from None
     if proc.returncode != 0:
         raise RuntimeError(f"harness failed (exit {proc.returncode}): {one_line(proc.stderr or proc.stdout)}")
-    return json.loads((workdir / "result.json").read_text(encoding="utf-8"))
+    return json.loads((workdir / result_name).read_text(encoding="utf-8"))
 
 
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
