@@ -380,6 +380,10 @@ def save_torch(model: nn.Module, tokenizer, out_dir: Path) -> None:
 @register_stage("prune", config=PruneConfig, consumes="torch", produces="torch")
 def run(config: PruneConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
     """Prune heads and FFN channels of the input model, optionally recover, save a reloadable folder."""
+    from edgeslim.compress.lowrank import is_factorized
+
+    if is_factorized(artifact.path):
+        raise EdgeslimError("prune cannot cut a low-rank factorized model; put prune before lowrank in the recipe")
     torch.manual_seed(ctx.seed)
     model, tokenizer = load_torch(artifact.path, ctx.task)
     batches = importance_batches(config, ctx, tokenizer)
