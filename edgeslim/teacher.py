@@ -3,11 +3,14 @@ and, when it has no head for the task, fine-tune one on the labeled data.
 
 The result is an ordinary HF ``save_pretrained`` folder (safetensors + tokenizer), cached like every
 stage, so the fine-tune runs once. For classification the label names from the data are written into
-``config.id2label`` so every later artifact (and the bundle) carries them.
+``config.id2label`` so every later artifact (and the bundle) carries them. A GGUF teacher (llama.cpp
+file) is dequantized into an fp32 HF checkpoint with the tokenizer rebuilt from the GGUF header, so
+every later stage works on plain safetensors; see docs/llm.md.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,8 @@ def load_teacher_config(teacher, base_dir: Path | None):
     if teacher.build is not None:
         return _config_from_dict(teacher.build)
     source = resolve_model_source(teacher.source, base_dir)
-    if teacher.gguf_file or source.endswith(".gguf"):
-        return None  # reading a GGUF header needs the gguf loader; checked when the stage runs
+    if is_gguf(teacher):
+        return load_gguf_config(*gguf_location(source, teacher.gguf_file))
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=teacher.trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -54,6 +57,8 @@ def run_teacher(ctx: StageContext) -> Artifact:
 
     recipe = ctx.recipe
     teacher = recipe.teacher
+    if recipe.task == "text-classification" and is_gguf(teacher):
+        raise EdgeslimError("a GGUF teacher is a causal LM; set task: causal-lm (or give an HF classifier as teacher.source)")
     torch.manual_seed(recipe.seed)
     tokenizer = _load_tokenizer(teacher, recipe, ctx)
     model, needs_finetune = _load_model(teacher, recipe, ctx, tokenizer)
@@ -93,11 +98,8 @@ def _load_tokenizer(teacher, recipe, ctx: StageContext):
         )
     source = teacher.tokenizer or teacher.source
     location = resolve_model_source(source, recipe.base_dir)
-    if location.endswith(".gguf"):
-        location, gguf = str(Path(location).parent), Path(location).name
-        return AutoTokenizer.from_pretrained(location, gguf_file=gguf)
-    if teacher.gguf_file:
-        return AutoTokenizer.from_pretrained(location, gguf_file=teacher.gguf_file)
+    if location.endswith(".gguf") or (teacher.gguf_file and teacher.tokenizer is None):
+        return load_gguf_tokenizer(*gguf_location(location, teacher.gguf_file))
     try:
         return AutoTokenizer.from_pretrained(location, trust_remote_code=teacher.trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -137,7 +139,7 @@ def _load_model(teacher, recipe, ctx: StageContext, tokenizer):
         auto = AutoModelForSequenceClassification if classification else AutoModelForCausalLM
         return auto.from_config(config), classification
     source = resolve_model_source(teacher.source, recipe.base_dir)
-    if source.endswith(".gguf") or teacher.gguf_file:
+    if is_gguf(teacher):
         return load_gguf_causal_lm(source, teacher.gguf_file), False
     config = load_teacher_config(teacher, recipe.base_dir)
     if not classification:
@@ -151,15 +153,148 @@ def _load_model(teacher, recipe, ctx: StageContext, tokenizer):
     return model, not same_labels
 
 
-def load_gguf_causal_lm(source: str, gguf_file: str | None):
-    """Load a GGUF causal LM into a plain HF model (``save_pretrained`` refuses GGUF-loaded models,
-    so the dequantized weights are copied into a freshly built model of the same config)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+# --------------------------------------------------------------------------------------------------
+# GGUF teachers (llama.cpp files): dequantized into a plain HF checkpoint, tokenizer rebuilt faithfully
 
+# llama.cpp pre-tokenizer types whose first regex splits every digit on its own (llama-vocab.cpp).
+GGUF_DIGIT_SPLIT_PRE = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
+
+
+def is_gguf(teacher) -> bool:
+    """Whether the recipe's teacher is a GGUF file (``source`` ends in .gguf, or ``gguf_file`` is set)."""
+    return bool(teacher.gguf_file) or (teacher.source or "").endswith(".gguf")
+
+
+def gguf_location(source: str, gguf_file: str | None) -> tuple[str, str]:
+    """(folder, file name) of a GGUF teacher given as a ``.gguf`` path or a folder plus ``gguf_file``."""
     path = Path(source)
-    folder, name = (str(path.parent), path.name) if source.endswith(".gguf") else (source, gguf_file)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    fresh = AutoModelForCausalLM.from_config(config)
-    fresh.load_state_dict(loaded.state_dict())
-    return fresh
+    folder, name = (str(path.parent), path.name) if source.endswith(".gguf") else (source, gguf_file or "")
+    if not (Path(folder) / name).is_file():
+        raise EdgeslimError(f"GGUF teacher file '{Path(folder) / name}' does not exist; fix teacher.source or teacher.gguf_file")
+    return folder, name
+
+
+@functools.lru_cache(maxsize=4)
+def gguf_metadata(path: str | Path) -> dict[str, Any]:
+    """The GGUF header's scalar and string fields (architecture, tokenizer flags, special ids)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise EdgeslimError("reading a GGUF teacher needs the 'gguf' package; pip install gguf") from None
+    try:
+        reader = GGUFReader(str(path))
+    except (ValueError, OSError) as exc:
+        raise EdgeslimError(f"'{Path(path).name}' is not a readable GGUF file: {str(exc).splitlines()[0]}") from None
+    skip = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
+    fields = {}
+    for key, field in reader.fields.items():
+        if key not in skip:
+            fields[key] = field.contents()
+    return fields
+
+
+def load_gguf_config(folder: str, name: str):
+    """The ``PretrainedConfig`` transformers derives from a GGUF header (no weights are read)."""
+    from transformers import AutoConfig
+
+    _check_gguf_architecture(Path(folder) / name)
+    return AutoConfig.from_pretrained(folder, gguf_file=name)
+
+
+def _check_gguf_architecture(path: Path) -> None:
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    arch = gguf_metadata(path).get("general.architecture")
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise EdgeslimError(f"GGUF architecture '{arch}' cannot be loaded by transformers; use a GGUF of "
+                            f"{', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES)[:8])}, ... or an HF checkpoint")
+
+
+def load_gguf_tokenizer(folder: str, name: str):
+    """The GGUF file's tokenizer as llama.cpp runs it.
+
+    transformers' GGUF converter gets a byte-level BPE (``tokenizer.ggml.model == "gpt2"``) partly
+    wrong: it always prepends BOS (the header may say ``add_bos_token: false``), names BOS as EOS,
+    leaves no padding token and drops the digit split of pre-tokenizers such as ``smollm``. Those
+    are taken from the header here, so the cached teacher tokenizes exactly like the GGUF model.
+    """
+    from transformers import AutoTokenizer
+
+    meta = gguf_metadata(Path(folder) / name)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    if meta.get("tokenizer.ggml.model") == "gpt2":
+        tokenizer = _byte_level_tokenizer(tokenizer, meta)
+    template = meta.get("tokenizer.chat_template")
+    if template and not tokenizer.chat_template:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def _byte_level_tokenizer(converted, meta: dict[str, Any]):
+    """A ``PreTrainedTokenizerFast`` over the converted byte-level BPE with the header's settings."""
+    from tokenizers import pre_tokenizers, processors, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    backend = converted.backend_tokenizer
+    level = pre_tokenizers.ByteLevel(add_prefix_space=bool(meta.get("tokenizer.ggml.add_space_prefix", False)),
+                                     use_regex=True)
+    if meta.get("tokenizer.ggml.pre") in GGUF_DIGIT_SPLIT_PRE:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), level])
+    else:
+        backend.pre_tokenizer = level
+    backend.decoder = decoders.ByteLevel()
+    token = {role: _special(converted, meta, f"tokenizer.ggml.{role}_token_id")
+             for role in ("bos", "eos", "unknown", "padding")}
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and token["bos"] is not None
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and token["eos"] is not None
+    if add_bos or add_eos:
+        single = ([f"{token['bos']}:0"] if add_bos else []) + ["$A:0"] + ([f"{token['eos']}:0"] if add_eos else [])
+        specials = [(t, converted.convert_tokens_to_ids(t)) for t in (token["bos"] if add_bos else None,
+                                                                      token["eos"] if add_eos else None) if t]
+        backend.post_processor = processors.TemplateProcessing(single=" ".join(single), special_tokens=specials)
+    else:
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=token["bos"], eos_token=token["eos"], unk_token=token["unknown"],
+        pad_token=token["padding"] or token["eos"], model_max_length=int(_context_length(meta)),
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _special(converted, meta: dict[str, Any], key: str) -> str | None:
+    token_id = meta.get(key)
+    return None if token_id is None else converted.convert_ids_to_tokens(int(token_id))
+
+
+def _context_length(meta: dict[str, Any]) -> int:
+    arch = meta.get("general.architecture", "")
+    return int(meta.get(f"{arch}.context_length") or 2048)
+
+
+def load_gguf_causal_lm(source: str, gguf_file: str | None):
+    """Load a GGUF causal LM into a plain fp32 HF model that ``save_pretrained`` accepts.
+
+    transformers dequantizes the GGUF tensors on load (Q4_1 etc. -> float32) but marks the model as
+    GGUF-loaded, and ``save_pretrained`` refuses such a model; so the weights are copied into a fresh
+    model built from the same config. Tied input/output embeddings stay tied (the fresh model ties
+    them from ``tie_word_embeddings``); the weights keep the GGUF's quantization grid.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder, name = gguf_location(source, gguf_file)
+    config = load_gguf_config(folder, name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict(), strict=True)
+    if getattr(config, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    meta = gguf_metadata(Path(folder) / name)
+    for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
+        token_id = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if token_id is not None:
+            setattr(fresh.generation_config, f"{role}_token_id", int(token_id))
+            setattr(fresh.config, f"{role}_token_id", int(token_id))
+    fresh.config.name_or_path = name
+    return fresh.eval()
+
