@@ -195,6 +195,9 @@ stages:
     ("      mode: weight_only\n      accuracy_level: 7", "accuracy_level must be 0, 1, 2, 3 or 4"),
     ("      candidates:\n        - {mode: weight_only, bits: 2}", "bits must be 4 or 8, not 2"),
     ("      max_accuracy_drop: -0.1", "greater than or equal to 0"),
+    ("      mode: dynamic\n      autotune: true", "autotune is neural-compressor's"),
+    ("      mode: weight_only\n      algorithm: hqq\n      symmetric: true", "hqq is asymmetric only"),
+    ("      mode: weight_only\n      algorithm: gptq\n      nodes_to_exclude: [a]", "gptq cannot leave nodes in float"),
 ])
 def test_bad_values_fail_at_check_time_with_one_line(tmp_path, body, message):
     from edgeslim.recipe import load_recipe

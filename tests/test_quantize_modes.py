@@ -226,3 +226,25 @@ def test_matmul_nbits_writer_matches_numpy(tmp_path):
         groups = np.arange(k) // block
         weight = (layer.qweight - zp[:, groups]) * layer.scales[:, groups]
         np.testing.assert_allclose(run_onnx(tmp_path / "m.onnx", {"x": x}), x @ weight.T, rtol=1e-4, atol=1e-4)
+
+
+def test_neural_compressor_autotune_keeps_accuracy(encoder, tmp_path):
+    """autotune scores trials with the given evaluator and stops at the first tolerable one."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder.hf)
+    examples = sentiment_data().eval[:16]
+    calls = []
+
+    def evaluate(model):
+        calls.append(1)
+        return quantize_inc.torch_accuracy(model, tokenizer, examples)
+
+    spec = QuantSpec(mode="neural_compressor", algorithm="rtn", autotune=True, block_size=32)
+    assert spec.label() == "neural_compressor-autotune-int4-b32"
+    dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx", calibration=encoder.calibration[:4],
+                        torch_dir=encoder.hf, evaluate=evaluate, tolerable_loss=0.05)
+    assert len(calls) == 2  # the float baseline, then rtn (tolerable, so tuning stops)
+    assert ops(dst).count("MatMulNBits") == 12
+    outputs = [run_onnx(dst, f) for f in encoder.feeds]
+    assert agreement(encoder.reference, outputs) == 1.0

@@ -144,3 +144,12 @@ def test_stage_budget_overrides_the_recipe_budget():
     assert accuracy_budget(QuantizeConfig(), recipe) == 0.03
     assert accuracy_budget(QuantizeConfig(max_accuracy_drop=0.01), recipe) == 0.01
     assert accuracy_budget(QuantizeConfig(), types.SimpleNamespace(budgets=types.SimpleNamespace(accuracy_drop=None))) is None
+
+
+def test_drops_count_from_the_teacher_only_for_the_recipe_budget():
+    from edgeslim.export.quantize_select import drop_reference
+
+    assert drop_reference(QuantizeConfig(), 0.80, 0.85, whole_split=True) == (0.85, "teacher")
+    assert drop_reference(QuantizeConfig(max_accuracy_drop=0.01), 0.80, 0.85, whole_split=True) == (0.80, "input")
+    assert drop_reference(QuantizeConfig(), 0.80, None, whole_split=True) == (0.80, "input")
+    assert drop_reference(QuantizeConfig(eval_limit=10), 0.80, 0.85, whole_split=False) == (0.80, "input")

@@ -62,6 +62,8 @@ class QuantSpec(BaseModel):
     block_size: int = 32
     symmetric: bool = False
     accuracy_level: int | None = None
+    autotune: bool = Field(False, description="neural_compressor: let its autotune try rtn then gptq (then awq "
+                                              "for causal LMs) until the accuracy loss is tolerable")
     nodes_to_exclude: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -81,7 +83,7 @@ class QuantSpec(BaseModel):
 
     @property
     def needs_calibration(self) -> bool:
-        return self.mode == "static" or (self.mode in ALGORITHMS and self.algorithm in ("gptq", "awq"))
+        return self.mode == "static" or (self.mode in ALGORITHMS and (self.algorithm in ("gptq", "awq") or self.autotune))
 
     def label(self) -> str:
         """A short readable name: ``dynamic-int8-pc``, ``static-qdq-entropy``, ``weight_only-rtn-int4-b32``."""
@@ -92,7 +94,8 @@ class QuantSpec(BaseModel):
         elif self.mode == "static":
             parts = ["static", self.format, self.calibration] + (["pc"] if self.per_channel else [])
         else:
-            parts = [self.mode, self.algorithm, f"int{self.resolved_bits}", f"b{self.block_size}"]
+            algorithm = "autotune" if self.autotune else self.algorithm
+            parts = [self.mode, algorithm, f"int{self.resolved_bits}", f"b{self.block_size}"]
             parts += ["sym"] if self.symmetric else []
         if self.embeddings != (self.mode in ("dynamic", "static")):
             parts.append("emb" if self.embeddings else "noemb")
@@ -126,6 +129,10 @@ def check_spec(spec: QuantSpec) -> None:
         raise ValueError("hqq is asymmetric only; set symmetric: false or use algorithm rtn")
     if spec.mode == "weight_only" and spec.algorithm in ("hqq", "gptq") and spec.quantize_embeddings:
         raise ValueError(f"{spec.algorithm} quantizes MatMul weights only; set quantize_embeddings: false or use rtn")
+    if spec.autotune and spec.mode != "neural_compressor":
+        raise ValueError("autotune is neural-compressor's; set mode: neural_compressor or drop autotune")
+    if spec.mode == "neural_compressor" and spec.nodes_to_exclude:
+        raise ValueError("mode neural_compressor cannot leave ONNX nodes in float; drop nodes_to_exclude")
     if spec.mode == "weight_only" and spec.algorithm == "gptq" and spec.nodes_to_exclude:
         raise ValueError("onnxruntime's gptq cannot leave nodes in float; drop nodes_to_exclude or use rtn or hqq")
 
@@ -134,9 +141,10 @@ class QuantizeConfig(StageConfig, QuantSpec):
     """Recipe keys of the ``quantize`` stage.
 
     The keys of :class:`QuantSpec` describe the single candidate used when ``candidates`` is empty.
-    ``max_accuracy_drop`` (absolute, e.g. 0.01) overrides the recipe's ``budgets.accuracy_drop``;
+    ``max_accuracy_drop`` (absolute, e.g. 0.01, counted from the input model's accuracy) overrides the
+    recipe's ``budgets.accuracy_drop`` (counted from the teacher's eval accuracy when known);
     ``exclude_sensitive`` lets the stage leave up to ``max_excluded_nodes`` of the most sensitive
-    nodes in float to meet it. ``eval_limit`` eval examples measure accuracy, ``sensitivity_samples``
+    nodes in float to meet it. ``eval_limit`` eval examples (default: all) measure accuracy, ``sensitivity_samples``
     measure per-node error, and ``latency_runs`` interleaved runs per model measure latency.
     """
 
@@ -144,7 +152,7 @@ class QuantizeConfig(StageConfig, QuantSpec):
     max_accuracy_drop: float | None = Field(None, ge=0)
     exclude_sensitive: bool = True
     max_excluded_nodes: int = Field(8, ge=0)
-    eval_limit: int = Field(200, ge=1)
+    eval_limit: int | None = Field(None, ge=1)
     sensitivity_samples: int = Field(16, ge=1)
     latency_runs: int = Field(20, ge=1)
 
@@ -171,8 +179,13 @@ def quantize_dynamic_int8(src_onnx: Path, dst_onnx: Path) -> Path:
 
 
 def quantize_with(spec: QuantSpec, src: Path, dst: Path, calibration: list[dict] | None = None,
-                  torch_dir: Path | None = None, extra_exclude: list[str] | None = None) -> Path:
-    """Quantize ``src`` into ``dst`` as ``spec`` says (``extra_exclude`` adds float nodes)."""
+                  torch_dir: Path | None = None, extra_exclude: list[str] | None = None,
+                  evaluate=None, tolerable_loss: float = 0.01) -> Path:
+    """Quantize ``src`` into ``dst`` as ``spec`` says (``extra_exclude`` adds float nodes).
+
+    ``evaluate(torch_model) -> accuracy`` and ``tolerable_loss`` (relative) drive neural-compressor's
+    autotune when ``spec.autotune`` is set.
+    """
     exclude = list(spec.nodes_to_exclude) + list(extra_exclude or [])
     if spec.mode == "dynamic":
         return quantize_ort.quantize_dynamic(
@@ -195,7 +208,7 @@ def quantize_with(spec: QuantSpec, src: Path, dst: Path, calibration: list[dict]
     from edgeslim.export import quantize_inc
 
     return quantize_inc.quantize_neural_compressor(spec, src, dst, torch_dir=torch_dir, calibration=calibration,
-                                                   nodes_to_exclude=exclude)
+                                                   evaluate=evaluate, tolerable_loss=tolerable_loss)
 
 
 def copy_sidecar_files(src_dir: Path, dst_dir: Path) -> list[str]:

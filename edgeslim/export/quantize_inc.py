@@ -86,6 +86,53 @@ def quantize_torch(model, spec, calibration: list[dict] | None):
     return convert(prepared)
 
 
+def autotune_torch(model, spec, calibration: list[dict] | None, evaluate, tolerable_loss: float):
+    """neural-compressor's accuracy-driven ``autotune``: try the spec's algorithm, then the others, until
+    ``evaluate(model)`` is within ``tolerable_loss`` (relative) of the float model; returns the best."""
+    import torch
+    from neural_compressor.torch.quantization import TuningConfig, autotune
+
+    if evaluate is None:
+        raise EdgeslimError("neural-compressor autotune needs eval data to score trials; give the recipe an eval split")
+    causal = getattr(model.config, "is_decoder", False) or any(
+        a.endswith("ForCausalLM") for a in (model.config.architectures or []))
+    order = [spec.algorithm] + [a for a in ("rtn", "gptq") + (("awq",) if causal else ()) if a != spec.algorithm]
+    configs = [inc_config(spec.model_copy(update={"algorithm": a})) for a in order]
+    feeds = torch_feeds(calibration or [])
+
+    def calibrate(prepared):
+        with torch.no_grad():
+            for feed in feeds:
+                prepared(**feed)
+
+    tuning = TuningConfig(config_set=configs, tolerable_loss=tolerable_loss, max_trials=len(configs))
+    example = feeds[0]["input_ids"] if feeds else None
+    return autotune(copy.deepcopy(model), tuning, eval_fn=evaluate, run_fn=calibrate, example_inputs=example)
+
+
+def torch_accuracy(model, tokenizer, examples, max_length: int = 128) -> float:
+    """Accuracy of a torch classifier (arg-max = label) or causal LM (next-token) on ``examples``."""
+    import inspect
+
+    import torch
+
+    hits = total = 0
+    causal = any(a.endswith("ForCausalLM") for a in (model.config.architectures or []))
+    accepted = set(inspect.signature(model.forward).parameters)
+    with torch.no_grad():
+        for ex in examples:
+            enc = tokenizer(ex.text, truncation=True, max_length=max_length, return_tensors="pt")
+            enc = {k: v for k, v in enc.items() if k in accepted}
+            if not causal:
+                hits += int(model(**enc).logits[0].argmax()) == ex.label
+                total += 1
+            elif enc["input_ids"].shape[1] > 1:
+                logits = model(**enc).logits[0, :-1]
+                hits += int((logits.argmax(-1) == enc["input_ids"][0, 1:]).sum())
+                total += logits.shape[0]
+    return hits / max(total, 1)
+
+
 def int_linears(model, spec) -> dict[str, IntLinear]:
     """Unpack every neural-compressor weight-only module into integer weight, scales, zero points."""
     layers = {}
@@ -189,19 +236,24 @@ def write_into_onnx(model: onnx.ModelProto, originals: dict[str, str], layers: d
 
 
 def quantize_neural_compressor(spec, src: Path, dst: Path, torch_dir: Path | None, calibration: list[dict] | None,
-                               nodes_to_exclude: list[str] | None = None) -> Path:
-    """Weight-only quantize the torch model with neural-compressor and write its integers into ``src``."""
+                               evaluate=None, tolerable_loss: float = 0.01) -> Path:
+    """Weight-only quantize the torch model with neural-compressor and write its integers into ``src``.
+
+    ``evaluate(torch_model) -> accuracy`` scores autotune's trials (``spec.autotune``).
+    """
     import torch
 
     if torch_dir is None:
         raise EdgeslimError("mode neural_compressor needs the torch model the ONNX was exported from; "
                             "run it after the export stage of the same recipe")
-    if nodes_to_exclude:
-        raise EdgeslimError("mode neural_compressor cannot leave ONNX nodes in float; drop nodes_to_exclude")
     model = load_torch_model(torch_dir)
     originals = {name: weight_key(m.weight.detach().T.numpy())
                  for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    layers = int_linears(quantize_torch(model, spec, calibration), spec)
+    if spec.autotune:
+        quantized = autotune_torch(model, spec, calibration, evaluate, tolerable_loss)
+    else:
+        quantized = quantize_torch(model, spec, calibration)
+    layers = int_linears(quantized, spec)
     onnx_model = load_for_quantization(src)
     replaced = write_into_onnx(onnx_model, originals, layers, spec.accuracy_level)
     if not replaced:
