@@ -74,28 +74,61 @@ def node_flops(op: str, inputs: list[list[int]], outputs: list[list[int]]) -> fl
     return float(sum(_prod(o) for o in outputs))
 
 
-def profile_nodes(model: Path, inputs: list[dict[str, np.ndarray]], level: str = "all",
-                  max_inputs: int = 8) -> tuple[list[NodeCost], int]:
-    """Run ``model`` on up to ``max_inputs`` inputs with profiling; the executed nodes' costs and run count."""
+def _weight_bytes(graph) -> dict[str, float]:
+    """Bytes of the initializers each named node of ``graph`` reads (its weights)."""
+    import onnx
+
+    sizes = {}
+    for init in graph.initializer:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        sizes[init.name] = float(math.prod(init.dims) * itemsize)
+    return {node.name: sum(sizes.get(name, 0.0) for name in node.input) for node in graph.node if node.name}
+
+
+def _session_options(level: str, tmp: str):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    options.log_severity_level = 3
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[level]
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(tmp, "profile")
+    options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+    return options
+
+
+def profile_nodes(model: Path, inputs: list[dict[str, np.ndarray]], level: str = "all",
+                  max_inputs: int = 8) -> tuple[list[NodeCost], int]:
+    """Run ``model`` on up to ``max_inputs`` inputs with profiling; the executed nodes' costs and run count.
+
+    onnxruntime's profile gives each node's concrete input and output shapes and activation bytes,
+    but not the weights a kernel pre-packed at load time; those come from the optimized graph
+    onnxruntime saves, matched by node name (unnamed nodes are named first so every node matches).
+    A gather reads only the rows it outputs, so its table does not count as bytes moved.
+    """
+    import onnx
+    import onnxruntime as ort
+
     with tempfile.TemporaryDirectory(prefix="edgeslim-predict-") as tmp:
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tmp, "profile")
-        session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+        proto = onnx.load(str(model))
+        for index, node in enumerate(proto.graph.node):
+            node.name = node.name or f"{node.op_type}_{index}"
+        named = os.path.join(tmp, "named.onnx")
+        onnx.save(proto, named)
+        del proto
+        session = ort.InferenceSession(named, sess_options=_session_options(level, tmp), providers=["CPUExecutionProvider"])
         wanted = [i.name for i in session.get_inputs()]
         used = inputs[:max_inputs]
         for example in used:
             session.run(None, {name: example[name] for name in wanted})
         events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+        weights = _weight_bytes(onnx.load(os.path.join(tmp, "optimized.onnx"), load_external_data=False).graph)
     costs = []
     for event in events:
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
@@ -103,7 +136,10 @@ def profile_nodes(model: Path, inputs: list[dict[str, np.ndarray]], level: str =
         args = event["args"]
         op = args["op_name"]
         flops = node_flops(op, _shapes(args.get("input_type_shape", [])), _shapes(args.get("output_type_shape", [])))
-        moved = float(args.get("activation_size", 0)) + float(args.get("parameter_size", 0)) + float(args.get("output_size", 0))
+        params = float(args.get("parameter_size", 0))
+        if not op.startswith("Gather"):
+            params = max(params, weights.get(event["name"].removesuffix("_kernel_time"), 0.0))
+        moved = float(args.get("activation_size", 0)) + params + float(args.get("output_size", 0))
         costs.append(NodeCost(op, flops, moved))
     return costs, len(used)
 

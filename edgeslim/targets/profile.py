@@ -56,7 +56,8 @@ class Access(_Section):
     """How edgeslim reaches the device.
 
     ``local`` runs on this machine; ``qemu-arm`` emulates aarch64 (outputs only, never latency);
-    ``ssh`` copies the model and a harness to ``user@host`` and runs it there; ``cuda`` runs locally
+    ``ssh`` copies the model and a harness to ``user@host`` and runs it there with ``python`` (key
+    authentication with ``key``; host keys checked in ``known_hosts``); ``cuda`` runs locally
     with the CUDA execution provider; ``none`` means there is no runner and latency is predicted.
     """
 
@@ -65,6 +66,7 @@ class Access(_Section):
     user: str | None = None
     port: int = Field(default=22, ge=1, le=65535)
     key: str | None = None
+    known_hosts: str | None = None
     python: str = "python3"
     workdir: str = "/tmp/edgeslim-bench"
     connect_timeout_s: int = Field(default=10, ge=1)

@@ -1,0 +1,120 @@
+"""The ssh runner: copy the models, the inputs and the harness to a device and measure there.
+
+Uses the system's OpenSSH client with key authentication only (``BatchMode=yes``: a password prompt
+is an error, never a hang), one connection for the copy (a tar stream), one for the run and one to
+remove the work folder. The device needs Python 3 with numpy and onnxruntime (``access.python``).
+Host keys are checked against ``access.known_hosts`` (default ``~/.cache/edgeslim/known_hosts``),
+accepting a host's key the first time it is seen. An unreachable host, a refused key or a device
+without onnxruntime gives ``error`` cells with the reason; nothing is raised, so the matrix goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import subprocess
+import tarfile
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from edgeslim.targets.profile import Access, DeviceProfile
+from edgeslim.targets.runners.job import HARNESS, MACHINE_KEY, cells_for_all, cells_from_result, one_line, write_inputs, write_spec
+
+TIMEOUT_S = 1800
+
+
+class SshError(RuntimeError):
+    """The device could not be reached or the remote command failed; the message is one line."""
+
+
+def ssh_base(access: Access) -> list[str]:
+    """``ssh`` with the profile's port, key and non-interactive options, ending in ``user@host``."""
+    known_hosts = Path(access.known_hosts).expanduser() if access.known_hosts else Path.home() / ".cache" / "edgeslim" / "known_hosts"
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    command = ["ssh", "-p", str(access.port), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={access.connect_timeout_s}",
+               "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={known_hosts}",
+               "-o", "LogLevel=ERROR"]
+    if access.key:
+        command += ["-i", str(Path(access.key).expanduser()), "-o", "IdentitiesOnly=yes"]
+    return command + [f"{access.user}@{access.host}" if access.user else str(access.host)]
+
+
+def remote(access: Access, script: str, *, stdin: bytes | None = None, timeout_s: int = TIMEOUT_S) -> str:
+    """Run ``script`` (a shell command line) on the device; its stdout, or ``SshError``."""
+    where = f"{access.user + '@' if access.user else ''}{access.host}:{access.port}"
+    try:
+        proc = subprocess.run(ssh_base(access) + [script], input=stdin, capture_output=True, timeout=timeout_s)
+    except FileNotFoundError:
+        raise SshError("the OpenSSH client 'ssh' is not installed here") from None
+    except subprocess.TimeoutExpired:
+        raise SshError(f"{where}: no answer within {timeout_s} s") from None
+    stderr = proc.stderr.decode(errors="replace")
+    if proc.returncode == 255:
+        raise SshError(f"cannot reach {where} over ssh: {one_line(stderr)}")
+    if proc.returncode != 0:
+        raise SshError(f"{where}: remote command failed (exit {proc.returncode}): {one_line(stderr or proc.stdout.decode(errors='replace'))}")
+    return proc.stdout.decode(errors="replace")
+
+
+def _model_files(model: Path) -> list[Path]:
+    """The ONNX file and the external-data files its initializers point to (read from the graph)."""
+    import onnx
+
+    proto = onnx.load(str(model), load_external_data=False)
+    locations = {entry.value for tensor in proto.graph.initializer
+                 if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    return [model] + [model.parent / location for location in sorted(locations)]
+
+
+def _bundle(files: dict[str, Path]) -> bytes:
+    """A tar archive of ``files`` (archive name -> local file)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, path in files.items():
+            archive.add(str(path), arcname=name)
+    return buffer.getvalue()
+
+
+def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
+            warmup: int, runs: int, memory: bool = True, timeout_s: int = TIMEOUT_S) -> dict[str, dict]:
+    """Measure every model on the device; one ``measured`` cell per model, or ``error`` with the reason."""
+    access = profile.access
+    workdir = f"{access.workdir.rstrip('/')}/run-{uuid.uuid4().hex[:12]}"
+    with tempfile.TemporaryDirectory(prefix="edgeslim-ssh-") as tmp:
+        local = Path(tmp)
+        files = {"harness.py": HARNESS, "inputs.npz": write_inputs(local / "inputs.npz", inputs)}
+        remote_models = {}
+        for index, (name, path) in enumerate(models.items()):
+            for file in _model_files(Path(path)):
+                files[f"models/{index}/{file.name}"] = file
+            remote_models[name] = f"{workdir}/models/{index}/{Path(path).name}"
+        spec = write_spec(local / "spec.json", profile, remote_models, f"{workdir}/inputs.npz",
+                          warmup=warmup, runs=runs, memory=memory)
+        files["spec.json"] = spec
+        quoted = shlex.quote(workdir)
+        try:
+            remote(access, f"mkdir -p {quoted} && tar -x -C {quoted}", stdin=_bundle(files), timeout_s=timeout_s)
+            threads = profile.runtime.threads
+            output = remote(access, f"cd {quoted} && OMP_NUM_THREADS={threads} PYTHONHASHSEED=0 "
+                                    f"{shlex.quote(access.python)} harness.py spec.json result.json && cat result.json",
+                            timeout_s=timeout_s)
+            result = json.loads(output)
+        except SshError as exc:
+            return cells_for_all(models, "error", str(exc))
+        except ValueError:
+            return cells_for_all(models, "error", f"the device's harness printed no result: {one_line(output)}")
+        finally:
+            try:
+                remote(access, f"rm -rf {quoted}", timeout_s=60)
+            except SshError:
+                pass
+    cells = cells_from_result(result, "measured")
+    device = result.get(MACHINE_KEY, {})
+    for cell in cells.values():
+        cell["device"] = device
+    return cells
