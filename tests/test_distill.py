@@ -328,6 +328,89 @@ def test_teacher_generated_data(llama_teacher, tmp_path):
     assert "eval_perplexity" in art.manifest["metrics"]
 
 
+# ------------------------------------------------------------- every family, every loss, one run
+
+
+def _save_tiny(folder: Path, family: str):
+    from transformers import (DistilBertConfig, DistilBertForSequenceClassification, GPT2Config, GPT2LMHeadModel,
+                              RobertaConfig, RobertaForSequenceClassification)
+
+    tokenizer = make_tokenizer(folder)
+    vocab = len(tokenizer)
+    torch.manual_seed(0)
+    model = {
+        "bert": lambda: bert_teacher(vocab),
+        "distilbert": lambda: DistilBertForSequenceClassification(DistilBertConfig(
+            vocab_size=vocab, dim=32, n_layers=4, n_heads=4, hidden_dim=64, num_labels=2)),
+        "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+            num_labels=2, max_position_embeddings=40, pad_token_id=1)),
+        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=64)),
+        "llama": lambda: LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=4,
+                                                      num_attention_heads=4, num_key_value_heads=2,
+                                                      intermediate_size=64, max_position_embeddings=64)),
+    }[family]()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+EVERY_LOSS = [
+    ("bert", "text-classification", dict(
+        hidden_size=16, num_attention_heads=2, intermediate_size=32,  # narrower: hidden loss needs a projection
+        temperature={"kind": "linear", "start": 4, "end": 1}, alpha={"kind": "two-phase", "start": 0.9, "end": 0.3},
+        losses={"logits": {}, "hidden": {"kind": "cosine"}, "attention": {"kind": "mse"},
+                "relation": {"kind": "similarity"}})),
+    ("distilbert", "text-classification", dict(
+        losses={"logits": {}, "hidden": {"mapping": {0: 0, 1: 3}}, "attention": {"kind": "kl"},
+                "relation": {"kind": "angle"}})),
+    ("roberta", "text-classification", dict(
+        data="labeled+unlabeled", losses={"logits": {}, "relation": {"kind": "distance", "pooling": "mean"}})),
+    ("gpt2", "causal-lm", dict(
+        losses={"tokens": {"kind": "jsd", "beta": 0.3, "top_k": 8}, "hidden": {}, "attention": {}})),
+    ("llama", "causal-lm", dict(
+        hidden_size=16, num_attention_heads=2, num_key_value_heads=1, intermediate_size=32,
+        losses={"tokens": {"kind": "reverse_kl"}, "hidden": {"kind": "mse"}})),
+]
+
+
+@pytest.mark.parametrize("family,task,config", EVERY_LOSS, ids=[f for f, _, _ in EVERY_LOSS])
+def test_every_family_with_its_losses(tmp_path, family, task, config):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    teacher_dir = tmp_path / "teacher"
+    _save_tiny(teacher_dir, family)
+    data = make_data(24, n_eval=8)
+    if task == "causal-lm":
+        data = DataBundle([Example(e.text) for e in data.train], [Example(e.text) for e in data.eval], [], 16)
+    art = distill(tmp_path, data, teacher_dir, task=task, max_steps=2, batch_size=8, eval_every=2,
+                  checkpoint_every=0, **config)
+    parts = {k.removeprefix("train_") for k in art.manifest["history"][-1] if k.startswith("train_")}
+    expected = set(config["losses"]) - ({"logits"} if task == "causal-lm" else set())
+    if task == "causal-lm":
+        expected |= {"tokens"}
+    assert parts == expected
+    assert all(torch.isfinite(torch.tensor(v)) for v in art.manifest["history"][-1].values())
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    student = auto.from_pretrained(art.path)
+    assert student.config.num_hidden_layers == 2
+    assert student.config.hidden_size == config.get("hidden_size", 32)
+    assert art.manifest["train_examples"] == (24 + 64 if config.get("data") == "labeled+unlabeled" else 24)
+
+
+def test_unlabeled_text_is_distilled_with_soft_labels_only(trained_teacher, tmp_path):
+    teacher_dir, data = trained_teacher
+    small = few_labels(data, 16)
+    art = distill(tmp_path, small, teacher_dir, data="unlabeled", alpha=0.2, max_steps=3, batch_size=8,
+                  eval_every=3, checkpoint_every=0)
+    assert art.manifest["train_examples"] == len(small.unlabeled)
+    # no labels: the loss is the soft term alone, whatever alpha says
+    tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
+    from edgeslim.compress.trainer import examples_from_texts
+
+    rows = examples_from_texts(small.unlabeled[:4], tokenizer, 16, token_level=False)
+    assert all(r["labels"] == -100 for r in rows)
+
+
 # ------------------------------------------------------------------------ bad recipe values
 
 

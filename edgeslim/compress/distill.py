@@ -422,4 +422,5 @@ def run(config: DistillConfig, artifact: Artifact, ctx: StageContext) -> Artifac
                    student_params=sum(p.numel() for p in student.parameters()),
                    student_layers=student.config.num_hidden_layers)
     return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics, "history": result.history,
-                                                 "resumed_from_step": result.resumed_from})
+                                                 "resumed_from_step": result.resumed_from,
+                                                 "train_examples": len(rows), "data": config.data})
