@@ -185,6 +185,8 @@ def run_latency(spec):
         if samples[name]:
             stats = percentiles(samples[name])
             cell = {"latency_ms": stats, "throughput": 1000.0 / stats["mean"]}
+            if spec.get("samples"):
+                cell["samples_ms"] = samples[name]
         result[name] = cell
     return result
 

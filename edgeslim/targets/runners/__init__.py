@@ -37,11 +37,14 @@ def _check_request(models: dict[str, Path], inputs: list[dict[str, np.ndarray]],
 
 
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
-            warmup: int = 10, runs: int = 100, instructions: bool = False, memory: bool = True) -> dict[str, dict]:
+            warmup: int = 10, runs: int = 100, instructions: bool = False, memory: bool = True,
+            samples: bool = False) -> dict[str, dict]:
     """Measure ``models`` (name -> ONNX file) on ``profile`` with the same ``inputs``; one cell per model.
 
     ``runs`` timed inferences per model after ``warmup`` untimed ones; ``instructions`` adds the
-    callgrind instruction count per inference (local runner, where valgrind is installed).
+    callgrind instruction count per inference (local runner, where valgrind is installed);
+    ``memory`` the peak-memory pass; ``samples`` keeps every timed latency (``samples_ms``, in run
+    order) for noise estimates such as the baseline comparison.
     """
     _check_request(models, inputs, warmup, runs)
     kind = profile.access.kind
@@ -50,11 +53,11 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
             from edgeslim.targets.runners import local
 
             return local.measure(profile, models, inputs, warmup=warmup, runs=runs,
-                                 instructions=instructions, memory=memory)
+                                 instructions=instructions, memory=memory, samples=samples)
         if kind == "cuda":
             from edgeslim.targets.runners import cuda
 
-            return cuda.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory)
+            return cuda.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory, samples=samples)
         if kind == "qemu-arm":
             from edgeslim.targets.runners import qemu
 
@@ -62,7 +65,7 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
         if kind == "ssh":
             from edgeslim.targets.runners import ssh
 
-            return ssh.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory)
+            return ssh.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory, samples=samples)
         from edgeslim.targets import predict
 
         return predict.predict_cells(profile, models, inputs)

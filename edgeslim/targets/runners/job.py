@@ -44,7 +44,7 @@ def write_inputs(path: Path, inputs: list[dict[str, np.ndarray]]) -> Path:
 
 def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], inputs_path: str, *,
                warmup: int, runs: int, mode: str = "latency", memory: bool = True,
-               outputs: str | None = None, providers: list[str] | None = None) -> Path:
+               outputs: str | None = None, providers: list[str] | None = None, samples: bool = False) -> Path:
     """The harness's JSON spec, taking the runtime settings from the profile."""
     runtime = profile.runtime
     spec = {
@@ -62,6 +62,7 @@ def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], input
         "affinity": runtime.cpu_affinity,
         "memory": memory,
         "outputs": outputs,
+        "samples": samples,
     }
     Path(path).write_text(json.dumps(spec), encoding="utf-8")
     return Path(path)
@@ -76,6 +77,7 @@ def cells_from_result(result: dict[str, dict], status: str) -> dict[str, dict]:
         if "error" in entry:
             cells[name] = cell("error", reason=entry["error"])
         else:
+            extra = {"samples_ms": entry["samples_ms"]} if "samples_ms" in entry else {}
             cells[name] = cell(status, latency_ms=entry.get("latency_ms"), throughput=entry.get("throughput"),
-                               peak_memory_mb=entry.get("peak_memory_mb"))
+                               peak_memory_mb=entry.get("peak_memory_mb"), **extra)
     return cells

@@ -1,0 +1,70 @@
+"""How stable are the local runner's figures? Repeat the same measurement and print the spread.
+
+    .venv/bin/python bench/latency_stability.py [--model M.onnx] [--repeats 5] [--runs 200] [--counts 2]
+
+Each repeat is a fresh measuring process (``edgeslim.targets.measure`` on the ``x86-64-cpu``
+profile). Printed: p50/p90 per repeat and the p50 spread, (max - min) / median; then the callgrind
+instruction count per inference, repeated ``--counts`` times, and whether it was identical.
+Without ``--model`` a BERT (hidden 128, 4 layers, random weights) is exported to a temp folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _targets_models import export_bert, text_inputs  # noqa: E402
+
+from edgeslim.targets.profile import load_profile  # noqa: E402
+from edgeslim.targets.runners import measure  # noqa: E402
+from edgeslim.targets.runners.local import count_instructions  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--device", default="x86-64-cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--counts", type=int, default=2, help="callgrind repeats (0 to skip)")
+    parser.add_argument("--seq", type=int, default=32)
+    args = parser.parse_args()
+    profile = load_profile(args.device)
+    inputs = text_inputs(8, args.seq)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or export_bert(Path(tmp) / "bert.onnx", hidden=128, layers=4)
+        print(f"model {model.name}, device {profile.name} ({profile.runtime.threads} thread(s)), "
+              f"{args.repeats} repeats x {args.runs} runs after {args.warmup} warm-up, seq {args.seq}")
+        p50s = []
+        for repeat in range(args.repeats):
+            cell = measure(profile, {"m": model}, inputs, warmup=args.warmup, runs=args.runs, memory=False)["m"]
+            if cell["status"] != "measured":
+                print(f"repeat {repeat}: {cell['status']}: {cell['reason']}")
+                return 1
+            lat = cell["latency_ms"]
+            p50s.append(lat["p50"])
+            print(f"repeat {repeat}: p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f} ms  p99 {lat['p99']:.3f} ms")
+        median = statistics.median(p50s)
+        print(f"p50 spread run to run: {100 * (max(p50s) - min(p50s)) / median:.1f}% of the median "
+              f"({min(p50s):.3f} .. {max(p50s):.3f} ms); stdev {100 * statistics.pstdev(p50s) / median:.1f}%")
+        counts = []
+        for repeat in range(args.counts):
+            start = time.perf_counter()
+            counts.append(count_instructions(profile, Path(model), inputs[:2], runs=5))
+            print(f"instructions per inference, count {repeat}: {counts[-1]} ({time.perf_counter() - start:.0f} s under callgrind)")
+        if counts and None not in counts:
+            spread = (max(counts) - min(counts)) / statistics.median(counts)
+            print(f"instruction count identical run to run: {len(set(counts)) == 1} (spread {100 * spread:.4f}%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

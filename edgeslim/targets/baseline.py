@@ -1,0 +1,103 @@
+"""Compare a release with a previous one on a device, both measured interleaved in the same run.
+
+A latency figure taken yesterday on a busy CI machine says little about today's model. So the
+baseline model is measured again, now, interleaved with the current one (same process, same
+inputs, round-robin), and the verdict is on their ratio. The timed runs are cut into ``blocks``
+consecutive blocks; each block gives a ratio of medians (current / baseline) over the same stretch
+of time, and the spread of those ratios is the measured noise. A regression fails the gate only
+when it exceeds both the ``threshold`` (e.g. 5 %) and ``k`` robust standard errors of the block
+ratios, so neither a tiny real slowdown nor a noisy machine fails a release.
+
+The instruction count (callgrind, optional) is nearly deterministic and is compared with its own,
+tighter threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeslim.artifacts import ONNX_FILE, read_json
+from edgeslim.errors import EdgeslimError
+from edgeslim.report.gate import Check
+from edgeslim.targets.profile import DeviceProfile
+from edgeslim.targets.runners import measure
+
+
+def resolve_baseline(path: str | Path) -> Path:
+    """The baseline's ONNX file from an ``.onnx`` file, a model folder, or a previous ``report.json``."""
+    path = Path(path)
+    if path.is_dir() and (path / "report.json").is_file():
+        path = path / "report.json"
+    if path.is_file() and path.suffix == ".onnx":
+        return path
+    if path.is_dir() and (path / ONNX_FILE).is_file():
+        return path / ONNX_FILE
+    if path.is_file() and path.suffix == ".json":
+        try:
+            report = read_json(path)
+            release = next(a for a in report["artifacts"] if a["name"] == report["release"])
+        except (ValueError, KeyError, TypeError, StopIteration):
+            raise EdgeslimError(f"baseline '{path}' is not an edgeslim report.json with a release artifact") from None
+        return resolve_baseline(release["path"])
+    raise EdgeslimError(f"baseline '{path}' is not an ONNX file, a model folder with {ONNX_FILE}, or a report.json")
+
+
+def latency_regression(current_ms: list[float], baseline_ms: list[float], *, threshold: float = 0.05,
+                       blocks: int = 10, k: float = 3.0) -> dict[str, Any]:
+    """Regression of ``current`` over ``baseline`` from interleaved samples (both in run order).
+
+    Returns ``ratio`` (p50 current / p50 baseline), ``regression`` (ratio - 1), ``noise`` (k robust
+    standard errors of the per-block ratios: 1.4826 x their median absolute deviation / sqrt(blocks)),
+    and ``failed`` (regression above both the threshold and the noise).
+    """
+    n = min(len(current_ms), len(baseline_ms))
+    if n < 2 * blocks:
+        raise EdgeslimError(f"baseline comparison needs at least {2 * blocks} runs per model, got {n}; raise runs")
+    size = n // blocks
+    cur, base = np.asarray(current_ms[: size * blocks]), np.asarray(baseline_ms[: size * blocks])
+    ratios = [float(np.median(cur[i * size:(i + 1) * size]) / np.median(base[i * size:(i + 1) * size]))
+              for i in range(blocks)]
+    ratio = float(np.median(current_ms) / np.median(baseline_ms))
+    centre = statistics.median(ratios)
+    mad = statistics.median(abs(r - centre) for r in ratios)
+    noise = k * 1.4826 * mad / math.sqrt(blocks)
+    regression = ratio - 1.0
+    return {"ratio": ratio, "regression": regression, "noise": noise, "block_ratios": ratios,
+            "failed": bool(regression > threshold and regression > noise)}
+
+
+def compare_to_baseline(profile: DeviceProfile, current: Path, baseline: Path, inputs: list[dict[str, np.ndarray]], *,
+                        warmup: int = 10, runs: int = 200, threshold: float = 0.05,
+                        instructions: bool = False, instruction_threshold: float = 0.01) -> list[Check]:
+    """Gate checks of ``current`` against ``baseline`` on one device (latency p50, optionally instructions)."""
+    if not 0 <= threshold < 10:
+        raise EdgeslimError(f"baseline threshold must be a fraction such as 0.05, got {threshold}")
+    cells = measure(profile, {"current": Path(current), "baseline": resolve_baseline(baseline)}, inputs,
+                    warmup=warmup, runs=runs, memory=False, samples=True, instructions=instructions)
+    cur, base = cells["current"], cells["baseline"]
+    name = "baseline.latency_p50"
+    if cur["status"] != "measured" or base["status"] != "measured":
+        bad = cur if cur["status"] != "measured" else base
+        return [Check(name, profile.name, threshold, None, False,
+                      f"not measured (status {bad['status']}: {bad.get('reason') or ''})")]
+    verdict = latency_regression(cur["samples_ms"], base["samples_ms"], threshold=threshold)
+    checks = [Check(name, profile.name, threshold, round(verdict["regression"], 4), not verdict["failed"],
+                    f"p50 {cur['latency_ms']['p50']:.3f} ms vs baseline {base['latency_ms']['p50']:.3f} ms "
+                    f"({verdict['regression']:+.1%}; noise {verdict['noise']:.1%}, threshold {threshold:.0%}; "
+                    f"measured interleaved in one run)")]
+    if instructions:
+        now, before = cur.get("instructions"), base.get("instructions")
+        if now is None or before is None:
+            checks.append(Check("baseline.instructions", profile.name, instruction_threshold, None, False,
+                                "instruction count unavailable (valgrind not installed?)"))
+        else:
+            change = now / before - 1.0
+            checks.append(Check("baseline.instructions", profile.name, instruction_threshold, round(change, 5),
+                                change <= instruction_threshold,
+                                f"{now} vs baseline {before} instructions per inference ({change:+.2%})"))
+    return checks
