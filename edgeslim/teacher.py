@@ -257,7 +257,7 @@ def _byte_level_tokenizer(converted, meta: dict[str, Any]):
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token=token["bos"], eos_token=token["eos"], unk_token=token["unknown"],
         pad_token=token["padding"] or token["eos"], model_max_length=int(_context_length(meta)),
-        clean_up_tokenization_spaces=False,
+        clean_up_tokenization_spaces=False, model_input_names=["input_ids", "attention_mask"],
     )
 
 

@@ -44,7 +44,8 @@ def train_tokenizer(folder: Path, vocab_size: int = 400):
     backend.train_from_iterator(SENTENCES, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                         unk_token="<|endoftext|>", pad_token="<|im_end|>", model_max_length=256,
-                                        clean_up_tokenization_spaces=False)
+                                        clean_up_tokenization_spaces=False,
+                                        model_input_names=["input_ids", "attention_mask"])
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(folder)

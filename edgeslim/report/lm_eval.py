@@ -199,6 +199,17 @@ def greedy_predictions(model, tokenizer, prompts: Sequence[str], max_length: int
     return predictions
 
 
+def load_tokenizer(folder: Path):
+    """The tokenizer saved in an artifact folder (every edgeslim artifact carries one)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeslimError(f"no usable tokenizer in {folder}: {first}") from None
+
+
 def load_decoder(artifact, threads: int = 0):
     """A :class:`TorchDecoder` for a torch artifact, an :class:`OnnxDecoder` for onnx/bundle ones."""
     if artifact.kind == "torch":
@@ -215,12 +226,10 @@ def score_causal_lm(artifact, texts: list[str], prompts: list[str], max_length: 
     Returns ``{"perplexity": float, "predictions": list[int], "params": int}``; ``predictions``
     holds exactly ``new_tokens`` ids per prompt.
     """
-    from transformers import AutoTokenizer
-
     if new_tokens < 1:
         raise EdgeslimError(f"new_tokens must be at least 1, not {new_tokens}")
-    tokenizer = AutoTokenizer.from_pretrained(artifact.path)
     model = load_decoder(artifact)
+    tokenizer = load_tokenizer(artifact.path)
     return {
         "perplexity": round(perplexity(model, tokenizer, texts, max_length), 6),
         "predictions": greedy_predictions(model, tokenizer, prompts, max_length, new_tokens),
