@@ -155,14 +155,51 @@ def test_cache_serves_what_the_live_teacher_computes(trained_teacher, tmp_path):
     cached = cache.lookup(batch)
     assert set(cached) == set(live) == {"logits", "hidden.2", "hidden.4", "attn.1"}
     mask = batch["attention_mask"].bool()
+    half = dict(atol=2e-3, rtol=2e-3)  # hidden states and attention maps are stored in float16
     for name in live:
+        assert cached[name].dtype == torch.float32
         if name == "logits":
             torch.testing.assert_close(cached[name], live[name], atol=1e-5, rtol=1e-5)
         elif name.startswith("hidden."):
-            torch.testing.assert_close(cached[name][mask], live[name][mask], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(cached[name][mask], live[name][mask], **half)
         else:  # attention rows of real query tokens
-            torch.testing.assert_close(cached[name].transpose(1, 2)[mask], live[name].transpose(1, 2)[mask],
-                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(cached[name].transpose(1, 2)[mask], live[name].transpose(1, 2)[mask], **half)
+
+
+def test_causal_lm_cache_keeps_only_the_top_k(llama_teacher, tmp_path):
+    teacher_dir, data = llama_teacher
+    teacher = LlamaForCausalLM.from_pretrained(teacher_dir).eval()
+    tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
+    rows = examples_from_split(data, tokenizer, "train", model=teacher)
+    needs = TeacherNeeds(top_k=5, token_level=True)
+    cache = build_cache(teacher, rows, needs, tmp_path / "cache", batch_size=5)
+    batch = collate(rows[:6])
+    live, cached = teacher_forward(teacher, batch, needs), cache.lookup(batch)
+    assert set(cached) == {"topk_values", "topk_indices"}
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(cached["topk_values"][mask], live["topk_values"][mask], atol=1e-5, rtol=1e-5)
+    assert torch.equal(cached["topk_indices"][mask], live["topk_indices"][mask])
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    stored = (tmp_path / "cache" / "teacher_outputs.safetensors").stat().st_size
+    assert stored < tokens * 5 * 8 + 4096 < tokens * len(tokenizer) * 4  # k values + ids, not the vocabulary
+
+
+def test_any_hf_model_as_the_student(trained_teacher, tmp_path):
+    teacher_dir, data = trained_teacher
+    tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
+    torch.manual_seed(3)
+    other = BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32, num_labels=2,
+                                                     max_position_embeddings=32))
+    other.save_pretrained(tmp_path / "student")
+    art = distill(tmp_path, few_labels(data, 16), teacher_dir, student=str(tmp_path / "student"), max_steps=2,
+                  batch_size=8, checkpoint_every=0, losses={"logits": {}, "hidden": {}})  # 16 -> 32 projection
+    student = BertForSequenceClassification.from_pretrained(art.path)
+    teacher_config = BertConfig.from_pretrained(teacher_dir)
+    assert student.config.hidden_size == 16 and student.config.id2label == teacher_config.id2label
+    assert not torch.equal(student.classifier.weight, other.classifier.weight)  # it trained
+    with pytest.raises(ValueError, match="not both"):
+        DistillConfig(student="x", hidden_size=16)
 
 
 def test_rerun_reads_the_teacher_cache(trained_teacher, tmp_path, capsys):

@@ -38,6 +38,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageConfig, StageContext, register_stage
 
 LayerMapping = dict[int, int] | Literal["auto"]
+WIDTH_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size", "num_key_value_heads")
 
 
 class _Strict(BaseModel):
@@ -160,8 +161,8 @@ class DistillConfig(StageConfig):
 
     @model_validator(mode="after")
     def _one_student_kind(self):
-        if self.student is not None and self.hidden_size is not None:
-            raise ValueError("give either 'student' (a model to use as is) or narrower widths, not both")
+        if self.student is not None and any(getattr(self, k) is not None for k in WIDTH_KEYS):
+            raise ValueError("give either 'student' (a model used as is) or narrower widths, not both")
         return self
 
     def check_against(self, model_config: Any, task: str) -> None:
@@ -366,30 +367,51 @@ def _checkpoint_dir(ctx: StageContext, run_key: str) -> Path:
     return _cache_root(ctx) / "runs" / run_key
 
 
+def make_student(config: DistillConfig, source: nn.Module, ctx: StageContext) -> nn.Module:
+    """The student the config asks for, built from ``source`` (the stage's input model)."""
+    from edgeslim.sources import resolve_model_source
+
+    path = None
+    if config.student is not None:
+        path = resolve_model_source(config.student, getattr(ctx.recipe, "base_dir", None))
+    width = {k: getattr(config, k) for k in WIDTH_KEYS}
+    try:
+        student = build_student(source, _layers_value(config.layers), path, _auto_class(ctx.task), **width)
+    except (ValueError, OSError) as exc:
+        raise EdgeslimError(f"distill: {str(exc).splitlines()[0]}") from None
+    if _needs_eager(config) and student.config._attn_implementation != "eager":
+        student.set_attn_implementation("eager")  # attention maps are only returned by eager attention
+    return student
+
+
+def train_config(config: DistillConfig, ctx: StageContext, run_key: str) -> TrainConfig:
+    return TrainConfig(
+        epochs=config.epochs, max_steps=config.max_steps, lr=config.lr, batch_size=config.batch_size,
+        weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio, seed=ctx.seed,
+        checkpoint_dir=_checkpoint_dir(ctx, run_key), checkpoint_every=config.checkpoint_every,
+        eval_every=config.eval_every, early_stopping_patience=config.early_stopping_patience,
+        select_best=config.select_best,
+    )
+
+
 @register_stage("distill", config=DistillConfig, consumes="torch", produces="torch")
 def run(config: DistillConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
-    """Build the student from the teacher, distil it, save it with the teacher's tokenizer."""
+    """Build the student from the input model, distil the teacher into it, save it with the tokenizer."""
     if ctx.teacher is None:
         raise EdgeslimError("distill needs the teacher stage before it in the recipe")
-    task = ctx.task
+    task, eager = ctx.task, _needs_eager(config)
     torch.manual_seed(ctx.seed)
-    teacher, tokenizer = load_teacher(ctx.teacher.path, task, eager=_needs_eager(config))
-    source, _ = load_teacher(artifact.path, task, eager=_needs_eager(config)) if artifact.path != ctx.teacher.path else (teacher, None)
+    teacher, tokenizer = load_teacher(ctx.teacher.path, task, eager)
+    from_teacher = Path(artifact.path) == Path(ctx.teacher.path)
+    source = teacher if from_teacher else load_teacher(artifact.path, task, eager)[0]
     try:
         config.check_against(source.config, task)
     except ValueError as exc:
         raise EdgeslimError(f"distill: {exc}") from None
-    keep = None if config.student else resolve_layers(_layers_value(config.layers), source.config.num_hidden_layers)
-    width = {k: getattr(config, k) for k in ("hidden_size", "num_attention_heads", "intermediate_size", "num_key_value_heads")}
-    try:
-        student = build_student(source, _layers_value(config.layers), config.student, _auto_class(task), **width)
-    except ValueError as exc:
-        raise EdgeslimError(f"distill: {exc}") from None
-    attn_implementation = student.config._attn_implementation
-    if _needs_eager(config):
-        student.set_attn_implementation("eager")  # attention maps are only returned by eager attention
-    token_level = task == "causal-lm"
-    objective = DistillObjective(config, student, teacher, keep if source is teacher else None, token_level, ctx.seed)
+    student = make_student(config, source, ctx)
+    keep = resolve_layers(_layers_value(config.layers), source.config.num_hidden_layers) \
+        if from_teacher and config.student is None else None
+    objective = DistillObjective(config, student, teacher, keep, task == "causal-lm", ctx.seed)
 
     cache_root = _cache_root(ctx) / "teacher"
     teacher_id = _teacher_id(ctx.teacher)
@@ -399,21 +421,13 @@ def run(config: DistillConfig, artifact: Artifact, ctx: StageContext) -> Artifac
             objective.cache = cached_teacher(teacher, rows, objective.needs, cache_root, teacher_id,
                                              config.batch_size, ctx.progress, ctx.log)
     eval_rows = examples_from_split(ctx.data, tokenizer, "eval", model=teacher)
-    run_key = hash_bytes(teacher_id, hash_tree(artifact.path) if artifact.path != ctx.teacher.path else "",
-                         config.model_dump_json(), str(ctx.seed), getattr(ctx.data, "fingerprint", ""))[:24]
-    train_cfg = TrainConfig(
-        epochs=config.epochs, max_steps=config.max_steps, lr=config.lr, batch_size=config.batch_size,
-        weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio, seed=ctx.seed,
-        checkpoint_dir=_checkpoint_dir(ctx, run_key), checkpoint_every=config.checkpoint_every,
-        eval_every=config.eval_every, early_stopping_patience=config.early_stopping_patience,
-        select_best=config.select_best,
-    )
+    run_key = hash_bytes(teacher_id, "" if from_teacher else hash_tree(artifact.path), config.model_dump_json(),
+                         str(ctx.seed), getattr(ctx.data, "fingerprint", ""))[:24]
+    train_cfg = train_config(config, ctx, run_key)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     result = train(student, rows, objective, train_cfg, eval_rows=eval_rows, aux=objective.aux,
                    progress=ctx.progress, log=ctx.log, pad_token_id=pad_id)
     student.eval()
-    if _needs_eager(config) and attn_implementation:
-        student.set_attn_implementation(attn_implementation)
     student.save_pretrained(ctx.out_dir)
     tokenizer.save_pretrained(ctx.out_dir)
     clear_checkpoints(train_cfg.checkpoint_dir)

@@ -136,10 +136,12 @@ def narrow_student(teacher: nn.Module, keep: list[int] | None = None, **width: i
 
 def load_source_student(path: str, teacher: nn.Module, auto_class: Any) -> nn.Module:
     """Any HF model folder as the student; it must share the teacher's vocabulary (logits are compared
-    token for token) and, for classification, its number of labels."""
-    student = auto_class.from_pretrained(path, num_labels=teacher.config.num_labels) if hasattr(
-        teacher.config, "num_labels"
-    ) and "SequenceClassification" in type(teacher).__name__ else auto_class.from_pretrained(path)
+    token for token) and a classifier gets the teacher's number of labels."""
+    kwargs = {}
+    if type(teacher).__name__.endswith("ForSequenceClassification"):
+        kwargs = {"num_labels": teacher.config.num_labels, "id2label": teacher.config.id2label,
+                  "label2id": teacher.config.label2id}
+    student = auto_class.from_pretrained(path, attn_implementation=teacher.config._attn_implementation, **kwargs)
     if student.config.vocab_size != teacher.config.vocab_size:
         raise ValueError(
             f"student vocabulary ({student.config.vocab_size}) differs from the teacher's "

@@ -60,10 +60,13 @@ def teacher_forward(teacher: nn.Module, batch: dict[str, torch.Tensor], needs: T
 
 
 def _per_example(name: str, tensor: torch.Tensor, length: int, token_level: bool) -> torch.Tensor:
-    """Cut one example's real positions out of its padded row."""
+    """Cut one example's real positions out of its padded row. Hidden states and attention maps are
+    kept in float16 (they are regression targets; half the disk and memory), logits in float32."""
     if name.startswith("attn."):
-        return tensor[:, :length, :length]
-    if name.startswith("hidden.") or name.startswith("topk_") or (name == "logits" and token_level):
+        return tensor[:, :length, :length].half()
+    if name.startswith("hidden."):
+        return tensor[:length].half()
+    if name.startswith("topk_") or (name == "logits" and token_level):
         return tensor[:length]
     return tensor
 
@@ -103,7 +106,8 @@ class TeacherCache:
         out = {}
         for name in self.names:
             rows = [_pad_to(self.example(name, int(i)), name, length) for i in batch["index"]]
-            out[name] = torch.stack(rows).to(device)
+            stacked = torch.stack(rows)
+            out[name] = (stacked.float() if stacked.dtype == torch.float16 else stacked).to(device)
         return out
 
 
