@@ -37,6 +37,7 @@ import numpy as np
 #: Key of the result entry describing the machine (every other key is a model name).
 MACHINE_KEY = "__machine__"
 
+
 def machine():
     """Where this harness ran: CPU architecture, Python and onnxruntime versions."""
     import platform
