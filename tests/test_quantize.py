@@ -220,3 +220,20 @@ def test_valid_quantize_recipe_loads(tmp_path):
                                        "      max_accuracy_drop: 0.01"))
     stage = load_recipe(path).stages[1].config
     assert [s.label() for s in stage.specs()] == ["dynamic-int8-pc", "weight_only-hqq-int4-b64"]
+
+
+def test_chosen_model_with_external_data_is_placed_under_the_artifact_name(bert, tmp_path):
+    from edgeslim.export.quantize import place_model
+
+    model = onnx.load(str(bert.onnx))
+    (tmp_path / "cand").mkdir()
+    onnx.save_model(model, str(tmp_path / "cand" / "x.onnx"), save_as_external_data=True, location="x.onnx.data",
+                    size_threshold=0)
+    (tmp_path / "out").mkdir()
+    place_model(tmp_path / "cand" / "x.onnx", tmp_path / "out" / "model.onnx")
+    import shutil
+
+    shutil.rmtree(tmp_path / "cand")  # the saved model must not point back at the candidate's files
+    assert (tmp_path / "out" / "model.onnx.data").is_file()
+    feeds = example_inputs()
+    np.testing.assert_allclose(run_onnx(tmp_path / "out" / "model.onnx", feeds), run_onnx(bert.onnx, feeds), atol=1e-6)

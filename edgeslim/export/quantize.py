@@ -25,10 +25,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgeslim.artifacts import ONNX_FILE, Artifact, MANIFEST
+from edgeslim.artifacts import ONNX_FILE, Artifact
 from edgeslim.errors import EdgeslimError
 from edgeslim.export import quantize_ort
-from edgeslim.pipeline import StageConfig, StageContext, register_stage
+from edgeslim.pipeline import StageConfig, StageContext, copy_sidecar_files, register_stage
 
 MODES = ("dynamic", "static", "weight_only", "neural_compressor")
 ALGORITHMS = {"weight_only": ("rtn", "hqq", "gptq"), "neural_compressor": ("rtn", "gptq", "awq")}
@@ -211,19 +211,16 @@ def quantize_with(spec: QuantSpec, src: Path, dst: Path, calibration: list[dict]
                                                    evaluate=evaluate, tolerable_loss=tolerable_loss)
 
 
-def copy_sidecar_files(src_dir: Path, dst_dir: Path) -> list[str]:
-    """Copy everything but the ONNX model, its external data and the manifest; return the names."""
-    skip = {MANIFEST, ONNX_FILE, ONNX_FILE + ".data", ONNX_FILE + "_data"}
-    copied = []
-    for item in sorted(Path(src_dir).iterdir()):
-        if item.name in skip or item.name.startswith("."):
-            continue
-        if item.is_dir():
-            shutil.copytree(item, Path(dst_dir) / item.name)
-        else:
-            shutil.copy2(item, Path(dst_dir) / item.name)
-        copied.append(item.name)
-    return copied
+def place_model(src: Path, dst: Path) -> None:
+    """Put the chosen ONNX file at ``dst``; a model with external data is re-saved so it points at
+    ``<dst name>.data`` instead of the candidate's file name."""
+    if not any(src.parent.glob(src.name + ".data")) and not any(src.parent.glob(src.name + "_data")):
+        shutil.copy2(src, dst)
+        return
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=True)
+    onnx.save_model(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
 
 
 def torch_source(artifact: Artifact) -> Path | None:
@@ -243,6 +240,6 @@ def run(config: QuantizeConfig, artifact: Artifact, ctx: StageContext) -> Artifa
     out_dir = Path(ctx.out_dir)
     with tempfile.TemporaryDirectory(prefix="edgeslim-quantize-") as tmp:
         outcome = select(config, artifact, ctx, Path(tmp))
-        shutil.copy2(outcome.chosen_path, out_dir / ONNX_FILE)
+        place_model(outcome.chosen_path, out_dir / ONNX_FILE)
     copy_sidecar_files(artifact.path, out_dir)
     return Artifact(out_dir, "onnx", outcome.manifest())

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.export.quantize_ort import load_for_quantization, needs_external_data
+from edgeslim.export.quantize_ort import load_for_quantization, save_onnx
 
 TORCH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -260,5 +260,4 @@ def quantize_neural_compressor(spec, src: Path, dst: Path, torch_dir: Path | Non
         raise EdgeslimError(f"none of the ONNX model's MatMul weights match the torch model in {torch_dir}; "
                             "quantize the export of that same model")
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(onnx_model, str(dst), save_as_external_data=needs_external_data(onnx_model))
-    return Path(dst)
+    return save_onnx(onnx_model, Path(dst))

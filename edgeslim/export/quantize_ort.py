@@ -51,11 +51,19 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
     return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
 
 
+def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
+    """Save ``model`` at ``path``; above protobuf's limit the weights go to ``<name>.data`` beside it."""
+    path = Path(path)
+    if needs_external_data(model):
+        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
 def staged_copy(model: onnx.ModelProto, folder: Path) -> Path:
     """Write ``model`` into ``folder`` as ``input.onnx`` so the quantizer reads a cleaned file."""
-    path = Path(folder) / "input.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=needs_external_data(model))
-    return path
+    return save_onnx(model, Path(folder) / "input.onnx")
 
 
 EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
@@ -260,5 +268,4 @@ def quantize_weight_only(
     dst_onnx = Path(dst_onnx)
     dst_onnx.parent.mkdir(parents=True, exist_ok=True)
     result = quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
-    onnx.save_model(result, str(dst_onnx), save_as_external_data=needs_external_data(result))
-    return dst_onnx
+    return save_onnx(result, dst_onnx)
