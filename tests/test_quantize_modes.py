@@ -248,3 +248,35 @@ def test_neural_compressor_autotune_keeps_accuracy(encoder, tmp_path):
     assert ops(dst).count("MatMulNBits") == 12
     outputs = [run_onnx(dst, f) for f in encoder.feeds]
     assert agreement(encoder.reference, outputs) == 1.0
+
+
+def test_stage_on_causal_lm_scores_next_token_accuracy(decoder, tmp_path):
+    from transformers import AutoTokenizer
+
+    from edgeslim.artifacts import Artifact
+    from edgeslim.data import DataBundle, Example
+    from edgeslim.export.quantize import QuantizeConfig, run
+    from edgeslim.pipeline import StageContext
+
+    texts = ["the movie was very good", "bad sad movie", "i love the movie", "it is not fine", "the movie is great"]
+    data = DataBundle([Example(t) for t in texts], [Example(t) for t in texts], [], 32)
+    out = tmp_path / "out"
+    out.mkdir()
+    recipe = types.SimpleNamespace(task="causal-lm", budgets=types.SimpleNamespace(accuracy_drop=None))
+    ctx = StageContext(out_dir=out, recipe=recipe, data=data, quiet=True)
+    config = QuantizeConfig(candidates=[QuantSpec(mode="dynamic"), QuantSpec(mode="weight_only", block_size=32)],
+                            max_accuracy_drop=1.0, latency_runs=3)
+    result = run(config, Artifact(decoder.folder, "onnx", {}), ctx)
+    # Next-token accuracy of the fp32 model, computed here: arg-max at each position vs the next token.
+    tokenizer = AutoTokenizer.from_pretrained(decoder.folder)
+    hits = total = 0
+    for text in texts:
+        feed = with_empty_past(decoder.onnx, dict(tokenizer(text, return_tensors="np")))
+        logits = run_onnx(decoder.onnx, feed)[0]
+        hits += int((logits[:-1].argmax(-1) == feed["input_ids"][0, 1:]).sum())
+        total += logits.shape[0] - 1
+    assert result.manifest["reference"]["accuracy"] == pytest.approx(hits / total)
+    rows = result.manifest["candidates"]
+    assert [r["name"] for r in rows] == ["dynamic-int8", "weight_only-rtn-int4-b32"]
+    assert all(r["error"] is None and r["meets_budget"] for r in rows)
+    assert (out / "generation_config.json").is_file() and (out / "model.onnx").is_file()
