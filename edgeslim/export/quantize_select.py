@@ -263,6 +263,8 @@ def select(config, artifact: Artifact, ctx, work: Path) -> Outcome:
         raise EdgeslimError(f"no quantization candidate could be built; first error: {candidates[0].error}")
     timed = time_candidates(src, built, scorer, config.latency_runs, tokenizer)
     reference["latency_ms_p50"] = timed
+    reference["latency_measured"] = (f"build machine, onnxruntime CPU, 1 thread, batch 1, median of "
+                                     f"{config.latency_runs} interleaved runs over real-length eval texts")
     chosen, reason = choose(built, budget, baseline)
     ctx.log(f"quantize: kept {chosen.name} ({reason})")
     return Outcome(candidates, chosen, reason, budget, reference, sensitivity)
