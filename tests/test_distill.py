@@ -265,7 +265,8 @@ def test_killed_run_resumes_to_the_same_weights(trained_teacher, tmp_path):
 # --------------------------------------------------------------- eval, best, early stopping
 
 
-def test_early_stopping_keeps_the_best_checkpoint(trained_teacher, tmp_path):
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_early_stopping_keeps_the_best_checkpoint(trained_teacher, tmp_path, on_disk):
     teacher_dir, data = trained_teacher
     tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
     torch.manual_seed(0)
@@ -278,11 +279,13 @@ def test_early_stopping_keeps_the_best_checkpoint(trained_teacher, tmp_path):
         return out.loss, {"ce": float(out.loss.detach())}
 
     cfg = TrainConfig(max_steps=60, lr=5e-2, batch_size=8, eval_every=1, early_stopping_patience=2,
-                      checkpoint_dir=tmp_path / "ckpt", select_best=True)
+                      checkpoint_dir=tmp_path / "ckpt" if on_disk else None, select_best=True)
     result = train(model, rows, ce, cfg, eval_rows=eval_rows)
     assert result.stopped_early and result.steps < 60
     best = max(h["eval_accuracy"] for h in result.history)
-    assert result.metrics["eval_accuracy"] == pytest.approx(best)  # best weights restored, not the last
+    assert result.best_step < result.steps
+    assert result.metrics["eval_accuracy"] == pytest.approx(best)
+    assert evaluate(model, eval_rows)["eval_accuracy"] == pytest.approx(best)  # best weights restored, not the last
     assert [h["step"] for h in result.history] == list(range(1, result.steps + 1))
 
 

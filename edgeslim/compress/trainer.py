@@ -201,7 +201,6 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     select_best: bool = True
     metric: str | None = None
-    stop_after_steps: int | None = None  # test hook: behave as if killed after this many steps
 
 
 @dataclass
@@ -283,12 +282,31 @@ def _save_checkpoint(accelerator, root: Path, state: dict[str, Any]) -> None:
     accelerator.wait_for_everyone()
 
 
-def _save_best(model: Trainable, root: Path) -> None:
-    from safetensors.torch import save_file
+class BestWeights:
+    """The best evaluated student weights: in ``checkpoint_dir/best`` (so a resumed run still has
+    them) or, without a checkpoint folder, in memory."""
 
-    with atomic_dir(root / BEST) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.student.state_dict().items()}
-        save_file(_untie(state), str(tmp / "student.safetensors"))
+    def __init__(self, root: Path | None):
+        self.root = root
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def keep(self, model: Trainable, is_main: bool) -> None:
+        state = {k: v.detach().cpu().clone() for k, v in model.student.state_dict().items()}
+        if self.root is None:
+            self.state = state
+        elif is_main:
+            from safetensors.torch import save_file
+
+            with atomic_dir(self.root / BEST) as tmp:
+                save_file(_untie(state), str(tmp / "student.safetensors"))
+
+    def restore(self, model: Trainable) -> None:
+        if self.root is None:
+            model.student.load_state_dict(self.state)
+            return
+        from safetensors.torch import load_file
+
+        model.student.load_state_dict(load_file(str(self.root / BEST / "student.safetensors")), strict=False)
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -300,12 +318,6 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[key] = value.clone() if ptr in seen else value
         seen.add(ptr)
     return out
-
-
-def _load_best(model: Trainable, root: Path) -> None:
-    from safetensors.torch import load_file
-
-    model.student.load_state_dict(load_file(str(root / BEST / "student.safetensors")), strict=False)
 
 
 def train(
@@ -355,6 +367,7 @@ def train(
         if log:
             log(f"resuming training from step {resumed_from} ({checkpoint})")
 
+    keeper = BestWeights(cfg.checkpoint_dir)
     bar = progress(steps, "train") if progress else None
     if bar is not None and loop["step"]:
         bar.update(loop["step"])
@@ -386,23 +399,30 @@ def train(
             metrics = evaluate_fn(inner.student)
             if metrics:
                 metric = metric or next(iter(metrics))
-                _record_eval(loop, metrics, metric, parts, inner, cfg, accelerator)
+                _record_eval(loop, metrics, metric, parts, inner, cfg, accelerator, keeper)
         if cfg.checkpoint_dir is not None and cfg.checkpoint_every and loop["step"] % cfg.checkpoint_every == 0:
             _save_checkpoint(accelerator, cfg.checkpoint_dir, loop)
-        if cfg.stop_after_steps is not None and loop["step"] >= cfg.stop_after_steps:
-            break
     if bar is not None:
         bar.close()
 
-    best_step = loop["best_step"]
-    if cfg.select_best and best_step is not None and cfg.checkpoint_dir is not None and best_step != loop["step"]:
+    final_step = loop["step"]
+    if cfg.select_best and loop["best_step"] is not None and loop["best_step"] != loop["step"]:
         accelerator.wait_for_everyone()
-        _load_best(inner, cfg.checkpoint_dir)
-    final = evaluate_fn(inner.student) if eval_rows is not None else {}
-    return TrainResult(final, loop["step"], best_step, loop["stopped_early"], resumed_from, loop["history"])
+        keeper.restore(inner)
+        final_step = loop["best_step"]
+    return TrainResult(_metrics_at(loop["history"], final_step), loop["step"], loop["best_step"],
+                       loop["stopped_early"], resumed_from, loop["history"])
 
 
-def _record_eval(loop, metrics, metric, parts, inner, cfg, accelerator) -> None:
+def _metrics_at(history: list[dict[str, float]], step: int) -> dict[str, float]:
+    """The evaluation recorded at ``step`` (eval metrics only), or {} when there was none."""
+    for entry in reversed(history):
+        if entry["step"] == step:
+            return {k: v for k, v in entry.items() if k != "step" and not k.startswith("train_")}
+    return {}
+
+
+def _record_eval(loop, metrics, metric, parts, inner, cfg, accelerator, keeper: BestWeights) -> None:
     """Log an evaluation, keep the best weights, count evaluations without improvement."""
     value = metrics[metric]
     loop["history"].append({"step": loop["step"], **metrics, **{f"train_{k}": v for k, v in parts.items()}})
@@ -410,8 +430,8 @@ def _record_eval(loop, metrics, metric, parts, inner, cfg, accelerator) -> None:
     improved = best is None or (value > best if higher_is_better(metric) else value < best)
     if improved:
         loop.update(best_metric=value, best_step=loop["step"], bad_evals=0)
-        if cfg.select_best and cfg.checkpoint_dir is not None and accelerator.is_main_process:
-            _save_best(inner, cfg.checkpoint_dir)
+        if cfg.select_best:
+            keeper.keep(inner, accelerator.is_main_process)
     else:
         loop["bad_evals"] += 1
         if cfg.early_stopping_patience is not None and loop["bad_evals"] >= cfg.early_stopping_patience:
