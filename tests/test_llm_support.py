@@ -52,8 +52,9 @@ def train_tokenizer(folder: Path, vocab_size: int = 400):
     return tokenizer
 
 
-def tiny_llama(vocab_size: int, seed: int = 0, layers: int = 4, tie: bool = True):
-    """A tiny Llama (hidden 64, 4 heads, 2 KV heads) with random weights from ``seed``."""
+def tiny_llama(vocab_size: int, seed: int = 0, layers: int = 4, tie: bool = True, scale: float = 8.0):
+    """A tiny Llama (hidden 64, 4 heads, 2 KV heads) with random weights from ``seed``, its matrices
+    multiplied by ``scale``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -66,14 +67,14 @@ def tiny_llama(vocab_size: int, seed: int = 0, layers: int = 4, tie: bool = True
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() == 2:
-                param.mul_(8.0)
+                param.mul_(scale)
     return model
 
 
-def tiny_llama_folder(folder: Path, seed: int = 0, layers: int = 4) -> Path:
+def tiny_llama_folder(folder: Path, seed: int = 0, layers: int = 4, scale: float = 8.0) -> Path:
     """A saved tiny Llama + tokenizer (a torch artifact folder)."""
     tokenizer = train_tokenizer(folder)
-    model = tiny_llama(len(tokenizer), seed=seed, layers=layers)
+    model = tiny_llama(len(tokenizer), seed=seed, layers=layers, scale=scale)
     model.save_pretrained(folder)
     model.generation_config.save_pretrained(folder)
     return Path(folder)
