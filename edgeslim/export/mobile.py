@@ -26,7 +26,7 @@ from pydantic import Field
 
 from edgeslim.artifacts import ONNX_FILE, Artifact, atomic_write_json, atomic_write_text, onnx_size_bytes, read_json
 from edgeslim.errors import EdgeslimError
-from edgeslim.export.onnx import SIDE_FILES
+from edgeslim.export.onnx import SIDE_FILES, padding_tokenizer
 from edgeslim.pipeline import StageConfig, register_stage
 
 ORT_FILE = "model.ort"
@@ -385,7 +385,7 @@ def build_bundle(src: Path, out_dir: Path, task: str, config: BundleConfig, labe
 
     out_dir = Path(out_dir)
     copy_model_folder(src, out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    tokenizer = padding_tokenizer(AutoTokenizer.from_pretrained(out_dir))
     metadata = bundle_metadata(out_dir, task, labels, max_length, recipe_hash, recipe_name)
     if config.title:
         metadata["title"] = config.title

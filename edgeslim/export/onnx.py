@@ -41,7 +41,8 @@ ORT_FUSION_TYPES = {
 # Files besides model.onnx that a loader (Optimum, transformers tokenizers) needs in the folder.
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
-              "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
+              "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
+              "chat_template.json")
 
 
 class ExportConfig(StageConfig):
@@ -52,7 +53,7 @@ class ExportConfig(StageConfig):
         "auto", description="auto: Optimum where it knows the architecture, torch.onnx dynamo otherwise")
     fusions: bool = Field(True, description="apply onnxruntime transformer fusions (attention, layer norm, GELU)")
     slim: bool = Field(True, description="run onnxslim and keep its result when it removes nodes")
-    atol: float = Field(1e-4, gt=0, description="parity: absolute tolerance per element")
+    atol: float = Field(1e-3, gt=0, description="parity: absolute tolerance per element")
     rtol: float = Field(1e-3, ge=0, description="parity: tolerance relative to the torch value")
     parity_batches: int = Field(4, ge=0, description="real eval batches checked for parity")
     decode_steps: int = Field(2, ge=0, description="causal LM: cached single-token steps checked per case")
@@ -185,11 +186,21 @@ def load_torch(model_dir: Path, task: str):
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
     try:
         model = auto.from_pretrained(model_dir, dtype=torch.float32).eval()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = padding_tokenizer(AutoTokenizer.from_pretrained(model_dir))
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EdgeslimError(f"cannot load the torch model in {model_dir} for {task}: {first}") from err
     return model, tokenizer
+
+
+def padding_tokenizer(tokenizer):
+    """``tokenizer`` able to pad a batch (decoders often have no pad token: EOS pads, as in generation).
+
+    Only the in-memory tokenizer used to build parity batches changes; saved files are untouched.
+    """
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
 
 
 def _choose_exporter(requested: str, model_type: str, task: str) -> str:
@@ -239,8 +250,6 @@ def _dynamo_export(model, tokenizer, onnx_path: Path, task: str, opset: int) -> 
     accepted = inspect.signature(model.forward).parameters
     wanted = ("input_ids", "attention_mask", "position_ids") if task == "causal-lm" else \
         ("input_ids", "attention_mask", "token_type_ids")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     enc = dict(tokenizer(["an example sentence for export", "a second, longer example sentence for the export"],
                          padding=True, return_tensors="pt"))
     enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
@@ -323,7 +332,7 @@ def export_artifact(model_dir: Path, out_dir: Path, task: str, config: ExportCon
     if data is not None:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = padding_tokenizer(AutoTokenizer.from_pretrained(model_dir))
         if config.parity_batches and getattr(data, "eval", None):
             eval_cases = par.batch_cases(data.batches(tokenizer, split="eval", batch_size=8), config.parity_batches)
         texts = [ex.text for ex in (getattr(data, "eval", None) or [])][:64] or None
