@@ -88,7 +88,11 @@ def _quiet_libraries(args) -> None:
         import warnings
 
         warnings.filterwarnings("ignore")
-        logging.getLogger("transformers").setLevel(logging.ERROR)
+        # Library log lines (torchao's optional GPU kernels, onnxruntime's pre-processing hint, torch's
+        # pytree deprecations) say nothing a user can act on; --debug shows them.
+        logging.basicConfig(level=logging.ERROR)
+        for name in ("transformers", "torchao", "torch", "onnxruntime", "optimum", "root"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
