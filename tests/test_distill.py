@@ -334,6 +334,31 @@ def llama_teacher(tmp_path_factory) -> tuple[Path, DataBundle]:
     return folder, DataBundle(texts[:32], texts[32:], [], 16)
 
 
+def test_kd_recover_on_a_causal_lm_uses_token_kl(llama_teacher):
+    from edgeslim.compress.losses import token_divergence
+    from edgeslim.compress.students import select_layers
+
+    teacher_dir, data = llama_teacher
+    teacher = LlamaForCausalLM.from_pretrained(teacher_dir).eval()
+    tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
+    student = select_layers(teacher, [0, 3])
+    torch.manual_seed(2)
+    with torch.no_grad():  # damage the student so there is something to recover
+        for p in student.model.layers.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    batch = collate(examples_from_split(data, tokenizer, "eval", model=teacher))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+
+    def gap():
+        with torch.no_grad():
+            return float(token_divergence(student.eval()(**inputs).logits, teacher(**inputs).logits, inputs["attention_mask"]))
+
+    before = gap()
+    metrics = kd_recover(student, teacher, data, tokenizer, steps=8, lr=2e-3, batch_size=8, temperature=1.0, seed=0)
+    assert set(metrics) == {"eval_loss", "eval_perplexity", "kd_loss"}
+    assert gap() < 0.7 * before
+
+
 @pytest.mark.parametrize("kind,top_k", [("forward_kl", None), ("reverse_kl", 5), ("jsd", 5)])
 def test_causal_lm_token_kd(llama_teacher, tmp_path, kind, top_k):
     teacher_dir, data = llama_teacher
