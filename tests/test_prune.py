@@ -186,10 +186,12 @@ def test_keep_count_and_global_plan():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"heads": 1.0}, "less than 1"),
-    ({"ffn": -0.1}, "greater than or equal to 0"),
+    ({"heads": 1.0}, "heads must be a fraction in [0, 1), not 1.0"),
+    ({"ffn": -0.1}, "ffn must be a fraction in [0, 1), not -0.1"),
     ({}, "nothing to prune"),
-    ({"heads": 0.5, "layers": {0: {"heads": 1.5}}}, "heads ratio must be in [0, 1)"),
+    ({"heads": 0.5, "layers": {0: {"heads": 1.5}}}, "heads must be a fraction in [0, 1)"),
+    ({"heads": 0.5, "layers": {0: {"ffn": 1.0}}}, "ffn must be a fraction in [0, 1)"),
+    ({"heads": 0.5, "layers": {0: {"heads": [1, 1]}}}, "distinct head numbers"),
 ])
 def test_bad_ratios_fail_validation(values, message):
     with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

@@ -27,24 +27,32 @@ from edgeslim.compress import hf_fixups as fx
 from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageConfig, StageContext, register_stage
 
-Ratio = float
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _fraction(name: str, value: float | None) -> float | None:
+    if value is not None and not 0 <= value < 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1), not {value}")
+    return value
 
 
 class LayerPrune(_Strict):
     """Per-layer override: a ratio, or for ``heads`` the list of heads (Llama: K/V groups) to remove."""
 
     heads: float | list[int] | None = None
-    ffn: float | None = Field(None, ge=0, lt=1)
+    ffn: float | None = None
+
+    @field_validator("ffn")
+    @classmethod
+    def _ffn(cls, value):
+        return _fraction("ffn", value)
 
     @field_validator("heads")
     @classmethod
     def _heads(cls, value):
-        if isinstance(value, float) and not 0 <= value < 1:
-            raise ValueError("heads ratio must be in [0, 1) (1 would remove every head)")
+        if isinstance(value, float):
+            _fraction("heads", value)
         if isinstance(value, list) and (len(set(value)) != len(value) or any(h < 0 for h in value)):
             raise ValueError("heads list must name distinct head numbers >= 0")
         return value
@@ -62,14 +70,19 @@ class Recovery(_Strict):
 class PruneConfig(StageConfig):
     """What fraction of heads and FFN channels to remove, how to rank them, and where."""
 
-    heads: Ratio = Field(0.0, ge=0, lt=1, description="fraction of attention heads (Llama: K/V groups) removed")
-    ffn: Ratio = Field(0.0, ge=0, lt=1, description="fraction of FFN channels removed")
+    heads: float = Field(0.0, description="fraction of attention heads (Llama: K/V groups) removed")
+    ffn: float = Field(0.0, description="fraction of FFN channels removed")
     importance: Literal["magnitude", "taylor", "calibration"] = "magnitude"
     scope: Literal["uniform", "global"] = "uniform"
     layers: dict[int, LayerPrune] = Field(default_factory=dict)
     round_to: int = Field(1, ge=1, description="FFN widths kept are multiples of this (8/16 suit SIMD)")
     samples: int = Field(32, ge=1, description="examples for taylor/calibration importance")
     recovery: Recovery = Recovery()
+
+    @field_validator("heads", "ffn")
+    @classmethod
+    def _ratios(cls, value, info):
+        return _fraction(info.field_name, value)
 
     @model_validator(mode="after")
     def _something_to_do(self):
