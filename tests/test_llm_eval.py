@@ -146,3 +146,17 @@ def test_bad_inputs_are_one_line_errors(models, tmp_path):
             call()
         message = str(info.value)
         assert fragment in message and "\n" not in message
+
+
+def test_teacher_int8_baseline_works_on_a_kv_cache_decoder(models, tmp_path):
+    """The pipeline's teacher-int8 baseline (plain dynamic INT8) on a causal LM exported with a cache."""
+    from edgeslim.export.quantize import quantize_dynamic_int8
+
+    copy_sidecar_files(models["onnx"].path, tmp_path)
+    quantize_dynamic_int8(models["onnx"].onnx_path, tmp_path / "model.onnx")
+    int8 = Artifact(tmp_path, "onnx", {})
+    assert int8.size_bytes() < models["onnx"].size_bytes()
+    fp32 = score_causal_lm(models["onnx"], SENTENCES, PROMPTS, max_length=64, new_tokens=20)
+    score = score_causal_lm(int8, SENTENCES, PROMPTS, max_length=64, new_tokens=20)
+    assert len(score["predictions"]) == len(fp32["predictions"])
+    assert 0.5 < score["perplexity"] / fp32["perplexity"] < 2.0

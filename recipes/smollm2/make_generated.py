@@ -6,7 +6,7 @@ it gives the same file (fixed seed, CPU). Each prompt is asked through the teach
 answered ``--samples`` times by sampling (temperature 0.8, top-k 50, up to ``--max-new-tokens``);
 each answer becomes one line (whitespace collapsed, since the data format is one example per line).
 
-    python recipes/smollm2/make_generated.py [--samples 3] [--max-new-tokens 96]
+    python recipes/smollm2/make_generated.py --samples 2 --max-new-tokens 64   (how generated.txt was made)
 """
 
 from __future__ import annotations
