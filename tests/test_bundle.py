@@ -169,6 +169,27 @@ def test_qdq_model_bundles_and_ort_file_loads(bundle, tmp_path):
     assert entries["ort"]["max_abs_vs_onnx"] < 1e-3
 
 
+def test_bundle_keeps_external_data_working(bundle, tmp_path):
+    """Large models come with ``model.onnx.data``; metadata and the tokenizer graph must not break it."""
+    import onnx
+
+    artifact, source = bundle
+    src = tmp_path / "external"
+    copy_model_folder(source.parent, src)
+    onnx.save(onnx.load(str(source)), str(src / "model.onnx"), save_as_external_data=True,
+              location="model.onnx.data", size_threshold=0)
+    assert (src / "model.onnx").stat().st_size < 200_000  # the weights really live in the .data file
+    build_bundle(src, tmp_path / "bundle", "text-classification", BundleConfig(mobile_check=False),
+                 labels=LABELS, max_length=32)
+    out = tmp_path / "bundle"
+    assert (out / "model.onnx.data").is_file() and read_metadata(out / "model.onnx")["labels"] == LABELS
+    expected = logits_of(session(source), TEXTS)
+    np.testing.assert_allclose(logits_of(session(out / "model.onnx"), TEXTS), expected, atol=1e-5)
+    np.testing.assert_allclose(logits_of(session(out / "model.ort"), TEXTS), expected, atol=1e-5)
+    (got,) = run_tokenizer_model(out / "model_with_tokenizer.onnx", TEXTS[0])
+    np.testing.assert_allclose(got, expected[:1], atol=1e-5)
+
+
 def test_bad_bundle_inputs_raise_one_line_errors(tmp_path, bundle):
     with pytest.raises(EdgeslimError, match="has no model.onnx; put stage 'bundle' after 'export'"):
         build_bundle(tmp_path, tmp_path / "out", "text-classification", BundleConfig())

@@ -26,8 +26,8 @@ from pydantic import Field
 
 from edgeslim.artifacts import ONNX_FILE, Artifact, atomic_write_json, atomic_write_text, onnx_size_bytes, read_json
 from edgeslim.errors import EdgeslimError
-from edgeslim.export.onnx import SIDE_FILES, padding_tokenizer
-from edgeslim.pipeline import StageConfig, register_stage
+from edgeslim.export.onnx import padding_tokenizer
+from edgeslim.pipeline import StageConfig, copy_sidecar_files, register_stage
 
 ORT_FILE = "model.ort"
 OPERATORS_FILE = "required_operators.config"
@@ -60,8 +60,9 @@ def copy_model_folder(src: Path, dst: Path) -> None:
     if not (src / "config.json").is_file():
         raise EdgeslimError(f"{src} has no config.json; the bundle needs the model's config (re-run export)")
     dst.mkdir(parents=True, exist_ok=True)
-    for path in src.iterdir():
-        if path.is_file() and (path.name in SIDE_FILES or path.name.startswith(ONNX_FILE)):
+    copy_sidecar_files(src, dst)
+    for path in src.glob(ONNX_FILE + "*"):  # model.onnx and its external data (model.onnx.data / _data)
+        if path.is_file():
             shutil.copy2(path, dst / path.name)
 
 
@@ -98,7 +99,7 @@ def write_metadata(onnx_path: Path, metadata: dict[str, Any]) -> None:
     """Store ``metadata`` in the model's ``metadata_props`` (key ``edgeslim.<name>``, value JSON)."""
     import onnx
 
-    model = onnx.load(str(onnx_path))
+    model = onnx.load(str(onnx_path), load_external_data=False)  # external tensors keep pointing at their file
     keep = [p for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
@@ -201,7 +202,7 @@ def build_tokenizer_model(onnx_path: Path, tokenizer, out_path: Path, max_length
         pre, _ = gen_processing_models(tokenizer, pre_kwargs=kwargs)
     except Exception as err:  # unsupported tokenizer classes raise assorted errors
         return {"written": False, "reason": f"onnxruntime-extensions cannot convert {type(tokenizer).__name__}: {str(err)[:120]}"}
-    model = onnx.load(str(onnx_path))
+    model = onnx.load(str(onnx_path), load_external_data=False)  # saved beside it: external data still resolves
     model_inputs = {i.name for i in model.graph.input}
     tok_outputs = [o.name for o in pre.graph.output]
     wanted = [name for name in TOKENIZER_OUTPUTS if name in model_inputs]

@@ -23,7 +23,7 @@ from pydantic import Field
 from edgeslim.artifacts import ONNX_FILE, Artifact, onnx_size_bytes
 from edgeslim.errors import EdgeslimError
 from edgeslim.export import parity as par
-from edgeslim.pipeline import StageConfig, register_stage
+from edgeslim.pipeline import StageConfig, copy_sidecar_files, register_stage
 
 DEFAULT_OPSET = 18
 # Fusions and onnxslim rewrite the model in one protobuf, which cannot exceed 2 GB.
@@ -38,11 +38,7 @@ ORT_FUSION_TYPES = {
     # Llama-family decoders: the gpt2 rules fuse RMSNorm (SimplifiedLayerNormalization) and rotary embeddings.
     "llama": "gpt2", "mistral": "gpt2", "qwen2": "gpt2", "qwen3": "qwen3",
 }
-# Files besides model.onnx that a loader (Optimum, transformers tokenizers) needs in the folder.
-SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
-              "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
-              "chat_template.json")
+
 
 
 class ExportConfig(StageConfig):
@@ -130,7 +126,7 @@ def export_model(model_dir: Path, out_dir: Path, task: str, config: ExportConfig
         _optimum_export(model_dir, out_dir, task, config.opset)
     else:
         _dynamo_export(model, tokenizer, onnx_path, task, config.opset)
-        _copy_side_files(model_dir, out_dir)
+        copy_sidecar_files(model_dir, out_dir)
     if exporter == "dynamo" and task == "causal-lm":
         _mark_no_cache(out_dir / "config.json")
     cases = list(eval_cases or []) + par.varied_cases(tokenizer, texts or list(par.FALLBACK_TEXTS))
@@ -264,13 +260,6 @@ def _dynamo_export(model, tokenizer, onnx_path: Path, task: str, opset: int) -> 
     except Exception as err:  # torch.onnx raises many types; the user can only change the exporter/opset
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EdgeslimError(f"torch.onnx could not export {model.config.model_type}: {first[:200]}; try another export.opset") from err
-
-
-def _copy_side_files(model_dir: Path, out_dir: Path) -> None:
-    """Copy config and tokenizer files next to model.onnx, as Optimum's exporter does."""
-    for name in SIDE_FILES:
-        if (model_dir / name).is_file():
-            shutil.copy2(model_dir / name, out_dir / name)
 
 
 def _node_count(onnx_path: Path) -> int:
