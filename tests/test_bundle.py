@@ -52,18 +52,24 @@ def bundle(tmp_path_factory):
     return artifact, onnx_path
 
 
-def test_optimum_loads_bundle_and_predicts_like_onnxruntime(bundle):
+def test_optimum_loads_bundle_and_predicts_like_edgeslim_evaluation(bundle):
     from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoTokenizer
 
+    from edgeslim.report.evaluate import onnx_logits
+    from edgeslim.report.matrix import score_artifact
+
     artifact, source = bundle
+    texts = TEXTS + [LONG_TEXT]
     model = ORTModelForSequenceClassification.from_pretrained(artifact.path)
     tok = AutoTokenizer.from_pretrained(artifact.path)
-    enc = tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    enc = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
     optimum_logits = model(**enc).logits.numpy()
-    direct = logits_of(session(source), TEXTS)
-    np.testing.assert_allclose(optimum_logits, direct, atol=1e-5)
-    assert (optimum_logits.argmax(-1) == direct.argmax(-1)).all()
+    examples = [Example(text, i % 3) for i, text in enumerate(texts)]
+    score = score_artifact(artifact, examples, max_length=32)  # what the report scores the release with
+    assert optimum_logits.argmax(-1).tolist() == score["predictions"]
+    np.testing.assert_allclose(optimum_logits, onnx_logits(artifact.onnx_path, tok, texts, 32), atol=1e-5)
+    np.testing.assert_allclose(optimum_logits, logits_of(session(source), texts), atol=1e-5)  # = the export
 
 
 def test_ort_format_model_loads_and_matches_onnx(bundle):
