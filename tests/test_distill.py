@@ -262,6 +262,40 @@ def test_killed_run_resumes_to_the_same_weights(trained_teacher, tmp_path):
     assert not (killed / "stages" / ".distill" / "runs").exists() or not any((killed / "stages/.distill/runs").iterdir())
 
 
+DDP_CHILD = """
+import json, sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from safetensors.torch import load_file
+from edgeslim.compress.trainer import process_state
+from test_distill import distill, make_data, few_labels
+state = process_state()
+art = distill(Path({parent!r}), few_labels(make_data(200), 48), Path({teacher!r}), layers=[1, 3], max_steps=6,
+              batch_size=16, lr=2e-3, checkpoint_every=3, losses={{"logits": {{}}, "hidden": {{}}}})
+weights = load_file(art.path / "model.safetensors")
+print("RESULT " + json.dumps({{"rank": state.process_index, "world": state.num_processes,
+      "checksum": float(sum(v.double().sum() for v in weights.values()))}}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_data_parallel(trained_teacher, tmp_path):
+    """``torchrun`` with two CPU processes (what ``accelerate launch`` does on GPUs): one gloo group,
+    rank 0 fills the teacher cache, both ranks checkpoint together and end with the same weights."""
+    teacher_dir, _ = trained_teacher
+    script = tmp_path / "ddp_child.py"
+    script.write_text(DDP_CHILD.format(tests=str(TESTS), parent=str(tmp_path / "run"), teacher=str(teacher_dir)))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                          capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line.split("RESULT ", 1)[1]) for line in done.stdout.splitlines() if "RESULT " in line]
+    assert sorted(r["rank"] for r in results) == [0, 1] and all(r["world"] == 2 for r in results)
+    assert results[0]["checksum"] == results[1]["checksum"]
+    assert len(list((tmp_path / "run" / "stages" / ".distill" / "teacher").iterdir())) == 1  # one cache, by rank 0
+
+
 # --------------------------------------------------------------- eval, best, early stopping
 
 
