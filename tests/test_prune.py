@@ -277,3 +277,67 @@ def test_prune_stage_runs_on_real_data_recovers_and_saves_a_reloadable_folder(tm
     reloaded = AutoModelForSequenceClassification.from_pretrained(artifact.path).eval()
     assert sum(p.numel() for p in reloaded.parameters()) == metrics["params_after"]
     assert (artifact.path / "tokenizer.json").exists() or (artifact.path / "vocab.txt").exists()
+
+
+def _hidden_reference(original, keep: list[int]):
+    """The original Llama with hidden channels ``keep`` sliced out by parameter name, built here
+    independently of the pruning code, in a fresh model of the narrower config."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**{**original.config.to_dict(), "hidden_size": len(keep), "head_dim": HEAD})
+    index = torch.tensor(keep)
+    state = {}
+    for name, value in original.state_dict().items():
+        if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight", "up_proj.weight",
+                          "embed_tokens.weight", "lm_head.weight")):
+            value = value[:, index]
+        elif name.endswith(("o_proj.weight", "down_proj.weight", "norm.weight", "layernorm.weight")):
+            value = value[index]
+        state[name] = value
+    reference = LlamaForCausalLM(config).eval()
+    reference.load_state_dict(state)
+    return reference
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_llama_hidden_width_pruning_matches_a_sliced_reference_and_reloads(tmp_path, tied):
+    original = tiny_llama()
+    if tied:
+        original.config.tie_word_embeddings = True
+        original.tie_weights()
+    model = copy.deepcopy(original)
+    summary = prune_model(model, PruneConfig(hidden=0.25, round_to=4))
+    assert model.config.hidden_size == 24 == summary["hidden_size"]
+    # magnitude: the 8 channels with the least squared weight over everything on the residual stream
+    score = original.model.embed_tokens.weight.pow(2).sum(0)
+    for layer in original.model.layers:
+        for linear in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                       layer.mlp.gate_proj, layer.mlp.up_proj):
+            score = score + linear.weight.pow(2).sum(0)
+        score = score + layer.self_attn.o_proj.weight.pow(2).sum(1) + layer.mlp.down_proj.weight.pow(2).sum(1)
+        score = score + layer.input_layernorm.weight.pow(2) + layer.post_attention_layernorm.weight.pow(2)
+    score = score + original.model.norm.weight.pow(2)
+    if not tied:
+        score = score + original.lm_head.weight.pow(2).sum(0)
+    assert summary["removed_hidden_channels"] == sorted(torch.argsort(score)[:8].tolist())
+    keep = [i for i in range(32) if i not in summary["removed_hidden_channels"]]
+    batch = inputs()
+    torch.testing.assert_close(logits(model, batch), logits(_hidden_reference(original, keep), batch), atol=1e-5, rtol=1e-4)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    model.save_pretrained(tmp_path)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path).eval(), batch), logits(model, batch))
+
+
+def test_hidden_width_with_heads_and_ffn_and_calibration(tmp_path):
+    model = tiny_llama(heads=4, kv=4)
+    batches = [{k: v[:1] for k, v in inputs().items()}]
+    summary = prune_model(model, PruneConfig(heads=0.5, ffn=0.5, hidden=0.5, importance="calibration"), batches)
+    assert (model.config.hidden_size, model.config.num_attention_heads, model.config.intermediate_size) == (16, 2, 32)
+    model.save_pretrained(tmp_path)
+    batch = inputs()
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path).eval(), batch), logits(model, batch))
+
+
+def test_hidden_width_on_bert_fails_check_in_one_line():
+    with pytest.raises(ValueError, match="hidden: width pruning supports Llama-family models only"):
+        PruneConfig(hidden=0.25).check_against(tiny_bert().config, "text-classification")

@@ -212,3 +212,72 @@ def sync_config(model: nn.Module) -> None:
     config.head_dim = b.head_dim
     config.num_key_value_heads = b.units * b.kv_per_unit
     config.num_attention_heads = b.units * b.heads_per_unit
+
+
+# ------------------------------------------------------------------------------ hidden width
+
+
+@dataclass
+class HiddenSlice:
+    """One weight that carries the residual stream: ``dim`` of ``module.weight`` indexes hidden channels."""
+
+    module: nn.Module
+    kind: str  # "embedding" | "norm" | "linear_in" | "linear_out"
+
+    @property
+    def dim(self) -> int:
+        return 0 if self.kind in ("norm", "linear_out") else 1
+
+
+def hidden_slices(model: nn.Module) -> list[HiddenSlice]:
+    """Every weight indexed by the hidden (residual) width of a Llama-family model.
+
+    BERT-family configs derive the head size from ``hidden_size / num_attention_heads``, so a narrower
+    hidden width cannot be expressed there; only Llama-family models (explicit ``head_dim``) qualify.
+    """
+    if family_of(model) != "llama":
+        raise ValueError("hidden width pruning supports Llama-family models only (a BERT config ties the "
+                         "head size to hidden_size / num_attention_heads); set hidden: 0")
+    base = base_model(model)
+    slices = [HiddenSlice(base.embed_tokens, "embedding")]
+    for layer in base.layers:
+        a, mlp = layer.self_attn, layer.mlp
+        slices += [HiddenSlice(layer.input_layernorm, "norm"), HiddenSlice(a.q_proj, "linear_in"),
+                   HiddenSlice(a.k_proj, "linear_in"), HiddenSlice(a.v_proj, "linear_in"),
+                   HiddenSlice(a.o_proj, "linear_out"), HiddenSlice(layer.post_attention_layernorm, "norm"),
+                   HiddenSlice(mlp.gate_proj, "linear_in"), HiddenSlice(mlp.up_proj, "linear_in"),
+                   HiddenSlice(mlp.down_proj, "linear_out")]
+    slices.append(HiddenSlice(base.norm, "norm"))
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and head.weight is not base.embed_tokens.weight:
+        slices.append(HiddenSlice(head, "linear_in"))
+    return slices
+
+
+def hidden_width(model: nn.Module) -> int:
+    return base_model(model).embed_tokens.embedding_dim
+
+
+def remove_hidden(model: nn.Module, drop: list[int]) -> None:
+    """Remove hidden channels ``drop`` from every weight on the residual stream (torch-pruning's
+    embedding/linear pruners; RMSNorm weights sliced), re-tie a tied LM head, update the config."""
+    if not drop:
+        return
+    drop = sorted(set(drop))
+    base = base_model(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = head is not None and head.weight is base.embed_tokens.weight
+    keep = torch.tensor([i for i in range(hidden_width(model)) if i not in set(drop)])
+    for s in hidden_slices(model):
+        if s.kind == "embedding":
+            tp.prune_embedding_out_channels(s.module, drop)
+        elif s.kind == "norm":
+            s.module.weight = nn.Parameter(s.module.weight.data[keep].clone())
+        elif s.kind == "linear_in":
+            tp.prune_linear_in_channels(s.module, drop)
+        else:
+            tp.prune_linear_out_channels(s.module, drop)
+    if tied:
+        head.weight = base.embed_tokens.weight
+        head.in_features = head.weight.shape[1]
+    model.config.hidden_size = hidden_width(model)

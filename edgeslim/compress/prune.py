@@ -15,6 +15,7 @@ the teacher (``recovery.steps``) can follow.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
@@ -72,6 +73,7 @@ class PruneConfig(StageConfig):
 
     heads: float = Field(0.0, description="fraction of attention heads (Llama: K/V groups) removed")
     ffn: float = Field(0.0, description="fraction of FFN channels removed")
+    hidden: float = Field(0.0, description="fraction of hidden (residual) channels removed; Llama family only")
     importance: Literal["magnitude", "taylor", "calibration"] = "magnitude"
     scope: Literal["uniform", "global"] = "uniform"
     layers: dict[int, LayerPrune] = Field(default_factory=dict)
@@ -79,15 +81,15 @@ class PruneConfig(StageConfig):
     samples: int = Field(32, ge=1, description="examples for taylor/calibration importance")
     recovery: Recovery = Recovery()
 
-    @field_validator("heads", "ffn")
+    @field_validator("heads", "ffn", "hidden")
     @classmethod
     def _ratios(cls, value, info):
         return _fraction(info.field_name, value)
 
     @model_validator(mode="after")
     def _something_to_do(self):
-        if self.heads == 0 and self.ffn == 0 and not self.layers:
-            raise ValueError("nothing to prune: set heads and/or ffn to a fraction in (0, 1), or give layers")
+        if self.heads == 0 and self.ffn == 0 and self.hidden == 0 and not self.layers:
+            raise ValueError("nothing to prune: set heads, ffn and/or hidden to a fraction in (0, 1), or give layers")
         return self
 
     def check_against(self, model_config: Any, task: str) -> None:
@@ -96,6 +98,9 @@ class PruneConfig(StageConfig):
             return
         if fx.family_of_type(getattr(model_config, "model_type", None)) is None:
             raise ValueError(f"prune supports model types {fx.supported_types()}, not '{model_config.model_type}'")
+        if self.hidden > 0 and fx.family_of_type(model_config.model_type) != "llama":
+            raise ValueError("hidden: width pruning supports Llama-family models only (a BERT config ties the "
+                             "head size to hidden_size / num_attention_heads); set hidden: 0")
         n_layers = model_config.num_hidden_layers
         for layer in self.layers:
             if not 0 <= layer < n_layers:
@@ -157,8 +162,29 @@ def _slice_score(weight, grad, dim, idx, method) -> torch.Tensor:
     return w.pow(2).sum(1 - dim)
 
 
-def magnitude_or_taylor(model: nn.Module, method: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-layer scores of head units and FFN channels from weights (and their gradients)."""
+@dataclass
+class Scores:
+    """Importance per layer of each head unit and FFN channel, and of each hidden channel (or None)."""
+
+    heads: list[torch.Tensor]
+    ffn: list[torch.Tensor]
+    hidden: torch.Tensor | None = None
+
+
+def _hidden_weight_scores(model: nn.Module, method: str) -> torch.Tensor:
+    total = 0
+    for s in fx.hidden_slices(model):
+        weight = s.module.weight
+        if weight.dim() == 1:  # a norm's scale
+            w = weight.detach()
+            total = total + ((w * weight.grad).abs() if method == "taylor" else w.pow(2))
+        else:
+            total = total + _slice_score(weight, weight.grad, s.dim, list(range(weight.shape[s.dim])), method)
+    return total
+
+
+def magnitude_or_taylor(model: nn.Module, method: str, hidden: bool = False) -> Scores:
+    """Scores from weights (``magnitude``: squared L2) or weights x gradients (``taylor``)."""
     heads = []
     for block in fx.attention_blocks(model):
         heads.append(torch.stack([sum(_slice_score(*p, method).sum() for p in _unit_params(block, u))
@@ -168,10 +194,10 @@ def magnitude_or_taylor(model: nn.Module, method: str) -> tuple[list[torch.Tenso
         idx = list(range(block.width))
         score = sum(_slice_score(l.weight, l.weight.grad, 0, idx, method) for l in block.inputs)
         ffns.append(score + _slice_score(block.output.weight, block.output.weight.grad, 1, idx, method))
-    return heads, ffns
+    return Scores(heads, ffns, _hidden_weight_scores(model, method) if hidden else None)
 
 
-def taylor_scores(model: nn.Module, batches: Iterable[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def taylor_scores(model: nn.Module, batches: Iterable[dict], hidden: bool = False) -> Scores:
     """First-order Taylor importance: accumulate task-loss gradients over ``batches`` (with labels)."""
     model.eval()
     model.zero_grad(set_to_none=True)
@@ -184,51 +210,53 @@ def taylor_scores(model: nn.Module, batches: Iterable[dict]) -> tuple[list[torch
         seen += 1
     if not seen:
         raise EdgeslimError("prune: importance: taylor needs training examples, but the train split is empty")
-    scores = magnitude_or_taylor(model, "taylor")
+    scores = magnitude_or_taylor(model, "taylor", hidden)
     model.zero_grad(set_to_none=True)
     return scores
 
 
 @torch.no_grad()
-def calibration_scores(model: nn.Module, batches: Iterable[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Activation importance: mean |input| of each channel of the narrowing Linear (attention output,
-    FFN output) times the norm of its weight column, on real inputs (batch 1, no padding)."""
+def calibration_scores(model: nn.Module, batches: Iterable[dict], hidden: bool = False) -> Scores:
+    """Activation importance on real inputs (batch 1, no padding): mean |input| of each channel of the
+    narrowing Linears (attention output, FFN output) times the norm of its weight column; for hidden
+    channels, mean |residual stream| summed over the norms that read it."""
     model.eval()
     attn, ffn = fx.attention_blocks(model), fx.ffn_blocks(model)
+    watched = [b.o for b in attn] + [b.output for b in ffn]
+    if hidden:
+        watched += [s.module for s in fx.hidden_slices(model) if s.kind == "norm"]
     sums: dict[nn.Module, torch.Tensor] = {}
-    count = [0]
+    count = 0
 
     def hook(module, inputs, _output):
-        x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().sum(0)
+        x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1]).abs().sum(0)
         sums[module] = sums.get(module, 0) + x
 
-    handles = [b.o.register_forward_hook(hook) for b in attn] + [b.output.register_forward_hook(hook) for b in ffn]
+    handles = [m.register_forward_hook(hook) for m in watched]
     try:
         for batch in batches:
             model(**{k: v for k, v in batch.items() if k != "labels"})
-            count[0] += int(batch["input_ids"].numel())
+            count += int(batch["input_ids"].numel())
     finally:
         for handle in handles:
             handle.remove()
-    if not count[0]:
+    if not count:
         raise EdgeslimError("prune: importance: calibration needs training examples, but the train split is empty")
-    heads = []
-    for b in attn:
-        channel = sums[b.o] / count[0] * b.o.weight.norm(dim=0)
-        heads.append(channel.reshape(b.units, -1).sum(1))
-    ffns = [sums[b.output] / count[0] * b.output.weight.norm(dim=0) for b in ffn]
-    return heads, ffns
+    heads = [(sums[b.o] / count * b.o.weight.norm(dim=0)).reshape(b.units, -1).sum(1) for b in attn]
+    ffns = [sums[b.output] / count * b.output.weight.norm(dim=0) for b in ffn]
+    residual = sum(sums[m] / count for m in watched[len(attn) + len(ffn):]) if hidden else None
+    return Scores(heads, ffns, residual)
 
 
-def importance(model: nn.Module, method: str, batches: Iterable[dict] | None = None):
-    """Per-layer (head-unit scores, FFN-channel scores) by ``method``."""
+def importance(model: nn.Module, method: str, batches: Iterable[dict] | None = None, hidden: bool = False) -> Scores:
+    """Importance :class:`Scores` by ``method``; ``hidden`` also scores the residual channels."""
     if method == "magnitude":
-        return magnitude_or_taylor(model, "magnitude")
+        return magnitude_or_taylor(model, "magnitude", hidden)
     if batches is None:
         raise ValueError(f"importance '{method}' needs batches of data")
     if method == "taylor":
-        return taylor_scores(model, batches)
-    return calibration_scores(model, batches)
+        return taylor_scores(model, batches, hidden)
+    return calibration_scores(model, batches, hidden)
 
 
 # ------------------------------------------------------------------------------------- planning
@@ -272,7 +300,7 @@ def plan_global(scores: list[torch.Tensor], ratio: float, round_to: int = 1, min
 
 
 def plan(config: PruneConfig, head_scores: list[torch.Tensor], ffn_scores: list[torch.Tensor]):
-    """Which head units and FFN channels each layer loses."""
+    """Which head units and FFN channels each layer loses (hidden channels: see :func:`plan_hidden`)."""
     n = len(head_scores)
     overridden_heads = {i for i in range(n) if i in config.layers and config.layers[i].heads is not None}
     overridden_ffn = {i for i in range(n) if i in config.layers and config.layers[i].ffn is not None}
@@ -282,6 +310,13 @@ def plan(config: PruneConfig, head_scores: list[torch.Tensor], ffn_scores: list[
         if len(heads[i]) >= len(head_scores[i]):
             raise EdgeslimError(f"prune: layer {i} would lose every head; lower heads or its layers override")
     return heads, ffn
+
+
+def plan_hidden(config: PruneConfig, scores: torch.Tensor | None) -> list[int]:
+    """Hidden channels to remove (the same in every layer: they are one residual stream)."""
+    if scores is None or config.hidden == 0:
+        return []
+    return plan_uniform([scores], [config.hidden], config.round_to)[0]
 
 
 def _plan_part(scores, ratio, scope, round_to, overridden, ratio_for):
@@ -334,11 +369,13 @@ def prune_model(model: nn.Module, config: PruneConfig, batches: Iterable[dict] |
     except ValueError as exc:
         raise EdgeslimError(f"prune: {exc}") from None
     before = count_params(model)
-    head_scores, ffn_scores = importance(model, config.importance, batches)
-    head_drops, ffn_drops = plan(config, head_scores, ffn_scores)
+    scores = importance(model, config.importance, batches, hidden=config.hidden > 0)
+    head_drops, ffn_drops = plan(config, scores.heads, scores.ffn)
+    hidden_drops = plan_hidden(config, scores.hidden)
     summary = apply_plan(model, head_drops, ffn_drops)
-    summary.update(params_before=before, params_after=count_params(model),
-                   removed_head_units=head_drops, removed_ffn_channels=ffn_drops)
+    fx.remove_hidden(model, hidden_drops)
+    summary.update(params_before=before, params_after=count_params(model), hidden_size=model.config.hidden_size,
+                   removed_head_units=head_drops, removed_ffn_channels=ffn_drops, removed_hidden_channels=hidden_drops)
     return summary
 
 
@@ -405,7 +442,7 @@ def run(config: PruneConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
             f"heads/layer {summary['heads_per_layer']}, ffn/layer {summary['ffn_per_layer']}")
     if any(summary["padded"].values()):
         ctx.log(f"prune: layers padded with zeros to a common shape {summary['padded']} (use scope: uniform to avoid)")
-    kept = {k: v for k, v in summary.items() if k != "removed_ffn_channels"}  # channel lists are long
+    kept = {k: v for k, v in summary.items() if k not in ("removed_ffn_channels", "removed_hidden_channels")}
     metrics = {**kept, **recover(model, config.recovery, ctx, tokenizer)}
     save_torch(model, tokenizer, ctx.out_dir)
     return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics})
