@@ -188,7 +188,8 @@ def test_causal_lm_with_kv_cache(decoder, tmp_path, spec):
 @pytest.mark.parametrize("algorithm,symmetric", [("rtn", True), ("gptq", False), ("awq", False)])
 def test_neural_compressor_encoder_reaches_onnx_as_4bit(encoder, tmp_path, algorithm, symmetric):
     spec = QuantSpec(mode="neural_compressor", algorithm=algorithm, symmetric=symmetric, block_size=32)
-    dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx", calibration=encoder.calibration[:4], torch_dir=encoder.hf)
+    feeds = encoder.calibration[:2] if algorithm == "awq" else encoder.calibration[:4]  # AWQ's scale search is slow
+    dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx", calibration=feeds, torch_dir=encoder.hf)
     assert ops(dst).count("MatMulNBits") == 12
     packed, _ = nbits_weight_ratio(encoder.onnx, dst)
     assert packed == pytest.approx(1 / 8)
