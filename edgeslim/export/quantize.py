@@ -21,7 +21,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -162,12 +161,6 @@ class QuantizeConfig(StageConfig, QuantSpec):
             return list(self.candidates)
         fields = {k: getattr(self, k) for k in QuantSpec.model_fields}
         return [QuantSpec(**fields)]
-
-    def check_against(self, model_config: Any, task: str) -> None:
-        for spec in self.specs():
-            if spec.mode == "neural_compressor" and model_config is not None and spec.algorithm == "awq" \
-                    and task != "causal-lm":
-                raise ValueError("neural-compressor awq needs a causal LM; use rtn or gptq for this task")
 
 
 def quantize_dynamic_int8(src_onnx: Path, dst_onnx: Path) -> Path:
