@@ -15,11 +15,37 @@ in one place, so every quantization mode benefits:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
+
+class _NoPreprocessAdvice(logging.Filter):
+    """Drops onnxruntime's "Please consider (to run) pre-processing" warning: pre-processing is skipped
+    on purpose (see above), and the warning repeats once per quantizer call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_quantizer():
+    """Silence the quantizers' chatter (the advice above; calibrators' and GPTQ's progress prints),
+    which would otherwise flood the run's log once per candidate and per sensitivity probe."""
+    import io
+
+    root = logging.getLogger()
+    advice = _NoPreprocessAdvice()
+    root.addFilter(advice)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.removeFilter(advice)
+
 
 # Models above this size are written with external data (protobuf's limit is 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -103,7 +129,7 @@ def quantize_dynamic(
     nodes_to_exclude = [m for name in (nodes_to_exclude or []) for m in (name, name + "_MatMul")]
     dst_onnx = Path(dst_onnx)
     dst_onnx.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as tmp, quiet_quantizer():
         staged = staged_copy(model, Path(tmp))
         ort_quantize_dynamic(
             staged,
@@ -198,7 +224,7 @@ def quantize_static(
     reader = ListDataReader(calibration, graph_input_names(model))
     dst_onnx = Path(dst_onnx)
     dst_onnx.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as tmp, quiet_quantizer():
         staged = staged_copy(model, Path(tmp))
         ort_static(
             staged,
@@ -264,7 +290,8 @@ def quantize_weight_only(
         model, bits=bits, block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
         nodes_to_exclude=list(nodes_to_exclude or []), algo_config=algo,
     )
-    quantizer.process()
+    with quiet_quantizer():
+        quantizer.process()
     dst_onnx = Path(dst_onnx)
     dst_onnx.parent.mkdir(parents=True, exist_ok=True)
     result = quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
