@@ -1,0 +1,84 @@
+"""A causal-LM recipe end to end through the real CLI, on a tiny Llama written as a GGUF file:
+GGUF teacher -> token-KD student -> ONNX with KV cache -> INT4 -> bundle -> matrix with perplexity,
+greedy agreement, prefill latency, decode tokens/s and peak memory; and the shipped SmolLM2 recipes
+load and pass their static checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import REPO, run_cli
+from edgeslim.recipe import load_recipe
+from test_llm_support import SENTENCES, tiny_llama, train_tokenizer, write_gguf
+
+
+@pytest.fixture(scope="module")
+def llm_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llm-recipe")
+    tokenizer = train_tokenizer(root / "tokenizer")
+    write_gguf(tiny_llama(len(tokenizer), seed=2), tokenizer, root / "tiny.gguf", qtype="Q8_0")
+    (root / "corpus.txt").write_text("\n".join(SENTENCES) + "\n")
+    (root / "generated.txt").write_text("\n".join(s.lower() for s in SENTENCES[:6]) + "\n")
+    recipe = {
+        "name": "tiny-llm", "task": "causal-lm", "seed": 0,
+        "teacher": {"source": "tiny.gguf"},
+        "data": {"source": "corpus.txt", "format": "text", "label_column": None, "eval_size": 4, "max_length": 32,
+                 "unlabeled": "generated.txt"},
+        "stages": [
+            {"distill": {"layers": {"every": 2}, "data": "labeled+unlabeled", "max_steps": 4, "batch_size": 4,
+                         "checkpoint_every": 0, "losses": {"tokens": {"kind": "reverse_kl", "top_k": 16}}}},
+            {"export": {"parity_batches": 1, "decode_steps": 1}},
+            {"quantize": {"mode": "weight_only", "bits": 4, "block_size": 32, "max_accuracy_drop": 1.0,
+                          "exclude_sensitive": False, "eval_limit": 4, "latency_runs": 2}},
+            {"bundle": {"ort_format": False, "mobile_check": False}},
+        ],
+        "devices": ["x86-64-cpu"],
+        "measure": {"samples": 2, "warmup": 1, "runs": 5},
+    }
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    out = root / "run"
+    result = run_cli("run", root / "recipe.yaml", "--out", out, "--quiet")
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    return out, json.loads((out / "report" / "report.json").read_text())
+
+
+def test_report_has_lm_metrics_for_every_artifact(llm_run):
+    out, report = llm_run
+    names = [a["name"] for a in report["artifacts"]]
+    assert names[:3] == ["teacher", "teacher-fp32", "teacher-int8"]
+    by_name = {a["name"]: a for a in report["artifacts"]}
+    teacher_ppl = by_name["teacher"]["perplexity"]
+    assert by_name["teacher-fp32"]["perplexity"] == pytest.approx(teacher_ppl, rel=1e-3)
+    assert by_name["teacher-fp32"]["agreement"] == 1.0 and by_name["teacher"]["agreement"] == 1.0
+    for artifact in report["artifacts"]:
+        assert artifact["perplexity"] > 1.0 and 0.0 <= artifact["agreement"] <= 1.0 and artifact["params"] > 0
+        cell = artifact["devices"]["x86-64-cpu"]
+        if artifact["kind"] in ("onnx", "bundle"):
+            assert cell["status"] == "measured", cell
+            assert cell["latency_ms"]["n"] == 5 and cell["decode_tokens_per_s"] > 0
+            assert cell["peak_memory_mb"] > 0
+    release = by_name[report["release"]]
+    assert release["stage"] == "bundle"
+    assert release["size_bytes"] < by_name["teacher-fp32"]["size_bytes"]
+
+
+def test_release_is_an_int4_decoder_with_kv_cache(llm_run):
+    import onnx
+
+    out, report = llm_run
+    model = onnx.load(str(out / "model" / "model.onnx"), load_external_data=False)
+    assert any(node.op_type == "MatMulNBits" for node in model.graph.node)
+    assert any(i.name.startswith("past_key_values.") for i in model.graph.input)
+
+
+@pytest.mark.parametrize("name", ["smollm2-edge.yaml", "smollm2-edge-quick.yaml"])
+def test_shipped_recipes_load(name):
+    recipe = load_recipe(REPO / "recipes" / name)
+    assert recipe.task == "causal-lm" and recipe.teacher.source.endswith(".gguf")
+    assert [entry.name for entry in recipe.stages] == ["distill", "export", "quantize", "bundle"]
+    data_dir = REPO / "recipes" / "smollm2"
+    for file in ("corpus.txt", "prompts.txt", "generated.txt"):
+        assert len((data_dir / file).read_text(encoding="utf-8").splitlines()) >= 40
