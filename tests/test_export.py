@@ -19,6 +19,7 @@ import torch
 from edgeslim.data import DataBundle, Example
 from edgeslim.errors import EdgeslimError
 from edgeslim.export import onnx as export_onnx_mod
+from edgeslim.export.mobile import convert_to_ort
 from edgeslim.export.onnx import ExportConfig, export_model, export_onnx
 from edgeslim.export.parity import check_parity, tokenized_case
 from edgeslim.pipeline import STAGES, StageContext
@@ -164,6 +165,10 @@ def test_gpt2_export_with_fusions_and_kv_cache(tmp_path):
     result = export_model(model_dir, tmp_path / "onnx", "causal-lm", ExportConfig(decode_steps=1))
     assert result.fusions["model_type"] == "gpt2" and result.fusions["counts"].get("SkipLayerNormalization")
     assert result.parity["passed"] and "present.1.value" in result.parity["outputs"]
+    # The tied LM head reads the embedding table itself, so the ORT file holds it once, not twice.
+    assert result.fusions["tied_weights"] == {"applied": True, "weights": ["transformer.wte.weight"]}
+    convert_to_ort(result.onnx_path, tmp_path / "onnx")
+    assert (tmp_path / "onnx" / "model.ort").stat().st_size < 1.1 * result.onnx_path.stat().st_size
 
 
 def test_dynamo_fallback_for_architecture_optimum_does_not_know(tmp_path):

@@ -40,7 +40,6 @@ ORT_FUSION_TYPES = {
 }
 
 
-
 class ExportConfig(StageConfig):
     """Recipe keys of stage ``export``."""
 
@@ -149,6 +148,8 @@ def _optimize_checked(onnx_path: Path, model, cases, config: ExportConfig, log):
     try:
         fusions = apply_fusions(onnx_path, model.config) if config.fusions else {"applied": False, "reason": "disabled"}
         slim = apply_slim(onnx_path) if config.slim else {"applied": False, "reason": "disabled"}
+        if config.fusions:
+            fusions["tied_weights"] = share_tied_weights(onnx_path)
         log(f"checking parity on {len(cases)} cases")
         parity = par.check_parity(onnx_path, model, cases, config.atol, config.rtol, config.decode_steps,
                                   raise_on_failure=False)
@@ -287,6 +288,52 @@ def apply_fusions(onnx_path: Path, model_config) -> dict[str, Any]:
     optimizer.save_model_to_file(str(onnx_path), use_external_data_format=False)
     return {"applied": True, "model_type": ort_type, "counts": counts, "nodes_before": before,
             "nodes_after": _node_count(onnx_path)}
+
+
+def share_tied_weights(onnx_path: Path) -> dict[str, Any]:
+    """Let a tied LM head read the embedding table directly instead of through ``Transpose``.
+
+    Exports of models with tied embeddings compute the head as ``MatMul(x, Transpose(E))``.
+    onnxruntime constant-folds that transpose into a second copy of the table, in memory at session
+    start and in ``model.ort`` on disk (+113 MB for SmolLM2-135M). ``FusedMatMul(x, E, transB=1)``
+    (com.microsoft, onnxruntime's CPU kernel) computes the same without the copy.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    rewired = []
+    for node in list(graph.node):
+        if node.op_type != "Transpose" or node.input[0] not in initializers:
+            continue
+        weight = initializers[node.input[0]]
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+        users = consumers.get(node.output[0], [])
+        shared = len(consumers.get(node.input[0], [])) > 1
+        if len(weight.dims) != 2 or perm != [1, 0] or not shared or len(users) != 1:
+            continue
+        matmul = users[0]
+        if matmul.op_type != "MatMul" or list(matmul.input).index(node.output[0]) != 1:
+            continue
+        fused = helper.make_node("FusedMatMul", [matmul.input[0], node.input[0]], list(matmul.output),
+                                 name=matmul.name + "/tied", domain="com.microsoft", transB=1, alpha=1.0)
+        index = list(graph.node).index(matmul)
+        graph.node.remove(matmul)
+        graph.node.insert(index, fused)
+        graph.node.remove(node)
+        rewired.append(node.input[0])
+    if not rewired:
+        return {"applied": False, "reason": "no transposed shared weight feeds a MatMul"}
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(onnx_path))
+    return {"applied": True, "weights": rewired}
 
 
 def apply_slim(onnx_path: Path) -> dict[str, Any]:
