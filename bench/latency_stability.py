@@ -58,7 +58,7 @@ def main() -> int:
         counts = []
         for repeat in range(args.counts):
             start = time.perf_counter()
-            counts.append(count_instructions(profile, Path(model), inputs[:2], runs=5))
+            counts.append(count_instructions(profile, Path(model), inputs[:2], cycles=2))
             print(f"instructions per inference, count {repeat}: {counts[-1]} ({time.perf_counter() - start:.0f} s under callgrind)")
         if counts and None not in counts:
             spread = (max(counts) - min(counts)) / statistics.median(counts)

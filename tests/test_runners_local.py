@@ -110,13 +110,16 @@ def test_bad_requests_raise_one_line(models, cpu, kwargs, expected):
 
 
 @pytest.mark.slow
-def test_instruction_count_covers_the_inference_loop_only(models, cpu):
+def test_instruction_count_covers_the_inference_only(models, cpu):
     import shutil
 
     if shutil.which("valgrind") is None:
         pytest.skip("valgrind is not installed (apt-get install valgrind)")
-    cells = measure(cpu, {"small": models["small"]}, token_inputs(2), warmup=1, runs=3, instructions=True, memory=False)
+    inputs = token_inputs(2)
+    cells = measure(cpu, {"small": models["small"]}, inputs, warmup=1, runs=3, instructions=True, memory=False)
     count = cells["small"]["instructions"]
-    # 2 layers of 16x32x32 matmuls are ~33k multiply-adds; interpreter start-up alone is >100M
-    # instructions, so a count in this window is the loop and nothing else.
-    assert isinstance(count, int) and 30_000 < count < 20_000_000
+    # the two 32x32 layers do 2 x 16 x 32 x 32 multiply-adds at length 16 (15 for the second
+    # input); at most 8 fp32 multiply-adds per instruction under valgrind (AVX2) bounds it below.
+    # Interpreter start-up and session creation are hundreds of millions of instructions, so a
+    # count under 20 M is the inference alone.
+    assert isinstance(count, int) and 2 * 15 * 32 * 32 / 8 < count < 20_000_000

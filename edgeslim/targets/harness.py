@@ -19,9 +19,9 @@ fair. Peak memory is measured per model in a fresh child process (``memory`` mod
 process's peak resident set over its size just before the session was created: the model's own
 weights, arena and activations, not the interpreter's.
 
-Count mode runs ``runs`` inferences of one model between calls to two libc marker functions, so
-``valgrind --tool=callgrind --zero-before=getloadavg --dump-before=ctermid`` counts the instructions of
-the inference loop only, not interpreter start-up or session creation.
+Count mode runs ``runs`` inferences of one model, each between calls to two libc marker functions,
+so ``valgrind --tool=callgrind --zero-before=getloadavg --dump-before=ctermid`` dumps the
+instructions of each inference alone, not interpreter start-up or session creation.
 """
 
 from __future__ import annotations
@@ -192,27 +192,41 @@ def run_latency(spec):
     return result
 
 
+def aligned(array, alignment=4096):
+    """A copy of ``array`` whose data starts on an ``alignment`` boundary.
+
+    Kernels copy and read inputs with alignment-dependent head and tail loops; page-aligned inputs
+    make their instruction counts the same in every process.
+    """
+    array = np.ascontiguousarray(array)
+    raw = np.empty(array.nbytes + alignment, dtype=np.uint8)
+    start = (-raw.ctypes.data) % alignment
+    out = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
 def run_count(spec):
-    """Run ``runs`` inferences of the single model between two marker calls callgrind acts on.
+    """Run ``runs`` inferences of the single model, each between two marker calls callgrind acts on.
 
     ``getloadavg`` and ``ctermid`` are libc functions that neither Python nor onnxruntime calls
     while running a model: callgrind zeroes its counters on entering the first and dumps them on
-    entering the second, so that dump holds the inference loop alone. They are reached through
-    ``os`` (CPython calls them directly), not ctypes, because callgrind does not see calls made
-    through libffi as calls.
+    entering the second, so each dump holds one inference alone. They are reached through ``os``
+    (CPython calls them directly), not ctypes, because callgrind does not see calls made through
+    libffi as calls.
     """
     inputs = load_inputs(spec["inputs"])
     (name, path), = spec["models"].items()
     session = make_session(path, spec)
-    feeds = feeds_for(session, inputs)
+    feeds = [{key: aligned(value) for key, value in feed.items()} for feed in feeds_for(session, inputs)]
     for w in range(max(2 * len(feeds), int(spec.get("warmup", 1)))):  # every input shape seen twice
         session.run(None, feeds[w % len(feeds)])
-    runs = int(spec["runs"])
-    os.getloadavg()
-    for r in range(runs):
-        session.run(None, feeds[r % len(feeds)])
-    os.ctermid()
-    return {name: {"runs": runs}}
+    for r in range(int(spec["runs"])):
+        feed = feeds[r % len(feeds)]
+        os.getloadavg()
+        session.run(None, feed)
+        os.ctermid()
+    return {name: {"runs": int(spec["runs"])}}
 
 
 def main(argv):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -24,6 +25,8 @@ from edgeslim.targets.profile import DeviceProfile
 from edgeslim.targets.runners.job import HARNESS, cells_for_all, cells_from_result, one_line, write_inputs, write_spec
 
 TIMEOUT_S = 1800
+#: Inputs the instruction count runs over (callgrind is ~50x slower than native).
+COUNT_INPUTS = 4
 
 
 def harness_env(profile: DeviceProfile) -> dict[str, str]:
@@ -67,38 +70,74 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
     if instructions:
         for name, path in models.items():
             if cells[name]["status"] == status:
-                cells[name]["instructions"] = count_instructions(profile, Path(path), inputs)
+                cells[name]["instructions"] = count_instructions(profile, Path(path), inputs[:COUNT_INPUTS])
     return cells
 
 
-def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[str, np.ndarray]], *,
-                       runs: int = 3, timeout_s: int = TIMEOUT_S) -> int | None:
-    """Instructions per inference under callgrind, counting only the inference loop; None without valgrind.
+#: Shared objects whose instructions count as the inference engine's: onnxruntime's own libraries
+#: and the C++ runtime it calls. The interpreter and the C library's allocator are left out: their
+#: counts depend on heap state that differs from process to process.
+ENGINE_OBJECTS = ("/onnxruntime/", "libonnxruntime", "libstdc++", "libgcc_s", "libgomp", "libm.so")
 
-    Runs on one intra-op thread whatever the profile says, and counts the main thread only:
-    onnxruntime's and Python's helper threads do work that varies with scheduling, and the figure is
-    meant to be identical run to run.
+
+def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[str, np.ndarray]], *,
+                       cycles: int = 1, timeout_s: int = TIMEOUT_S) -> int | None:
+    """Instructions onnxruntime executes per inference, under callgrind; None without valgrind.
+
+    Each inference is dumped on its own (see the harness's count mode); the figure is the mean over
+    ``cycles`` passes through all ``inputs`` (after one extra inference whose dump also holds
+    callgrind's start-up costs) of the instructions in ``ENGINE_OBJECTS``, main thread only, on one
+    intra-op thread whatever the profile says: thread pools and helper threads vary with scheduling,
+    and the figure is meant to be identical run to run.
     """
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         return None
     single = profile.model_copy(update={"runtime": profile.runtime.model_copy(update={"threads": 1, "inter_op_threads": 1})})
+    runs = len(inputs) * cycles
     with tempfile.TemporaryDirectory(prefix="edgeslim-callgrind-") as tmp:
         work = Path(tmp)
         inputs_path = write_inputs(work / "inputs.npz", inputs)
         spec = write_spec(work / "spec.json", single, {"model": str(model.resolve())}, str(inputs_path),
-                          warmup=1, runs=runs, mode="count", memory=False)
+                          warmup=1, runs=runs + 1, mode="count", memory=False)
         command = [valgrind, "--tool=callgrind", "--separate-threads=yes", "--zero-before=getloadavg",
                    "--dump-before=ctermid", f"--callgrind-out-file={work / 'callgrind.out'}",
                    sys.executable, str(HARNESS), str(spec), "result.json"]
+        setarch = shutil.which("setarch")
+        if setarch:  # no address randomisation: pointer-keyed hash tables then probe the same way every run
+            command = [setarch, platform.machine(), "--addr-no-randomize"] + command
         run_harness(command, work, harness_env(single), timeout_s)
-        loop_dump = work / "callgrind.out.1-01"  # part 1 (the dump at ctermid) of thread 1 (the main thread)
-        total = _callgrind_total(loop_dump) if loop_dump.is_file() else None
-    return None if total is None else round(total / runs)
+        # parts 2 .. runs+1 of thread 1 (the main thread): one inference each
+        dumps = [work / f"callgrind.out.{part}-01" for part in range(2, runs + 2)]
+        if not all(dump.is_file() for dump in dumps):
+            return None
+        counts = [engine_instructions(dump) for dump in dumps]
+    return round(sum(counts) / len(counts))
 
 
-def _callgrind_total(path: Path) -> int | None:
-    """The instructions (Ir) collected in a callgrind output file, from its ``summary:`` line."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    match = re.search(r"^summary:\s+(\d+)", text, flags=re.MULTILINE)
-    return int(match.group(1)) if match else None
+def engine_instructions(path: Path) -> int:
+    """Instructions (Ir, self cost) a callgrind dump attributes to ``ENGINE_OBJECTS``.
+
+    Reads the callgrind format: ``ob=`` sets the object of the following functions; a cost line
+    right after ``calls=`` is a call's inclusive cost (already counted in the callee) and is skipped.
+    """
+    names: dict[str, str] = {}
+    current = None
+    after_call = False
+    total = 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.startswith(("ob=", "cob=")):
+                match = re.match(r"c?ob=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+                if match.group(2):
+                    names[match.group(1)] = match.group(2)
+                if line.startswith("ob="):
+                    current = names.get(match.group(1), "")
+            elif line.startswith("calls="):
+                after_call = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if after_call:
+                    after_call = False
+                elif current and any(part in current for part in ENGINE_OBJECTS):
+                    total += int(line.split()[-1])
+    return total
