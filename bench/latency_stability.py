@@ -3,7 +3,8 @@
     .venv/bin/python bench/latency_stability.py [--model M.onnx] [--repeats 5] [--runs 200] [--counts 2]
 
 Each repeat is a fresh measuring process (``edgeslim.targets.measure`` on the ``x86-64-cpu``
-profile). Printed: p50/p90 per repeat and the p50 spread, (max - min) / median; then the callgrind
+profile). Printed: wall-clock and thread-CPU p50/p90 per repeat and the p50 spread of each,
+(max - min) / median; the load average before and after; then the callgrind
 instruction count per inference, repeated ``--counts`` times, and whether it was identical.
 Without ``--model`` a BERT (hidden 128, 4 layers, random weights) is exported to a temp folder.
 """
@@ -11,6 +12,7 @@ Without ``--model`` a BERT (hidden 128, 4 layers, random weights) is exported to
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -39,22 +41,26 @@ def main() -> int:
     args = parser.parse_args()
     profile = load_profile(args.device)
     inputs = text_inputs(8, args.seq)
+    print("load average before: %.2f %.2f %.2f" % os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or export_bert(Path(tmp) / "bert.onnx", hidden=128, layers=4)
         print(f"model {model.name}, device {profile.name} ({profile.runtime.threads} thread(s)), "
               f"{args.repeats} repeats x {args.runs} runs after {args.warmup} warm-up, seq {args.seq}")
-        p50s = []
+        p50s, cpu_p50s = [], []
         for repeat in range(args.repeats):
             cell = measure(profile, {"m": model}, inputs, warmup=args.warmup, runs=args.runs, memory=False)["m"]
             if cell["status"] != "measured":
                 print(f"repeat {repeat}: {cell['status']}: {cell['reason']}")
                 return 1
-            lat = cell["latency_ms"]
+            lat, cpu = cell["latency_ms"], cell["cpu_ms"]
             p50s.append(lat["p50"])
-            print(f"repeat {repeat}: p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f} ms  p99 {lat['p99']:.3f} ms")
-        median = statistics.median(p50s)
-        print(f"p50 spread run to run: {100 * (max(p50s) - min(p50s)) / median:.1f}% of the median "
-              f"({min(p50s):.3f} .. {max(p50s):.3f} ms); stdev {100 * statistics.pstdev(p50s) / median:.1f}%")
+            cpu_p50s.append(cpu["p50"])
+            print(f"repeat {repeat}: wall p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f} ms  p99 {lat['p99']:.3f} ms"
+                  f"   | thread CPU p50 {cpu['p50']:.3f} ms  p90 {cpu['p90']:.3f} ms")
+        for label, values in (("wall-clock p50", p50s), ("thread-CPU p50", cpu_p50s)):
+            median = statistics.median(values)
+            print(f"{label} spread run to run: {100 * (max(values) - min(values)) / median:.1f}% of the median "
+                  f"({min(values):.3f} .. {max(values):.3f} ms); stdev {100 * statistics.pstdev(values) / median:.1f}%")
         counts = []
         for repeat in range(args.counts):
             start = time.perf_counter()
@@ -63,6 +69,7 @@ def main() -> int:
         if counts and None not in counts:
             spread = (max(counts) - min(counts)) / statistics.median(counts)
             print(f"instruction count identical run to run: {len(set(counts)) == 1} (spread {100 * spread:.4f}%)")
+    print("load average after: %.2f %.2f %.2f" % os.getloadavg())
     return 0
 
 

@@ -46,6 +46,8 @@ def test_local_measures_every_model_interleaved(models, cpu):
         assert lat["n"] == 40
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
         assert cell["throughput"] == pytest.approx(1000.0 / lat["mean"])
+        # one intra-op thread: the thread's CPU time is within the wall time (clock reads aside)
+        assert cell["cpu_ms"]["n"] == 40 and 0 < cell["cpu_ms"]["p50"] <= lat["p50"] + 0.05
         assert cell["peak_memory_mb"] > 0
     weights_mb = (1024 * 1024 * 10 * 4 - 32 * 32 * 2 * 4) / 2**20
     assert cells["big"]["peak_memory_mb"] - cells["small"]["peak_memory_mb"] > 0.8 * weights_mb

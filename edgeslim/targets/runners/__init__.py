@@ -8,7 +8,9 @@ is the caller's to fix and raises ``EdgeslimError``.
 
 A cell is ``{"status", "latency_ms": {"p50", "p90", "p99", "mean", "n"}, "throughput" (inferences per
 second, one stream), "peak_memory_mb", "reason"}`` plus runner-specific fields (``instructions``;
-``max_abs_diff`` and ``outputs_match`` for emulated parity; ``predicted_latency_ms``).
+``max_abs_diff`` and ``outputs_match`` for emulated parity; ``predicted_latency_ms``; ``cpu_ms``, the
+measuring thread's CPU time per inference, percentiles like ``latency_ms``: with one intra-op thread
+it excludes time spent preempted, so it is the steadier figure on a loaded machine).
 """
 
 from __future__ import annotations

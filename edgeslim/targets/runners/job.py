@@ -77,7 +77,7 @@ def cells_from_result(result: dict[str, dict], status: str) -> dict[str, dict]:
         if "error" in entry:
             cells[name] = cell("error", reason=entry["error"])
         else:
-            extra = {"samples_ms": entry["samples_ms"]} if "samples_ms" in entry else {}
+            extra = {key: entry[key] for key in ("cpu_ms", "samples_ms", "cpu_samples_ms") if key in entry}
             cells[name] = cell(status, latency_ms=entry.get("latency_ms"), throughput=entry.get("throughput"),
                                peak_memory_mb=entry.get("peak_memory_mb"), **extra)
     return cells
