@@ -341,3 +341,53 @@ def test_hidden_width_with_heads_and_ffn_and_calibration(tmp_path):
 def test_hidden_width_on_bert_fails_check_in_one_line():
     with pytest.raises(ValueError, match="hidden: width pruning supports Llama-family models only"):
         PruneConfig(hidden=0.25).check_against(tiny_bert().config, "text-classification")
+
+
+def masked_llama_queries(model, head_drops, ffn_drops):
+    """The unpruned Llama with the removed query heads zeroed (their Q rows and O columns)."""
+    masked = copy.deepcopy(model)
+    for layer, heads, channels in zip(masked.model.layers, head_drops, ffn_drops):
+        rows = [r for h in heads for r in range(h * HEAD, (h + 1) * HEAD)]
+        _zero_rows(layer.self_attn.q_proj, rows)
+        layer.self_attn.o_proj.weight.data[:, rows] = 0
+        _zero_rows(layer.mlp.gate_proj, channels)
+        layer.mlp.down_proj.weight.data[:, channels] = 0
+    return masked
+
+
+def test_llama_gqa_queries_mode_removes_query_heads_evenly_from_every_group(tmp_path):
+    original = tiny_llama(heads=8, kv=2)  # two K/V groups of four query heads
+    model = copy.deepcopy(original)
+    summary = prune_model(model, PruneConfig(heads=0.5, gqa="queries"))
+    for drops in summary["removed_head_units"]:
+        assert len([h for h in drops if h < 4]) == len([h for h in drops if h >= 4]) == 2
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)
+    assert model.model.layers[0].self_attn.num_key_value_groups == 2
+    assert model.model.layers[0].self_attn.k_proj.out_features == 2 * HEAD
+    batch = inputs()
+    expected = logits(masked_llama_queries(original, summary["removed_head_units"], summary["removed_ffn_channels"]), batch)
+    torch.testing.assert_close(logits(model, batch), expected, atol=1e-5, rtol=1e-4)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path).eval(), batch), logits(model, batch))
+
+
+def test_llama_gqa_queries_uneven_layers_are_padded_inside_each_group(tmp_path):
+    original = tiny_llama(heads=8, kv=2)
+    model = copy.deepcopy(original)
+    summary = prune_model(model, PruneConfig(gqa="queries", layers={0: {"heads": [1, 2, 3, 5, 6, 7]}, 1: {"heads": [0, 4]}}))
+    assert summary["padded"]["head_units"] == 4 and model.config.num_attention_heads == 6
+    batch = inputs()
+    expected = logits(masked_llama_queries(original, summary["removed_head_units"], summary["removed_ffn_channels"]), batch)
+    torch.testing.assert_close(logits(model, batch), expected, atol=1e-5, rtol=1e-4)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path).eval(), batch), logits(model, batch))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"gqa": "queries", "layers": {0: {"heads": [0, 1]}}}, "must remove as many query heads from every K/V group"),
+    ({"gqa": "queries", "heads": 0.5, "scope": "global"}, "scope: global works with gqa: groups"),
+    ({"gqa": "queries", "heads": 0.9}, "removes every head of layer 0"),
+])
+def test_gqa_queries_bad_values_fail_check(values, message):
+    with pytest.raises(ValueError, match=message):
+        PruneConfig(**values).check_against(tiny_llama(heads=8, kv=2).config, "causal-lm")

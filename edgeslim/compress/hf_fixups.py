@@ -58,8 +58,9 @@ class AttentionBlock:
     o: nn.Linear
     head_dim: int
     heads_per_unit: int  # query heads per unit
-    kv_per_unit: int  # key/value heads per unit (1 for both families)
+    kv_per_unit: int  # key/value heads per unit: 1, or 0 when units are single query heads (gqa: queries)
     original_units: list[int] = field(default_factory=list)
+    kv_heads: int = 0  # key/value heads of the layer (Llama)
 
     @property
     def units(self) -> int:
@@ -98,7 +99,9 @@ def family_of(model: nn.Module) -> str:
     return family
 
 
-def attention_blocks(model: nn.Module) -> list[AttentionBlock]:
+def attention_blocks(model: nn.Module, gqa: str = "groups") -> list[AttentionBlock]:
+    """Each layer's attention. For Llama, ``gqa`` picks the unit: ``groups`` (a K/V head with its
+    query heads) or ``queries`` (one query head; K/V heads stay, every group must keep as many)."""
     family, base, config = family_of(model), base_model(model), model.config
     blocks = []
     if family == "bert":
@@ -113,8 +116,13 @@ def attention_blocks(model: nn.Module) -> list[AttentionBlock]:
     for i, layer in enumerate(base.layers):
         a = layer.self_attn
         groups = a.k_proj.out_features // a.head_dim
-        blocks.append(AttentionBlock(i, a, a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.head_dim,
-                                     a.num_key_value_groups, 1, list(range(groups))))
+        if gqa == "queries":
+            heads = a.q_proj.out_features // a.head_dim
+            blocks.append(AttentionBlock(i, a, a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.head_dim, 1, 0,
+                                         list(range(heads)), groups))
+        else:
+            blocks.append(AttentionBlock(i, a, a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.head_dim,
+                                         a.num_key_value_groups, 1, list(range(groups)), groups))
     return blocks
 
 
@@ -147,7 +155,9 @@ def remove_units(block: AttentionBlock, drop: list[int]) -> None:
         s.num_attention_heads = block.q.out_features // s.attention_head_size
         s.all_head_size = s.num_attention_heads * s.attention_head_size
         module.pruned_heads = set(module.pruned_heads) | removed
-    # Llama family: head_dim and num_key_value_groups are unchanged by removing whole groups.
+    elif block.kv_per_unit == 0:  # Llama, query heads removed: fewer query heads share each K/V head
+        module.num_key_value_groups = block.q.out_features // block.head_dim // block.kv_heads
+    # Llama, whole groups removed: head_dim and num_key_value_groups are unchanged.
 
 
 def remove_channels(block: FfnBlock, drop: list[int]) -> None:
@@ -185,15 +195,34 @@ def pad_channels(block: FfnBlock, width: int) -> int:
 
 
 def pad_units(block: AttentionBlock, units: int) -> int:
-    """Zero-pad a Llama attention to ``units`` key/value groups; a zero head adds exactly nothing
-    (its values and output columns are zero). Returns the number of units added."""
+    """Zero-pad a Llama attention to ``units`` units; a zero head adds exactly nothing (its values or
+    its output columns are zero). Returns the number of units added."""
     extra = units - block.units
-    if extra > 0:
+    if extra > 0 and block.kv_per_unit == 0:
+        _pad_query_heads(block, units // block.kv_heads)
+    elif extra > 0:
         _pad_rows(block.q, extra * block.head_dim * block.heads_per_unit)
         _pad_rows(block.k, extra * block.head_dim * block.kv_per_unit)
         _pad_rows(block.v, extra * block.head_dim * block.kv_per_unit)
         _pad_cols(block.o, extra * block.head_dim * block.heads_per_unit)
     return max(extra, 0)
+
+
+def _pad_query_heads(block: AttentionBlock, per_group: int) -> None:
+    """Give every K/V group ``per_group`` query heads by appending zero heads inside each group (query
+    heads of a group are contiguous, so padding goes after each group, not at the end)."""
+    groups, d = block.kv_heads, block.head_dim
+    have = block.q.out_features // d // groups
+    q = block.q.weight.data.reshape(groups, have, d, -1)
+    block.q.weight = nn.Parameter(torch.cat([q, q.new_zeros(groups, per_group - have, d, q.shape[-1])], 1).reshape(groups * per_group * d, -1))
+    if block.q.bias is not None:
+        b = block.q.bias.data.reshape(groups, have, d)
+        block.q.bias = nn.Parameter(torch.cat([b, b.new_zeros(groups, per_group - have, d)], 1).reshape(-1))
+    block.q.out_features = block.q.weight.shape[0]
+    o = block.o.weight.data.reshape(block.o.out_features, groups, have, d)
+    block.o.weight = nn.Parameter(torch.cat([o, o.new_zeros(o.shape[0], groups, per_group - have, d)], 2).reshape(o.shape[0], -1))
+    block.o.in_features = block.o.weight.shape[1]
+    block.module.num_key_value_groups = per_group
 
 
 def sync_config(model: nn.Module) -> None:

@@ -74,6 +74,8 @@ class PruneConfig(StageConfig):
     heads: float = Field(0.0, description="fraction of attention heads (Llama: K/V groups) removed")
     ffn: float = Field(0.0, description="fraction of FFN channels removed")
     hidden: float = Field(0.0, description="fraction of hidden (residual) channels removed; Llama family only")
+    gqa: Literal["groups", "queries"] = Field(
+        "groups", description="Llama heads: remove whole K/V groups, or query heads within every group")
     importance: Literal["magnitude", "taylor", "calibration"] = "magnitude"
     scope: Literal["uniform", "global"] = "uniform"
     layers: dict[int, LayerPrune] = Field(default_factory=dict)
@@ -105,6 +107,8 @@ class PruneConfig(StageConfig):
         for layer in self.layers:
             if not 0 <= layer < n_layers:
                 raise ValueError(f"layers: layer {layer} does not exist (the model has layers 0..{n_layers - 1})")
+        if self.queries_mode(model_config):
+            return self._check_query_heads(model_config)
         for layer, units in enumerate(units_per_layer(model_config)):
             ratio = self.heads_for(layer)
             if isinstance(ratio, list):
@@ -115,6 +119,31 @@ class PruneConfig(StageConfig):
                     raise ValueError(f"layers.{layer}.heads removes every head of layer {layer}; keep at least one")
             elif keep_count(units, ratio) < 1:
                 raise ValueError(f"heads: {ratio} removes every head of layer {layer} (it has {units}); use a smaller ratio")
+
+    def queries_mode(self, model_config) -> bool:
+        return self.gqa == "queries" and fx.family_of_type(model_config.model_type) == "llama"
+
+    def _check_query_heads(self, model_config) -> None:
+        """gqa: queries: every K/V group keeps the same number (at least one) of its query heads."""
+        if self.scope == "global":
+            raise ValueError("scope: global works with gqa: groups; use scope: uniform with gqa: queries")
+        heads = model_config.num_attention_heads
+        kv = getattr(model_config, "num_key_value_heads", None) or heads
+        for layer in range(model_config.num_hidden_layers):
+            value = self.heads_for(layer)
+            if isinstance(value, list):
+                bad = [h for h in value if h >= heads]
+                if bad:
+                    raise ValueError(f"layers.{layer}.heads: query head {bad[0]} does not exist (0..{heads - 1})")
+                per_group = [sum(1 for h in value if h // (heads // kv) == g) for g in range(kv)]
+                if len(set(per_group)) > 1:
+                    raise ValueError(f"layers.{layer}.heads must remove as many query heads from every K/V group "
+                                     f"(groups of {heads // kv}); it removes {per_group}")
+                if per_group[0] >= heads // kv:
+                    raise ValueError(f"layers.{layer}.heads removes every head of layer {layer}; keep at least one per group")
+            elif keep_count(heads // kv, value) < 1:
+                raise ValueError(f"heads: {value} removes every head of layer {layer} (each K/V group has "
+                                 f"{heads // kv} query heads); use a smaller ratio")
 
     def heads_for(self, layer: int) -> float | list[int]:
         override = self.layers.get(layer)
@@ -153,7 +182,7 @@ def _unit_params(block: fx.AttentionBlock, unit: int) -> list[tuple[torch.Tensor
 
 
 def _slice_score(weight, grad, dim, idx, method) -> torch.Tensor:
-    index = torch.tensor(idx)
+    index = torch.tensor(idx, dtype=torch.long)
     w = weight.detach().index_select(dim, index)
     if method == "taylor":
         if grad is None:
@@ -183,10 +212,10 @@ def _hidden_weight_scores(model: nn.Module, method: str) -> torch.Tensor:
     return total
 
 
-def magnitude_or_taylor(model: nn.Module, method: str, hidden: bool = False) -> Scores:
+def magnitude_or_taylor(model: nn.Module, method: str, hidden: bool = False, gqa: str = "groups") -> Scores:
     """Scores from weights (``magnitude``: squared L2) or weights x gradients (``taylor``)."""
     heads = []
-    for block in fx.attention_blocks(model):
+    for block in fx.attention_blocks(model, gqa):
         heads.append(torch.stack([sum(_slice_score(*p, method).sum() for p in _unit_params(block, u))
                                   for u in range(block.units)]))
     ffns = []
@@ -197,7 +226,7 @@ def magnitude_or_taylor(model: nn.Module, method: str, hidden: bool = False) -> 
     return Scores(heads, ffns, _hidden_weight_scores(model, method) if hidden else None)
 
 
-def taylor_scores(model: nn.Module, batches: Iterable[dict], hidden: bool = False) -> Scores:
+def taylor_scores(model: nn.Module, batches: Iterable[dict], hidden: bool = False, gqa: str = "groups") -> Scores:
     """First-order Taylor importance: accumulate task-loss gradients over ``batches`` (with labels)."""
     model.eval()
     model.zero_grad(set_to_none=True)
@@ -210,18 +239,18 @@ def taylor_scores(model: nn.Module, batches: Iterable[dict], hidden: bool = Fals
         seen += 1
     if not seen:
         raise EdgeslimError("prune: importance: taylor needs training examples, but the train split is empty")
-    scores = magnitude_or_taylor(model, "taylor", hidden)
+    scores = magnitude_or_taylor(model, "taylor", hidden, gqa)
     model.zero_grad(set_to_none=True)
     return scores
 
 
 @torch.no_grad()
-def calibration_scores(model: nn.Module, batches: Iterable[dict], hidden: bool = False) -> Scores:
+def calibration_scores(model: nn.Module, batches: Iterable[dict], hidden: bool = False, gqa: str = "groups") -> Scores:
     """Activation importance on real inputs (batch 1, no padding): mean |input| of each channel of the
     narrowing Linears (attention output, FFN output) times the norm of its weight column; for hidden
     channels, mean |residual stream| summed over the norms that read it."""
     model.eval()
-    attn, ffn = fx.attention_blocks(model), fx.ffn_blocks(model)
+    attn, ffn = fx.attention_blocks(model, gqa), fx.ffn_blocks(model)
     watched = [b.o for b in attn] + [b.output for b in ffn]
     if hidden:
         watched += [s.module for s in fx.hidden_slices(model) if s.kind == "norm"]
@@ -248,15 +277,17 @@ def calibration_scores(model: nn.Module, batches: Iterable[dict], hidden: bool =
     return Scores(heads, ffns, residual)
 
 
-def importance(model: nn.Module, method: str, batches: Iterable[dict] | None = None, hidden: bool = False) -> Scores:
-    """Importance :class:`Scores` by ``method``; ``hidden`` also scores the residual channels."""
+def importance(model: nn.Module, method: str, batches: Iterable[dict] | None = None, hidden: bool = False,
+               gqa: str = "groups") -> Scores:
+    """Importance :class:`Scores` by ``method``; ``hidden`` also scores the residual channels; ``gqa``
+    says what a Llama head unit is (see :func:`edgeslim.compress.hf_fixups.attention_blocks`)."""
     if method == "magnitude":
-        return magnitude_or_taylor(model, "magnitude", hidden)
+        return magnitude_or_taylor(model, "magnitude", hidden, gqa)
     if batches is None:
         raise ValueError(f"importance '{method}' needs batches of data")
     if method == "taylor":
-        return taylor_scores(model, batches, hidden)
-    return calibration_scores(model, batches, hidden)
+        return taylor_scores(model, batches, hidden, gqa)
+    return calibration_scores(model, batches, hidden, gqa)
 
 
 # ------------------------------------------------------------------------------------- planning
@@ -299,17 +330,33 @@ def plan_global(scores: list[torch.Tensor], ratio: float, round_to: int = 1, min
     return plans
 
 
-def plan(config: PruneConfig, head_scores: list[torch.Tensor], ffn_scores: list[torch.Tensor]):
-    """Which head units and FFN channels each layer loses (hidden channels: see :func:`plan_hidden`)."""
+def plan(config: PruneConfig, head_scores: list[torch.Tensor], ffn_scores: list[torch.Tensor],
+         kv_groups: list[int] | None = None):
+    """Which head units and FFN channels each layer loses (hidden channels: see :func:`plan_hidden`).
+
+    ``kv_groups`` (K/V heads per layer) turns on gqa: queries planning: every group loses as many
+    of its query heads, the least important ones of that group."""
     n = len(head_scores)
     overridden_heads = {i for i in range(n) if i in config.layers and config.layers[i].heads is not None}
     overridden_ffn = {i for i in range(n) if i in config.layers and config.layers[i].ffn is not None}
-    heads = _plan_part(head_scores, config.heads, config.scope, 1, overridden_heads, config.heads_for)
+    if kv_groups is not None:
+        heads = [plan_within_groups(s, g, config.heads_for(i)) for i, (s, g) in enumerate(zip(head_scores, kv_groups))]
+    else:
+        heads = _plan_part(head_scores, config.heads, config.scope, 1, overridden_heads, config.heads_for)
     ffn = _plan_part(ffn_scores, config.ffn, config.scope, config.round_to, overridden_ffn, config.ffn_for)
     for i in range(n):
         if len(heads[i]) >= len(head_scores[i]):
             raise EdgeslimError(f"prune: layer {i} would lose every head; lower heads or its layers override")
     return heads, ffn
+
+
+def plan_within_groups(scores: torch.Tensor, groups: int, value: float | list[int]) -> list[int]:
+    """Query heads to remove when every one of ``groups`` contiguous groups loses as many."""
+    if isinstance(value, list):
+        return sorted(value)
+    size = len(scores) // groups
+    keep = keep_count(size, value)
+    return sorted(g * size + i for g in range(groups) for i in _lowest(scores[g * size:(g + 1) * size], keep))
 
 
 def plan_hidden(config: PruneConfig, scores: torch.Tensor | None) -> list[int]:
@@ -341,19 +388,20 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def apply_plan(model: nn.Module, head_drops: list[list[int]], ffn_drops: list[list[int]]) -> dict[str, Any]:
+def apply_plan(model: nn.Module, head_drops: list[list[int]], ffn_drops: list[list[int]],
+               gqa: str = "groups") -> dict[str, Any]:
     """Cut the planned units and channels, pad layers to a common shape where the config needs one,
     and make the config agree, so ``save_pretrained``/``from_pretrained`` round-trips exactly."""
     family = fx.family_of(model)
-    for block, drop in zip(fx.attention_blocks(model), head_drops):
+    for block, drop in zip(fx.attention_blocks(model, gqa), head_drops):
         fx.remove_units(block, drop)
     for block, drop in zip(fx.ffn_blocks(model), ffn_drops):
         fx.remove_channels(block, drop)
     widths = [b.width for b in fx.ffn_blocks(model)]
     padded = {"ffn_channels": sum(fx.pad_channels(b, max(widths)) for b in fx.ffn_blocks(model))}
-    units = [b.units for b in fx.attention_blocks(model)]
+    units = [b.units for b in fx.attention_blocks(model, gqa)]
     if family == "llama":
-        padded["head_units"] = sum(fx.pad_units(b, max(units)) for b in fx.attention_blocks(model))
+        padded["head_units"] = sum(fx.pad_units(b, max(units)) for b in fx.attention_blocks(model, gqa))
     fx.sync_config(model)
     return {"heads_per_layer": [b.units * b.heads_per_unit for b in fx.attention_blocks(model)],
             "kept_head_units": units, "ffn_per_layer": widths, "padded": padded}
@@ -369,10 +417,12 @@ def prune_model(model: nn.Module, config: PruneConfig, batches: Iterable[dict] |
     except ValueError as exc:
         raise EdgeslimError(f"prune: {exc}") from None
     before = count_params(model)
-    scores = importance(model, config.importance, batches, hidden=config.hidden > 0)
-    head_drops, ffn_drops = plan(config, scores.heads, scores.ffn)
+    gqa = "queries" if config.queries_mode(model.config) else "groups"
+    scores = importance(model, config.importance, batches, hidden=config.hidden > 0, gqa=gqa)
+    kv_groups = [b.kv_heads for b in fx.attention_blocks(model, gqa)] if gqa == "queries" else None
+    head_drops, ffn_drops = plan(config, scores.heads, scores.ffn, kv_groups)
     hidden_drops = plan_hidden(config, scores.hidden)
-    summary = apply_plan(model, head_drops, ffn_drops)
+    summary = apply_plan(model, head_drops, ffn_drops, gqa)
     fx.remove_hidden(model, hidden_drops)
     summary.update(params_before=before, params_after=count_params(model), hidden_size=model.config.hidden_size,
                    removed_head_units=head_drops, removed_ffn_channels=ffn_drops, removed_hidden_channels=hidden_drops)
