@@ -63,3 +63,7 @@ def test_deliberately_slower_model_is_caught_and_same_model_passes(tmp_path):
     assert len(caught) == 1 and not caught[0].passed and caught[0].actual > 0.5, caught[0].detail
     same = compare_to_baseline(cpu, fast, fast, inputs, warmup=5, runs=100)
     assert same[0].passed, same[0].detail
+    on_cpu_time = compare_to_baseline(cpu, slow, fast, inputs, warmup=5, runs=100, clock="cpu")
+    assert not on_cpu_time[0].passed and on_cpu_time[0].detail.startswith("cpu p50")
+    with pytest.raises(EdgeslimError, match="clock must be"):
+        compare_to_baseline(cpu, slow, fast, inputs, clock="gpu")
