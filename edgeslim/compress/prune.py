@@ -1,5 +1,8 @@
-"""Stage ``prune``: structured pruning of attention heads and FFN channels, so the model is really
-smaller and faster (whole rows and columns go, not scattered zeros).
+"""Stage ``prune``: structured pruning of attention heads, FFN channels and (Llama family) hidden width,
+so the model is really smaller and faster (whole rows and columns go, not scattered zeros).
+
+Llama-family heads go as whole key/value groups (``gqa: groups``) or as the same number of query
+heads from every group (``gqa: queries``), so grouped-query attention stays grouped.
 
 Importance decides what goes: ``magnitude`` (L2 norm of every weight a head or channel owns, as in
 torch-pruning's group magnitude importance), ``taylor`` (|weight x gradient| of the task loss on a few
@@ -27,6 +30,7 @@ from edgeslim.artifacts import Artifact
 from edgeslim.compress import hf_fixups as fx
 from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageConfig, StageContext, register_stage
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
