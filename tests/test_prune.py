@@ -391,3 +391,31 @@ def test_llama_gqa_queries_uneven_layers_are_padded_inside_each_group(tmp_path):
 def test_gqa_queries_bad_values_fail_check(values, message):
     with pytest.raises(ValueError, match=message):
         PruneConfig(**values).check_against(tiny_llama(heads=8, kv=2).config, "causal-lm")
+
+
+def _roberta():
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    return RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=40, num_labels=2)).eval()
+
+
+def _qwen2():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)  # Qwen2 has biases on Q/K/V
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=32)).eval()
+
+
+@pytest.mark.parametrize("build, auto", [(_roberta, AutoModelForSequenceClassification), (_qwen2, AutoModelForCausalLM)])
+def test_other_family_members_reload_exactly(tmp_path, build, auto):
+    model = build()
+    extra = {"hidden": 0.25} if auto is AutoModelForCausalLM else {}
+    summary = prune_model(model, PruneConfig(heads=0.5, ffn=0.5, **extra))
+    assert summary["params_after"] < summary["params_before"]
+    model.save_pretrained(tmp_path)
+    batch = inputs()
+    assert torch.equal(logits(auto.from_pretrained(tmp_path).eval(), batch), logits(model, batch))
