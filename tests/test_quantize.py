@@ -237,3 +237,18 @@ def test_chosen_model_with_external_data_is_placed_under_the_artifact_name(bert,
     assert (tmp_path / "out" / "model.onnx.data").is_file()
     feeds = example_inputs()
     np.testing.assert_allclose(run_onnx(tmp_path / "out" / "model.onnx", feeds), run_onnx(bert.onnx, feeds), atol=1e-6)
+
+
+def test_trap_static_on_fused_graph_gets_types_from_onnxruntime(bert, tmp_path):
+    """Static QDQ skips every tensor it cannot type; past fused contrib ops ONNX inference types none."""
+    from edgeslim.export.quantize_ort import quantize_static
+
+    fused = fuse_o2(bert.onnx, tmp_path / "o2.onnx")
+    dst = quantize_static(fused, tmp_path / "q.onnx", [example_inputs(1, 10, seed=i) for i in range(4)])
+    graph = onnx.load(str(dst)).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weight_matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in dequantized]
+    float_matmuls = [n for n in onnx.load(str(fused)).graph.node if n.op_type == "MatMul"]
+    assert len(float_matmuls) == 6 and len(weight_matmuls) == 6  # output dense, FFN in and out, per layer
+    assert all(n.input[0] in dequantized for n in weight_matmuls)  # activations quantized too
+    assert run_onnx(dst, example_inputs()).shape == (2, 2)  # closeness: test_quantize_modes (trained model)

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from _quantize_models import export_torchscript, onnx_artifact_dir, run_onnx, sentiment_data, tiny_llama_onnx, trained_tiny_bert
+from _quantize_models import export_torchscript, fuse_o2, onnx_artifact_dir, run_onnx, sentiment_data, tiny_llama_onnx, trained_tiny_bert
 from edgeslim.export.quantize import QuantSpec, quantize_with
 from edgeslim.export import quantize_inc
 
@@ -281,3 +281,31 @@ def test_stage_on_causal_lm_scores_next_token_accuracy(decoder, tmp_path):
     assert [r["name"] for r in rows] == ["dynamic-int8", "weight_only-rtn-int4-b32"]
     assert all(r["error"] is None and r["meets_budget"] for r in rows)
     assert (out / "generation_config.json").is_file() and (out / "model.onnx").is_file()
+
+
+def test_entropy_calibration_is_not_minmax(encoder, tmp_path):
+    """quantize_static would hand its entropy calibrator 128 bins for 128 levels (= MinMax ranges)."""
+    scales = {}
+    for method in ("minmax", "entropy"):
+        dst = quantize_with(QuantSpec(mode="static", calibration=method, calibration_samples=16), encoder.onnx,
+                            tmp_path / f"{method}.onnx", calibration=encoder.calibration)
+        scales[method] = {i.name: float(numpy_helper.to_array(i)) for i in onnx.load(str(dst)).graph.initializer
+                          if i.name.endswith("_output_0_scale")}
+    assert scales["minmax"].keys() == scales["entropy"].keys()
+    clipped = [k for k in scales["minmax"] if scales["entropy"][k] < scales["minmax"][k] * 0.999]
+    assert len(clipped) >= 1  # entropy clips some activation ranges ...
+    assert all(scales["entropy"][k] <= scales["minmax"][k] * 1.001 for k in scales["minmax"])  # ... and widens none
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(mode="dynamic"), QuantSpec(mode="static", calibration_samples=16)],
+                         ids=lambda s: s.label())
+def test_int8_on_the_fused_graph_the_export_stage_ships(encoder, tmp_path, spec):
+    """The export stage applies onnxruntime's transformer fusions (Attention, SkipLayerNormalization)."""
+    fused = fuse_o2(encoder.onnx, tmp_path / "fused.onnx")
+    assert "Attention" in ops(fused)
+    dst = quantize_with(spec, fused, tmp_path / "q.onnx", calibration=encoder.calibration)
+    outputs = [run_onnx(dst, f) for f in encoder.feeds]
+    assert relative_error(encoder.reference, outputs) < 0.15
+    assert agreement(encoder.reference, outputs) == 1.0
+    # Static QDQ has no rule for the fused Attention and EmbedLayerNormalization: their weights stay float.
+    assert dst.stat().st_size < (0.6 if spec.mode == "dynamic" else 0.7) * fused.stat().st_size

@@ -1,16 +1,23 @@
 """onnxruntime quantization calls with the traps of this stack handled.
 
-Exports from this stack trip the onnxruntime quantizer in three known ways; each is handled here,
-in one place, so every quantization mode benefits:
+Exports from this stack trip the onnxruntime quantizer in known ways; each is handled here, in one
+place, so every quantization mode benefits:
 
 * ``quant_pre_process`` (symbolic shape inference) fails with "Incomplete symbolic shape inference"
   on TorchScript and dynamo exports of transformers, so it is never called.
 * dynamo exports carry ``graph.value_info`` entries whose shapes conflict with what ONNX shape
   inference derives again inside the quantizer ("Inferred shape and existing shape differ"); the
-  entries are only hints, so they are cleared before quantizing.
+  shapes are only hints, so ``value_info`` is rebuilt with element types only.
 * graphs fused by the onnxruntime transformer optimizer (O2: ``Attention``, ``SkipLayerNormalization``
-  ...) hold contrib-op outputs that ONNX shape inference cannot type, so the quantizer cannot find the
-  type of a MatMul input; ``DefaultTensorType`` tells it the model's float type.
+  ...) hold contrib-op outputs that ONNX shape inference cannot type: dynamic mode then cannot find
+  the type of a MatMul input (``DefaultTensorType`` tells it the model's float type) and static QDQ
+  silently skips every untyped tensor; the rebuilt ``value_info`` carries the types onnxruntime
+  itself resolves when it loads the graph.
+* entropy/percentile calibration stacks all calibration batches into one array, which fails for
+  texts of different lengths; those feeds are padded to one length (masked).
+* ``quantize_static`` gives its entropy calibrator as many histogram bins as quantized bins, so
+  entropy calibration returns the MinMax ranges; the ranges are computed here with a finer histogram.
+* dynamic mode renames a ``Gemm`` to ``<name>_MatMul`` before it checks ``nodes_to_exclude``.
 """
 
 from __future__ import annotations
@@ -52,10 +59,50 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def load_for_quantization(src_onnx: Path) -> onnx.ModelProto:
-    """Load an ONNX model (with external data) and drop the ``value_info`` hints dynamo exports leave."""
+    """Load an ONNX model (with external data) with ``value_info`` rebuilt as element types only.
+
+    The exporter's ``value_info`` shapes can conflict with what the quantizer re-infers (dynamo
+    exports), and fused graphs have no types past their contrib ops, which makes static QDQ skip
+    every tensor it cannot type. Types from onnxruntime's own graph resolution fix both.
+    """
     model = onnx.load(str(src_onnx), load_external_data=True)
+    types = tensor_types(model) if not needs_external_data(model) else {}
     del model.graph.value_info[:]
+    boundary = {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    boundary |= {i.name for i in model.graph.initializer}
+    for name, elem_type in types.items():
+        if name not in boundary:
+            model.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
     return model
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every node output, as onnxruntime resolves it when it loads the graph (no run)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    listed = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        for name in node.output:
+            if name and name not in listed:
+                probe.graph.output.append(onnx.ValueInfoProto(name=name))
+                listed.add(name)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # a graph onnxruntime cannot load: quantize without type hints
+        return {}
+    types = {}
+    for out in session.get_outputs():
+        name = out.type[len("tensor("):-1] if out.type.startswith("tensor(") else None
+        elem = getattr(onnx.TensorProto, name.upper(), None) if name else None
+        if isinstance(elem, int):
+            types[out.name] = elem
+    return types
 
 
 def float_type_of(model: onnx.ModelProto) -> int:
@@ -224,14 +271,20 @@ def quantize_static(
     reader = ListDataReader(calibration, graph_input_names(model))
     dst_onnx = Path(dst_onnx)
     dst_onnx.parent.mkdir(parents=True, exist_ok=True)
+    op_types = static_op_types(quantize_embeddings)
     with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as tmp, quiet_quantizer():
         staged = staged_copy(model, Path(tmp))
+        cache = None
+        if method == "entropy":
+            cache = entropy_ranges(staged, reader, op_types, Path(tmp))
+            reader.rewind()
         ort_static(
             staged,
             dst_onnx,
             reader,
+            calibration_cache_path=cache,
             quant_format=formats[quant_format],
-            op_types_to_quantize=static_op_types(quantize_embeddings),
+            op_types_to_quantize=op_types,
             per_channel=per_channel,
             reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
@@ -242,6 +295,27 @@ def quantize_static(
             extra_options={**base_extra_options(model), "MatMulConstBOnly": True},
         )
     return dst_onnx
+
+
+# Entropy (KL) calibration: a fine histogram searched for the threshold that loses the least
+# information when folded into 128 levels (TensorRT's choice). quantize_static cannot pass these
+# through and uses 128 bins for both, which leaves one candidate threshold, the full range: MinMax.
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
+
+
+def entropy_ranges(staged: Path, reader, op_types: list[str], folder: Path) -> Path:
+    """Entropy-calibrated activation ranges for ``staged``, saved as a calibration cache file."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator, save_tensors_data
+
+    calibrator = create_calibrator(
+        staged, op_types, augmented_model_path=str(folder / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+    )
+    calibrator.collect_data(reader)
+    cache = folder / "entropy-ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 WEIGHT_ONLY_ALGORITHMS = ("rtn", "hqq", "gptq")
