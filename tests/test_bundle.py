@@ -17,8 +17,8 @@ import torch
 
 from edgeslim.data import DataBundle, Example
 from edgeslim.errors import EdgeslimError
-from edgeslim.export.mobile import (BundleConfig, build_bundle, copy_model_folder, read_metadata, run_tokenizer_model,
-                                    write_model_card)
+from edgeslim.export.mobile import (BundleConfig, build_bundle, build_tokenizer_model, copy_model_folder, read_metadata,
+                                    run_tokenizer_model, write_model_card)
 from edgeslim.export.onnx import ExportConfig, export_model, export_onnx
 from edgeslim.pipeline import STAGES, StageContext
 from test_export import TEXTS, tiny_bert, tiny_llama, tokenizer
@@ -194,6 +194,18 @@ def test_bundle_keeps_external_data_working(bundle, tmp_path):
     np.testing.assert_allclose(logits_of(session(out / "model.ort"), TEXTS), expected, atol=1e-5)
     (got,) = run_tokenizer_model(out / "model_with_tokenizer.onnx", TEXTS[0])
     np.testing.assert_allclose(got, expected[:1], atol=1e-5)
+
+
+def test_unconvertible_tokenizer_is_skipped_with_a_reason(bundle, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, "good": 2, "bad": 3}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    word_level = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]")
+    report = build_tokenizer_model(bundle[0].onnx_path, word_level, tmp_path / "t.onnx", 32)
+    assert not report["written"] and "cannot convert PreTrainedTokenizerFast" in report["reason"]
+    assert not (tmp_path / "t.onnx").exists()
 
 
 def test_bad_bundle_inputs_raise_one_line_errors(tmp_path, bundle):
