@@ -28,7 +28,6 @@ MODES = {
     "int4-rtn-b32": {"mode": "weight_only", "algorithm": "rtn", "block_size": 32},
     "int4-rtn-b128-acc4": {"mode": "weight_only", "algorithm": "rtn", "block_size": 128, "accuracy_level": 4},
     "int4-hqq-b32": {"mode": "weight_only", "algorithm": "hqq", "block_size": 32},
-    "int4-gptq-b32": {"mode": "weight_only", "algorithm": "gptq", "block_size": 32, "calibration_samples": 32},
     "int8-rtn-b32": {"mode": "weight_only", "algorithm": "rtn", "bits": 8, "block_size": 32},
     "inc-int4-rtn-b32": {"mode": "neural_compressor", "algorithm": "rtn", "block_size": 32},
     "inc-int4-gptq-b32": {"mode": "neural_compressor", "algorithm": "gptq", "block_size": 32, "calibration_samples": 32},
@@ -113,9 +112,15 @@ def main() -> None:
                 print(f"{name}: failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
                 continue
             rows[name] = {"path": path, "seconds": time.time() - started}
-        for name, row in rows.items():
+        for name in list(rows):
+            row = rows[name]
+            try:
+                row["accuracy"] = qm.classifier_accuracy(row["path"], tokenizer, examples, data.max_length)
+            except Exception as exc:  # e.g. a quantizer wrote a model onnxruntime cannot load
+                print(f"{name}: failed to run: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+                del rows[name]
+                continue
             row["size"] = qm.size_bytes(row["path"])
-            row["accuracy"] = qm.classifier_accuracy(row["path"], tokenizer, examples, data.max_length)
         feeds = qm.encode(tokenizer, [ex.text for ex in examples[:32]], data.max_length)
         medians = qm.interleaved_latency({name: row["path"] for name, row in rows.items()}, feeds, runs=args.runs)
 

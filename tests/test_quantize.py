@@ -197,7 +197,7 @@ stages:
     ("      max_accuracy_drop: -0.1", "greater than or equal to 0"),
     ("      mode: dynamic\n      autotune: true", "autotune is neural-compressor's"),
     ("      mode: weight_only\n      algorithm: hqq\n      symmetric: true", "hqq is asymmetric only"),
-    ("      mode: weight_only\n      algorithm: gptq\n      nodes_to_exclude: [a]", "gptq cannot leave nodes in float"),
+    ("      mode: weight_only\n      algorithm: gptq", "use mode: neural_compressor with algorithm: gptq"),
 ])
 def test_bad_values_fail_at_check_time_with_one_line(tmp_path, body, message):
     from edgeslim.recipe import load_recipe

@@ -138,7 +138,7 @@ def test_dynamic_int8_quantizes_embedding_gather(encoder, tmp_path):
 
 
 @pytest.mark.parametrize("algorithm,bits,symmetric,block", [
-    ("rtn", 4, False, 32), ("rtn", 4, True, 64), ("rtn", 8, False, 32), ("hqq", 4, False, 32), ("gptq", 4, False, 32),
+    ("rtn", 4, False, 32), ("rtn", 4, True, 64), ("rtn", 8, False, 32), ("hqq", 4, False, 32),
 ])
 def test_weight_only_encoder(encoder, tmp_path, algorithm, bits, symmetric, block):
     spec = QuantSpec(mode="weight_only", algorithm=algorithm, bits=bits, symmetric=symmetric, block_size=block,

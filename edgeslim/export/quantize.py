@@ -30,7 +30,7 @@ from edgeslim.export import quantize_ort
 from edgeslim.pipeline import StageConfig, StageContext, copy_sidecar_files, register_stage
 
 MODES = ("dynamic", "static", "weight_only", "neural_compressor")
-ALGORITHMS = {"weight_only": ("rtn", "hqq", "gptq"), "neural_compressor": ("rtn", "gptq", "awq")}
+ALGORITHMS = {"weight_only": ("rtn", "hqq"), "neural_compressor": ("rtn", "gptq", "awq")}
 FORMATS = ("qdq", "qoperator")
 
 
@@ -40,7 +40,7 @@ class QuantSpec(BaseModel):
     ``mode``: ``dynamic`` (INT8 weights, activations quantized at run time), ``static`` (INT8 with
     activation ranges calibrated on ``calibration_samples`` training examples by ``calibration``:
     minmax, entropy or percentile; ``format`` qdq or qoperator), ``weight_only`` (onnxruntime
-    ``MatMulNBits``: ``algorithm`` rtn, hqq or gptq; ``bits`` 4 or 8; ``block_size``; ``symmetric``;
+    ``MatMulNBits``: ``algorithm`` rtn or hqq; ``bits`` 4 or 8; ``block_size``; ``symmetric``;
     ``accuracy_level``), ``neural_compressor`` (weight-only rtn, gptq or awq on the torch model,
     written to ONNX as ``MatMulNBits``). ``quantize_embeddings`` also quantizes the embedding
     tables (``Gather``). ``nodes_to_exclude`` are ONNX node names left in float.
@@ -117,6 +117,9 @@ def check_spec(spec: QuantSpec) -> None:
         raise ValueError(f"unknown format '{spec.format}'; choose qdq or qoperator")
     if spec.calibration_samples < 1:
         raise ValueError("calibration_samples must be at least 1 (the calibration set cannot be empty)")
+    if spec.mode == "weight_only" and spec.algorithm == "gptq":
+        raise ValueError("onnxruntime's gptq does not work with this stack (it writes RTN's weights and breaks "
+                         "fused graphs); use mode: neural_compressor with algorithm: gptq")
     if spec.mode in ALGORITHMS and spec.algorithm not in ALGORITHMS[spec.mode]:
         choices = ", ".join(ALGORITHMS[spec.mode])
         raise ValueError(f"unknown algorithm '{spec.algorithm}' for mode {spec.mode}; choose {choices}")
@@ -126,14 +129,12 @@ def check_spec(spec: QuantSpec) -> None:
         raise ValueError(f"accuracy_level must be 0, 1, 2, 3 or 4, not {spec.accuracy_level}")
     if spec.mode == "weight_only" and spec.algorithm == "hqq" and spec.symmetric:
         raise ValueError("hqq is asymmetric only; set symmetric: false or use algorithm rtn")
-    if spec.mode == "weight_only" and spec.algorithm in ("hqq", "gptq") and spec.quantize_embeddings:
+    if spec.mode == "weight_only" and spec.algorithm == "hqq" and spec.quantize_embeddings:
         raise ValueError(f"{spec.algorithm} quantizes MatMul weights only; set quantize_embeddings: false or use rtn")
     if spec.autotune and spec.mode != "neural_compressor":
         raise ValueError("autotune is neural-compressor's; set mode: neural_compressor or drop autotune")
     if spec.mode == "neural_compressor" and spec.nodes_to_exclude:
         raise ValueError("mode neural_compressor cannot leave ONNX nodes in float; drop nodes_to_exclude")
-    if spec.mode == "weight_only" and spec.algorithm == "gptq" and spec.nodes_to_exclude:
-        raise ValueError("onnxruntime's gptq cannot leave nodes in float; drop nodes_to_exclude or use rtn or hqq")
 
 
 class QuantizeConfig(StageConfig, QuantSpec):
@@ -196,7 +197,7 @@ def quantize_with(spec: QuantSpec, src: Path, dst: Path, calibration: list[dict]
         return quantize_ort.quantize_weight_only(
             src, dst, bits=spec.resolved_bits, algorithm=spec.algorithm, block_size=spec.block_size,
             symmetric=spec.symmetric, accuracy_level=spec.accuracy_level, quantize_embeddings=spec.embeddings,
-            nodes_to_exclude=exclude, calibration=calibration,
+            nodes_to_exclude=exclude,
         )
     from edgeslim.export import quantize_inc
 

@@ -318,7 +318,7 @@ def entropy_ranges(staged: Path, reader, op_types: list[str], folder: Path) -> P
     return cache
 
 
-WEIGHT_ONLY_ALGORITHMS = ("rtn", "hqq", "gptq")
+WEIGHT_ONLY_ALGORITHMS = ("rtn", "hqq")
 
 
 def quantize_weight_only(
@@ -332,13 +332,13 @@ def quantize_weight_only(
     accuracy_level: int | None = None,
     quantize_embeddings: bool = False,
     nodes_to_exclude: list[str] | None = None,
-    calibration: list[dict] | None = None,
 ) -> Path:
     """Weight-only INT4/INT8 of constant-weight MatMuls into ``MatMulNBits`` (activations stay float).
 
     ``rtn`` rounds each block of ``block_size`` weights to the nearest level; ``hqq`` optimizes the
-    scales and zero points (half-quadratic, no data); ``gptq`` corrects rounding error with second-order
-    statistics from ``calibration`` feeds. ``quantize_embeddings`` also turns ``Gather`` into
+    scales and zero points (half-quadratic, no data). onnxruntime's bundled GPTQ is not offered: on
+    this stack it writes exactly RTN's bytes, and on fused graphs an invalid model (see
+    :mod:`edgeslim.export.quantize_inc` for a GPTQ that works). ``quantize_embeddings`` also turns ``Gather`` into
     ``GatherBlockQuantized`` (rtn only).
     """
     from onnxruntime.quantization import QuantFormat
@@ -353,11 +353,6 @@ def quantize_weight_only(
         )
     elif algorithm == "hqq":
         algo = mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits, op_types_to_quantize=("MatMul",))
-    elif algorithm == "gptq":
-        if not calibration:
-            raise ValueError("gptq needs calibration feeds")
-        reader = ListDataReader(calibration, graph_input_names(model))
-        algo = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=reader, block_size=block_size)
     else:
         raise ValueError(f"unknown weight-only algorithm {algorithm!r}")
     quantizer = mnq.MatMulNBitsQuantizer(

@@ -277,10 +277,8 @@ def closest(candidates: list[Candidate]) -> Candidate | None:
 
 
 def excludable(spec) -> bool:
-    """Whether ``spec``'s quantizer can leave chosen nodes in float."""
-    if spec.mode == "neural_compressor":
-        return False
-    return not (spec.mode == "weight_only" and spec.algorithm == "gptq")
+    """Whether ``spec``'s quantizer can leave chosen ONNX nodes in float (neural-compressor's cannot)."""
+    return spec.mode != "neural_compressor"
 
 
 def spec_weight_ops(spec) -> tuple[str, ...]:
