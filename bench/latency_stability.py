@@ -4,7 +4,8 @@
 
 Each repeat is a fresh measuring process (``edgeslim.targets.measure`` on the ``x86-64-cpu``
 profile). Printed: wall-clock and thread-CPU p50/p90 per repeat and the p50 spread of each,
-(max - min) / median; the load average before and after; then the callgrind
+(max - min) / median; the p50 ratio of the model to a byte-identical twin measured interleaved with
+it (how fair an interleaved comparison is); the load average before and after; then the callgrind
 instruction count per inference, repeated ``--counts`` times, and whether it was identical.
 Without ``--model`` a BERT (hidden 128, 4 layers, random weights) is exported to a temp folder.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,17 +48,23 @@ def main() -> int:
         model = args.model or export_bert(Path(tmp) / "bert.onnx", hidden=128, layers=4)
         print(f"model {model.name}, device {profile.name} ({profile.runtime.threads} thread(s)), "
               f"{args.repeats} repeats x {args.runs} runs after {args.warmup} warm-up, seq {args.seq}")
-        p50s, cpu_p50s = [], []
+        twin = Path(tmp) / "twin.onnx"  # a byte-identical copy, measured interleaved with the model
+        shutil.copyfile(model, twin)
+        p50s, cpu_p50s, ratios = [], [], []
         for repeat in range(args.repeats):
-            cell = measure(profile, {"m": model}, inputs, warmup=args.warmup, runs=args.runs, memory=False)["m"]
-            if cell["status"] != "measured":
+            cells = measure(profile, {"m": model, "twin": twin}, inputs, warmup=args.warmup, runs=args.runs, memory=False)
+            cell = cells["m"]
+            if cell["status"] != "measured" or cells["twin"]["status"] != "measured":
                 print(f"repeat {repeat}: {cell['status']}: {cell['reason']}")
                 return 1
             lat, cpu = cell["latency_ms"], cell["cpu_ms"]
             p50s.append(lat["p50"])
             cpu_p50s.append(cpu["p50"])
+            ratios.append(lat["p50"] / cells["twin"]["latency_ms"]["p50"])
             print(f"repeat {repeat}: wall p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f} ms  p99 {lat['p99']:.3f} ms"
-                  f"   | thread CPU p50 {cpu['p50']:.3f} ms  p90 {cpu['p90']:.3f} ms")
+                  f"   | thread CPU p50 {cpu['p50']:.3f} ms  p90 {cpu['p90']:.3f} ms   | p50 / twin's p50 {ratios[-1]:.3f}")
+        print(f"ratio of interleaved identical models, p50 / p50: {min(ratios):.3f} .. {max(ratios):.3f} "
+              f"(max |1 - ratio| {100 * max(abs(1 - r) for r in ratios):.1f}%)")
         for label, values in (("wall-clock p50", p50s), ("thread-CPU p50", cpu_p50s)):
             median = statistics.median(values)
             print(f"{label} spread run to run: {100 * (max(values) - min(values)) / median:.1f}% of the median "
