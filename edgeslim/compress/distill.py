@@ -9,7 +9,6 @@ live teacher where a loss needs something not cached); training is the resumable
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ from torch import nn
 from edgeslim.artifacts import Artifact, hash_bytes, hash_tree
 from edgeslim.compress import losses as L
 from edgeslim.compress.losses import Schedule, schedule_values, scheduled
+from edgeslim.compress.students import WIDTH_FIELDS as WIDTH_KEYS
 from edgeslim.compress.students import build_student, resolve_layers
 from edgeslim.compress.teacher_cache import GenerationSpec, TeacherNeeds, cached_teacher, generate_rows, teacher_forward
 from edgeslim.compress.trainer import (
@@ -38,7 +38,6 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageConfig, StageContext, register_stage
 
 LayerMapping = dict[int, int] | Literal["auto"]
-WIDTH_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size", "num_key_value_heads")
 
 
 class _Strict(BaseModel):

@@ -343,29 +343,14 @@ def train(
         raise ValueError("no training examples")
     torch.manual_seed(cfg.seed)
     accelerator = _make_accelerator()
-    model = Trainable(student, aux)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(*_model_and_optimizer(student, aux, cfg))
     inner: Trainable = accelerator.unwrap_model(model)
     steps = total_steps(len(train_rows), cfg)
     per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size))
     eval_every = cfg.eval_every or per_epoch
     metric = cfg.metric
     evaluate_fn = evaluate_fn or (lambda m: evaluate(m, eval_rows or [], cfg.batch_size, pad_token_id))
-
-    loop = {"step": 0, "best_metric": None, "best_step": None, "bad_evals": 0, "history": [], "stopped_early": False}
-    resumed_from = None
-    checkpoint = _latest_checkpoint(cfg.checkpoint_dir)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        loop = json.loads((checkpoint / LOOP_STATE).read_text())
-        resumed_from = loop["step"]
-        if log:
-            log(f"resuming training from step {resumed_from} ({checkpoint})")
+    loop, resumed_from = _resume(accelerator, cfg.checkpoint_dir, log)
 
     keeper = BestWeights(cfg.checkpoint_dir)
     bar = progress(steps, "train") if progress else None
@@ -412,6 +397,28 @@ def train(
         final_step = loop["best_step"]
     return TrainResult(_metrics_at(loop["history"], final_step), loop["step"], loop["best_step"],
                        loop["stopped_early"], resumed_from, loop["history"])
+
+
+def _model_and_optimizer(student: nn.Module, aux: nn.Module | None, cfg: TrainConfig):
+    """The trainable modules and AdamW (no weight decay on biases and norms)."""
+    model = Trainable(student, aux)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return model, torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _resume(accelerator, root: Path | None, log) -> tuple[dict[str, Any], int | None]:
+    """The loop's state: fresh, or restored (with weights, optimizer and RNG) from the last checkpoint."""
+    checkpoint = _latest_checkpoint(root)
+    if checkpoint is None:
+        return {"step": 0, "best_metric": None, "best_step": None, "bad_evals": 0, "history": [],
+                "stopped_early": False}, None
+    accelerator.load_state(str(checkpoint))
+    loop = json.loads((checkpoint / LOOP_STATE).read_text())
+    if log:
+        log(f"resuming training from step {loop['step']} ({checkpoint})")
+    return loop, loop["step"]
 
 
 def _metrics_at(history: list[dict[str, float]], step: int) -> dict[str, float]:
