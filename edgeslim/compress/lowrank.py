@@ -311,6 +311,8 @@ def run(config: LowRankConfig, artifact: Artifact, ctx: StageContext) -> Artifac
     summary = factorize(model, config)
     ctx.log(f"lowrank: {len(summary['ranks'])} Linears factorized, {len(summary['skipped'])} kept dense; "
             f"MACs/token {summary['target_macs_per_token_before']:,} -> {summary['target_macs_per_token_after']:,}")
+    if not summary["ranks"]:
+        ctx.log("lowrank: no targeted Linear saves FLOPs at these ranks (see min_saving); the model is unchanged")
     metrics = {**summary, **recover(model, config.recovery, ctx, tokenizer)}
     save_torch(model, tokenizer, ctx.out_dir)
     return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics})
