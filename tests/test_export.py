@@ -142,6 +142,10 @@ def test_llama_export_with_kv_cache_matches_torch(tmp_path):
     assert "past_key_values.0.key" in names and "present.1.value" in {o.name for o in session.get_outputs()}
     assert result.parity["passed"] and "present.0.key" in result.parity["outputs"]
     assert result.parity["decode_steps"] == 2  # the cache path was checked, not only the prompt
+    # RMSNorm and rotary fused; rotary caches cut from onnxruntime's 131072 rows to the model's 128 positions
+    assert result.fusions["counts"]["RotaryEmbedding"] == 4 and result.fusions["rotary_cache_rows"] == 128
+    caches = {t.name: list(t.dims) for t in onnx.load(str(result.onnx_path)).graph.initializer if t.name.endswith("_cache")}
+    assert caches == {"cos_cache": [128, 4], "sin_cache": [128, 4]}
     # Independent check: one prompt, no cache, against torch's logits.
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     ids = np.array([[101, 2023, 2003, 1037, 3231]], dtype=np.int64)

@@ -286,8 +286,35 @@ def apply_fusions(onnx_path: Path, model_config) -> dict[str, Any]:
         return {"applied": False, "reason": f"onnxruntime {ort_type} fusions failed: {type(err).__name__}: {str(err)[:120]}"}
     counts = {op: int(n) for op, n in optimizer.get_fused_operator_statistics().items() if n}
     optimizer.save_model_to_file(str(onnx_path), use_external_data_format=False)
-    return {"applied": True, "model_type": ort_type, "counts": counts, "nodes_before": before,
-            "nodes_after": _node_count(onnx_path)}
+    report = {"applied": True, "model_type": ort_type, "counts": counts, "nodes_before": before,
+              "nodes_after": _node_count(onnx_path)}
+    max_positions = getattr(model_config, "max_position_embeddings", None)
+    if counts.get("RotaryEmbedding") and max_positions:
+        report["rotary_cache_rows"] = trim_rotary_caches(onnx_path, int(max_positions))
+    return report
+
+
+def trim_rotary_caches(onnx_path: Path, max_positions: int) -> int | None:
+    """Cut the cos/sin caches of fused ``RotaryEmbedding`` nodes to the model's maximum position.
+
+    onnxruntime's fusion builds them for 131072 positions whatever the model supports (33 MB of the
+    572 MB SmolLM2-135M export; half of a tiny test model); rows past ``max_position_embeddings``
+    are never read. Returns the row count kept, or None when there was nothing to cut.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    caches = {name for node in model.graph.node if node.op_type == "RotaryEmbedding" for name in node.input[2:4]}
+    changed = False
+    for tensor in model.graph.initializer:
+        if tensor.name in caches and tensor.dims and tensor.dims[0] > max_positions:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor)[:max_positions].copy(), tensor.name))
+            changed = True
+    if not changed:
+        return None
+    onnx.save(model, str(onnx_path))
+    return max_positions
 
 
 def share_tied_weights(onnx_path: Path) -> dict[str, Any]:
