@@ -98,17 +98,27 @@ def test_cuda_profile_is_skipped_with_reason_without_the_provider(models):
     assert cells["small"]["latency_ms"] is None
 
 
+def test_min_time_adds_rounds_beyond_runs(models, cpu):
+    # 5 runs of the small model take well under a millisecond; 0.3 s of timing needs many more
+    cell = measure(cpu, {"small": models["small"]}, token_inputs(2), warmup=1, runs=5, memory=False,
+                   min_time_s=0.3)["small"]
+    assert cell["latency_ms"]["n"] > 5
+
+
 @pytest.mark.parametrize("kwargs, expected", [
     ({"models": {}}, "no models"),
     ({"models": {"m": "/nonexistent.onnx"}}, "does not exist"),
     ({"inputs": []}, "no inputs"),
     ({"runs": 0}, "runs >= 1"),
     ({"warmup": -1}, "warmup must be >= 0"),
+    ({"min_time_s": -1.0}, "min_time_s must be between"),
 ])
 def test_bad_requests_raise_one_line(models, cpu, kwargs, expected):
-    call = {"models": {"small": models["small"]}, "inputs": token_inputs(1), "warmup": 1, "runs": 2} | kwargs
+    call = {"models": {"small": models["small"]}, "inputs": token_inputs(1), "warmup": 1, "runs": 2,
+            "min_time_s": 0.0} | kwargs
     with pytest.raises(EdgeslimError, match=expected):
-        measure(cpu, call["models"], call["inputs"], warmup=call["warmup"], runs=call["runs"])
+        measure(cpu, call["models"], call["inputs"], warmup=call["warmup"], runs=call["runs"],
+                min_time_s=call["min_time_s"])
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ machine's Python. It is driven by a JSON spec and writes a JSON result::
     python harness.py SPEC.json RESULT.json
 
 Spec keys: ``models`` ({name: onnx path}), ``inputs`` (an ``.npz`` whose keys are
-``"<index>/<input name>"``), ``warmup``, ``runs``, ``threads``, ``inter_op_threads``, ``providers``,
+``"<index>/<input name>"``), ``warmup``, ``runs`` (timed rounds, at least), ``min_time_s`` (keep
+adding rounds until the timed part lasted this long, so fast models get enough samples for stable
+tail percentiles), ``threads``, ``inter_op_threads``, ``providers``,
 ``provider_options``, ``session_options``, ``graph_optimization_level``, ``affinity`` (CPU ids or
 null), ``memory`` (bool), ``outputs`` (an ``.npz`` path to save each model's outputs to, or null),
 ``mode`` (``"latency"``, ``"memory"`` or ``"count"``). The result maps each model name to its figures
@@ -172,8 +174,11 @@ def run_latency(spec):
     samples = {name: [] for name in names}
     cpu_samples = {name: [] for name in names}
     runs = int(spec.get("runs", 0))
+    min_time_ns = float(spec.get("min_time_s") or 0) * 1e9
     clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
-    for r in range(runs if names else 0):
+    began = clock()
+    r = 0
+    while names and (r < runs or clock() - began < min_time_ns):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             feed = feeds[name][r % len(inputs)]
@@ -184,6 +189,7 @@ def run_latency(spec):
             end = clock()
             cpu_samples[name].append((cpu_clock() - cpu_start) / 1e6)
             samples[name].append((end - start) / 1e6)
+        r += 1
     if spec.get("outputs"):
         np.savez(spec["outputs"], **saved)
     result = dict(failed)

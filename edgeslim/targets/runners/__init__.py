@@ -26,7 +26,8 @@ from edgeslim.targets.runners.job import STATUSES, cell, cells_for_all, one_line
 __all__ = ["measure", "cell", "STATUSES"]
 
 
-def _check_request(models: dict[str, Path], inputs: list[dict[str, np.ndarray]], warmup: int, runs: int) -> None:
+def _check_request(models: dict[str, Path], inputs: list[dict[str, np.ndarray]], warmup: int, runs: int,
+                   min_time_s: float) -> None:
     if not models:
         raise EdgeslimError("no models to measure; pass at least one ONNX file")
     for name, path in models.items():
@@ -36,30 +37,36 @@ def _check_request(models: dict[str, Path], inputs: list[dict[str, np.ndarray]],
         raise EdgeslimError("no inputs to measure with; give at least one {input name: array} example")
     if warmup < 0 or runs < 1:
         raise EdgeslimError(f"warmup must be >= 0 and runs >= 1 (got warmup={warmup}, runs={runs})")
+    if not 0 <= min_time_s <= 3600:
+        raise EdgeslimError(f"min_time_s must be between 0 and 3600 seconds (got {min_time_s})")
 
 
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
             warmup: int = 10, runs: int = 100, instructions: bool = False, memory: bool = True,
-            samples: bool = False) -> dict[str, dict]:
+            samples: bool = False, min_time_s: float = 0.0) -> dict[str, dict]:
     """Measure ``models`` (name -> ONNX file) on ``profile`` with the same ``inputs``; one cell per model.
 
-    ``runs`` timed inferences per model after ``warmup`` untimed ones; ``instructions`` adds the
+    At least ``runs`` timed inferences per model after ``warmup`` untimed ones, more until the timed
+    part has lasted ``min_time_s`` (so fast models get enough samples for a stable p99);
+    ``instructions`` adds the
     callgrind instruction count per inference (local runner, where valgrind is installed);
     ``memory`` the peak-memory pass; ``samples`` keeps every timed latency (``samples_ms``, in run
     order) for noise estimates such as the baseline comparison.
     """
-    _check_request(models, inputs, warmup, runs)
+    _check_request(models, inputs, warmup, runs, min_time_s)
     kind = profile.access.kind
     try:
         if kind == "local":
             from edgeslim.targets.runners import local
 
             return local.measure(profile, models, inputs, warmup=warmup, runs=runs,
-                                 instructions=instructions, memory=memory, samples=samples)
+                                 instructions=instructions, memory=memory, samples=samples,
+                                 min_time_s=min_time_s)
         if kind == "cuda":
             from edgeslim.targets.runners import cuda
 
-            return cuda.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory, samples=samples)
+            return cuda.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory, samples=samples,
+                                min_time_s=min_time_s)
         if kind == "qemu-arm":
             from edgeslim.targets.runners import qemu
 
@@ -67,7 +74,8 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
         if kind == "ssh":
             from edgeslim.targets.runners import ssh
 
-            return ssh.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory, samples=samples)
+            return ssh.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory, samples=samples,
+                               min_time_s=min_time_s)
         from edgeslim.targets import predict
 
         return predict.predict_cells(profile, models, inputs)

@@ -44,7 +44,8 @@ def write_inputs(path: Path, inputs: list[dict[str, np.ndarray]]) -> Path:
 
 def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], inputs_path: str, *,
                warmup: int, runs: int, mode: str = "latency", memory: bool = True,
-               outputs: str | None = None, providers: list[str] | None = None, samples: bool = False) -> Path:
+               outputs: str | None = None, providers: list[str] | None = None, samples: bool = False,
+               min_time_s: float = 0.0) -> Path:
     """The harness's JSON spec, taking the runtime settings from the profile."""
     runtime = profile.runtime
     spec = {
@@ -53,6 +54,7 @@ def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], input
         "inputs": str(inputs_path),
         "warmup": int(warmup),
         "runs": int(runs),
+        "min_time_s": float(min_time_s),
         "threads": runtime.threads,
         "inter_op_threads": runtime.inter_op_threads,
         "graph_optimization_level": runtime.graph_optimization_level,

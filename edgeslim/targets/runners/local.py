@@ -53,14 +53,14 @@ def run_harness(command: list[str], workdir: Path, env: dict[str, str], timeout_
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
             warmup: int, runs: int, status: str = "measured", providers: list[str] | None = None,
             instructions: bool = False, memory: bool = True, samples: bool = False,
-            timeout_s: int = TIMEOUT_S) -> dict[str, dict]:
+            min_time_s: float = 0.0, timeout_s: int = TIMEOUT_S) -> dict[str, dict]:
     """Measure every model on this machine; one cell per model."""
     with tempfile.TemporaryDirectory(prefix="edgeslim-local-") as tmp:
         work = Path(tmp)
         inputs_path = write_inputs(work / "inputs.npz", inputs)
         spec = write_spec(work / "spec.json", profile, {n: str(Path(p).resolve()) for n, p in models.items()},
                           str(inputs_path), warmup=warmup, runs=runs, memory=memory, providers=providers,
-                          samples=samples)
+                          samples=samples, min_time_s=min_time_s)
         try:
             result = run_harness([sys.executable, str(HARNESS), str(spec), "result.json"], work,
                                  harness_env(profile), timeout_s)

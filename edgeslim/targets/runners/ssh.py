@@ -82,7 +82,7 @@ def _bundle(files: dict[str, Path]) -> bytes:
 
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
             warmup: int, runs: int, memory: bool = True, samples: bool = False,
-            timeout_s: int = TIMEOUT_S) -> dict[str, dict]:
+            min_time_s: float = 0.0, timeout_s: int = TIMEOUT_S) -> dict[str, dict]:
     """Measure every model on the device; one ``measured`` cell per model, or ``error`` with the reason."""
     access = profile.access
     workdir = f"{access.workdir.rstrip('/')}/run-{uuid.uuid4().hex[:12]}"
@@ -95,7 +95,7 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
                 files[f"models/{index}/{file.name}"] = file
             remote_models[name] = f"{workdir}/models/{index}/{Path(path).name}"
         spec = write_spec(local / "spec.json", profile, remote_models, f"{workdir}/inputs.npz",
-                          warmup=warmup, runs=runs, memory=memory, samples=samples)
+                          warmup=warmup, runs=runs, memory=memory, samples=samples, min_time_s=min_time_s)
         files["spec.json"] = spec
         quoted = shlex.quote(workdir)
         try:
