@@ -10,8 +10,10 @@ and zero points exactly as onnxruntime's own quantizer lays them out.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,21 @@ class IntLinear:
         groups = np.arange(self.qweight.shape[1]) // self.group_size
         zp = self.zero_points[:, groups] if self.zero_points is not None else 0
         return ((self.qweight.astype(np.float32) - zp) * self.scales[:, groups]).astype(np.float32)
+
+
+@contextlib.contextmanager
+def quiet_neural_compressor():
+    """neural-compressor logs every layer at INFO; keep its warnings and errors only."""
+    from neural_compressor.common.utils.logger import Logger
+
+    Logger()  # its first use resets the level, so it must happen before ours is set
+    inc_logger = logging.getLogger("neural_compressor")
+    level = inc_logger.level
+    inc_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        inc_logger.setLevel(level)
 
 
 def load_torch_model(torch_dir: Path):
@@ -249,10 +266,11 @@ def quantize_neural_compressor(spec, src: Path, dst: Path, torch_dir: Path | Non
     model = load_torch_model(torch_dir)
     originals = {name: weight_key(m.weight.detach().T.numpy())
                  for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    if spec.autotune:
-        quantized = autotune_torch(model, spec, calibration, evaluate, tolerable_loss)
-    else:
-        quantized = quantize_torch(model, spec, calibration)
+    with quiet_neural_compressor():
+        if spec.autotune:
+            quantized = autotune_torch(model, spec, calibration, evaluate, tolerable_loss)
+        else:
+            quantized = quantize_torch(model, spec, calibration)
     layers = int_linears(quantized, spec)
     onnx_model = load_for_quantization(src)
     replaced = write_into_onnx(onnx_model, originals, layers, spec.accuracy_level)
