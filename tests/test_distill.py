@@ -538,6 +538,8 @@ def _check(tmp_path, distill_config: dict) -> str:
     ({"losses": {"tokens": {"top_k": 100000}}}, "larger than the vocabulary"),
     ({"alpha": 1.5}, "alpha"),
     ({"losses": {"tokens": {"kind": "jsd", "beta": 1.0}}}, "beta"),
+    ({"data": "generated"}, "data: generated needs task causal-lm"),
+    ({"layers": {"every": 0}}, "greater than or equal to 1"),
 ])
 def test_bad_values_fail_at_check_time(tmp_path, config, expected):
     assert expected in _check(tmp_path, config)
