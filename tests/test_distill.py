@@ -214,11 +214,18 @@ def test_rerun_reads_the_teacher_cache(trained_teacher, tmp_path, capsys):
 # ------------------------------------------------------------------------------ kill and resume
 
 CHILD = """
-import sys, torch
+import sys, time, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from pathlib import Path
+import edgeslim.compress.trainer as trainer
 from test_distill import distill, make_data, few_labels
+
+_collate = trainer.collate
+def slow_collate(*args, **kwargs):  # ~0.1 s per batch, so the kill lands mid-run on any machine
+    time.sleep(0.1)
+    return _collate(*args, **kwargs)
+trainer.collate = slow_collate
 distill(Path({parent!r}), few_labels(make_data(600), 64), Path({teacher!r}), **{config!r})
 """
 
