@@ -333,6 +333,14 @@ def test_early_stopping_keeps_the_best_checkpoint(trained_teacher, tmp_path, on_
 # -------------------------------------------------------------------------- helpers for stages
 
 
+def test_step_counts():
+    from edgeslim.compress.trainer import total_steps
+
+    assert total_steps(100, TrainConfig(epochs=2, batch_size=16)) == 14  # 7 batches per epoch
+    assert total_steps(100, TrainConfig(epochs=0.5, batch_size=16)) == 4  # fractional epochs round up
+    assert total_steps(100, TrainConfig(epochs=3, max_steps=5, batch_size=16)) == 5
+
+
 def test_kd_recover_brings_a_damaged_student_back(trained_teacher):
     teacher_dir, data = trained_teacher
     teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()

@@ -187,7 +187,7 @@ class Trainable(nn.Module):
 class TrainConfig:
     """How long and how to train, and the run's checkpoint, evaluation and stopping rules."""
 
-    epochs: int = 1
+    epochs: float = 1
     max_steps: int | None = None
     lr: float = 5e-5
     batch_size: int = 16
@@ -215,7 +215,9 @@ class TrainResult:
 
 def total_steps(num_examples: int, cfg: TrainConfig) -> int:
     per_epoch = max(1, math.ceil(num_examples / cfg.batch_size))
-    return cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * per_epoch))  # fractional epochs allowed (e.g. 0.5)
 
 
 def _lr_at(step: int, steps: int, cfg: TrainConfig) -> float:
