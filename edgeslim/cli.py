@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate = sub.add_parser("gate", parents=[common], help="check a report's release against budgets (exit 0/1/2)")
     gate.add_argument("report", type=Path, help="report.json (or its folder)")
     gate.add_argument("--recipe", help="take budgets from this recipe instead of the report")
+    _baseline_arguments(gate)
     gate.set_defaults(handler=cmd_gate)
 
     report = sub.add_parser("report", parents=[common], help="re-render report.md/html/junit.xml from report.json")
@@ -75,8 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=100)
     bench.add_argument("--warmup", type=int, default=10)
     bench.add_argument("--seq-len", type=int, default=32, help="sequence length of the synthetic inputs")
+    _baseline_arguments(bench)
     bench.set_defaults(handler=cmd_bench)
     return parser
+
+
+def _baseline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--baseline", type=Path,
+                        help="previous release (.onnx, model folder or report.json): measured interleaved with this one")
+    parser.add_argument("--baseline-threshold", type=float, default=0.05,
+                        help="fail when p50 regresses by more than this fraction and than the measured noise")
+    parser.add_argument("--baseline-device", default="x86-64-cpu", help="device profile for the comparison")
+    parser.add_argument("--baseline-clock", choices=["wall", "cpu"], default="wall",
+                        help="compare wall-clock time, or the thread's CPU time (steadier on shared CI machines)")
 
 
 def _quiet_libraries(args) -> None:
@@ -156,6 +168,11 @@ def cmd_gate(args) -> int:
         recipe = load_recipe(args.recipe)
         budgets = merged_budgets(recipe, [load_profile(d["name"]) for d in report["devices"]])
     checks = evaluate_gate(report, budgets)
+    if args.baseline:
+        from edgeslim.report.gate import find_artifact
+
+        release = Path(find_artifact(report, report["release"])["path"]) / "model.onnx"
+        checks += _baseline_checks(args, release, _report_inputs(report, release))
     folder = args.report if args.report.is_dir() else args.report.parent
     write_all(report, checks, folder)
     print(format_checks(checks))
@@ -226,16 +243,51 @@ def cmd_bench(args) -> int:
             rows.append([name, device, cell["status"]] + [f"{lat[q]:.3f}" if lat else "-" for q in ("p50", "p90", "p99")]
                         + [cell.get("reason") or ""])
     print(text_table(rows))
-    return EXIT_OK
+    if not args.baseline:
+        return EXIT_OK
+    from edgeslim.report.gate import format_checks, gate_exit_code
+
+    if len(models) != 1:
+        raise EdgeslimError("--baseline compares one model; give a single ONNX file")
+    checks = _baseline_checks(args, next(iter(models.values())), inputs)
+    print(format_checks(checks))
+    return gate_exit_code(checks)
+
+
+def _baseline_checks(args, current: Path, inputs):
+    """Gate checks of ``current`` against ``--baseline``, both measured interleaved in this run."""
+    from edgeslim.targets.baseline import compare_to_baseline
+    from edgeslim.targets.profile import load_profile
+
+    if not args.baseline.exists():
+        raise EdgeslimError(f"baseline '{args.baseline}' does not exist")
+    return compare_to_baseline(load_profile(args.baseline_device), current, args.baseline, inputs,
+                               threshold=args.baseline_threshold, clock=args.baseline_clock)
+
+
+def _report_inputs(report, model: Path, count: int = 32):
+    """Real eval inputs of the report's recipe (with the release's tokenizer), else synthetic ones."""
+    from transformers import AutoTokenizer
+
+    from edgeslim.data import load_data
+    from edgeslim.recipe import load_recipe
+
+    recipe_path = report.get("recipe", {}).get("path")
+    if recipe_path and Path(recipe_path).is_file():
+        recipe = load_recipe(recipe_path)
+        data = load_data(recipe.data, recipe.base_dir, recipe.task)
+        return data.encode_each(AutoTokenizer.from_pretrained(model.parent), "eval", count)
+    return [_synthetic_inputs(model, 32, seed) for seed in range(8)]
 
 
 def _synthetic_inputs(onnx_path: Path, seq_len: int, seed: int):
-    """Token inputs for a model outside a recipe: random ids below the embedding size, batch 1."""
+    """Token inputs for a model outside a recipe: random ids the embedding table holds, batch 1."""
     import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
+    vocab = _embedding_rows(onnx_path)
     feeds = {}
     for inp in session.get_inputs():
         if "mask" in inp.name:
@@ -243,8 +295,20 @@ def _synthetic_inputs(onnx_path: Path, seq_len: int, seed: int):
         elif "type" in inp.name:
             feeds[inp.name] = np.zeros((1, seq_len), dtype=np.int64)
         else:
-            feeds[inp.name] = rng.integers(1, 100, size=(1, seq_len), dtype=np.int64)
+            feeds[inp.name] = rng.integers(1, max(2, min(vocab, 1000)), size=(1, seq_len), dtype=np.int64)
     return feeds
+
+
+def _embedding_rows(onnx_path: Path) -> int:
+    """Rows of the table the token ids index (the Gather fed by input_ids), or 100 if not found."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == "input_ids" and node.input[0] in shapes:
+            return int(shapes[node.input[0]][0])
+    return 100
 
 
 if __name__ == "__main__":

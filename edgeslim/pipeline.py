@@ -195,12 +195,16 @@ class Pipeline:
         from edgeslim.export.onnx import export_artifact
         from edgeslim.export.quantize import quantize_dynamic_int8
 
+        export_config = next((e.config for e in self.recipe.stages if e.name == "export"), None)
+
         def export_teacher(ctx: StageContext) -> Artifact:
-            # exported, fused and parity-checked exactly like the student's export stage
-            return export_artifact(teacher.artifact.path, ctx.out_dir, self.recipe.task, data=data, log=ctx.log)
+            # exported, fused and parity-checked exactly like the student, with the recipe's export config
+            return export_artifact(teacher.artifact.path, ctx.out_dir, self.recipe.task, config=export_config,
+                                   data=data, log=ctx.log)
 
         fp32 = self._stage(0, "teacher-fp32", self.out_dir / "baselines" / "teacher-fp32",
-                           {"baseline": "export"}, teacher.artifact, data, teacher.artifact, export_teacher)
+                           {"baseline": "export", "export": export_config.model_dump(mode="json") if export_config else None},
+                           teacher.artifact, data, teacher.artifact, export_teacher)
 
         def quantize_teacher(ctx: StageContext) -> Artifact:
             copy_sidecar_files(fp32.artifact.path, ctx.out_dir)

@@ -74,3 +74,26 @@ def test_gate_cli_fails_a_tight_budget_and_writes_junit(tiny_run, tmp_path, reci
     suite = ET.parse(report_dir / "junit.xml").getroot()
     assert suite.get("tests") == "2" and suite.get("failures") == "1"
     assert "FAIL" in (report_dir / "report.md").read_text()
+
+
+def test_bench_baseline_catches_a_slower_model_and_passes_the_same_one(tmp_path):
+    from _target_models import token_model
+
+    fast = token_model(tmp_path / "fast.onnx", hidden=256, layers=2)
+    slow = token_model(tmp_path / "slow.onnx", hidden=256, layers=10)  # 5x the matmul work
+    caught = run_cli("bench", slow, "--baseline", fast, "--runs", "100", "--quiet")
+    assert caught.returncode == 1, caught.stdout + caught.stderr
+    assert "baseline.latency_p50" in caught.stdout and "FAIL" in caught.stdout
+    same = run_cli("bench", fast, "--baseline", fast, "--runs", "100", "--quiet")
+    assert same.returncode == 0, same.stdout + same.stderr
+    missing = run_cli("bench", fast, "--baseline", tmp_path / "nope.onnx")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_gate_baseline_against_the_same_release_passes(tiny_run):
+    report = tiny_run[0] / "report" / "report.json"
+    release = json.loads(report.read_text())
+    model = next(a["path"] for a in release["artifacts"] if a["name"] == release["release"])
+    result = run_cli("gate", report, "--baseline", model)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "baseline.latency_p50" in result.stdout

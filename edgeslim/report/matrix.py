@@ -60,6 +60,8 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
             "agreement": agreement_with(score["predictions"], reference),
             "devices": {},
         }
+        if artifact.manifest.get("mobile_usability") is not None:
+            record["mobile_usability"] = artifact.manifest["mobile_usability"]
         for profile in profiles:
             record["devices"][profile.name] = cells[profile.name].get(name) or _not_timed(artifact)
         artifacts.append(record)
