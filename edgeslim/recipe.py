@@ -96,6 +96,7 @@ class Budgets(Strict):
     size_mb: float | None = Field(None, gt=0)
     latency_ms: dict[str, LatencyBudget] = Field(default_factory=dict)
     peak_memory_mb: dict[str, float] = Field(default_factory=dict)
+    instructions: dict[str, int] = Field(default_factory=dict, description="max instructions per inference (callgrind)")
     allow_predicted: bool = False
 
 

@@ -50,6 +50,15 @@ def test_unmeasured_latency_fails_unless_predicted_is_allowed():
     assert not check.passed and "no CUDA provider" in check.detail
 
 
+def test_instruction_budget_uses_the_callgrind_count():
+    cell = {**MEASURED, "instructions": 9_000_000}
+    assert gate_exit_code(evaluate_gate(_report(cell), {"instructions": {"cpu": 10_000_000}})) == 0
+    over = evaluate_gate(_report(cell), {"instructions": {"cpu": 8_000_000}})
+    assert gate_exit_code(over) == 1 and over[0].actual == 9_000_000
+    unmeasured = evaluate_gate(_report(MEASURED), {"instructions": {"cpu": 8_000_000}})
+    assert not unmeasured[0].passed and "not measured" in unmeasured[0].detail
+
+
 def test_budget_for_a_device_not_in_the_matrix_fails():
     checks = evaluate_gate(_report(MEASURED), {"latency_ms": {"phone": {"p50": 5}}})
     assert gate_exit_code(checks) == 1 and "not in the report" in checks[0].detail

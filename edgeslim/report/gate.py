@@ -57,6 +57,8 @@ def evaluate_gate(report: dict[str, Any], budgets: dict[str, Any] | None = None)
                 checks.append(_latency_check(release, device, quantile, limit, allow_predicted))
     for device, limit in (budgets.get("peak_memory_mb") or {}).items():
         checks.append(_memory_check(release, device, limit))
+    for device, limit in (budgets.get("instructions") or {}).items():
+        checks.append(_instructions_check(release, device, limit))
     return checks
 
 
@@ -93,6 +95,16 @@ def _memory_check(release, device: str, limit: float) -> Check:
     if actual is None:
         return Check("peak_memory_mb", device, limit, None, False, "peak memory was not measured")
     return Check("peak_memory_mb", device, limit, actual, actual <= limit, f"{actual:.1f} MB vs {limit:g} MB")
+
+
+def _instructions_check(release, device: str, limit: int) -> Check:
+    cell = _cell(release, device)
+    actual = cell.get("instructions") if cell else None
+    if actual is None:
+        return Check("instructions", device, limit, None, False,
+                     "instruction count was not measured (needs valgrind and the local runner)")
+    return Check("instructions", device, limit, actual, actual <= limit,
+                 f"{actual:,} instructions per inference vs {limit:,} (callgrind)")
 
 
 def gate_exit_code(checks: list[Check]) -> int:

@@ -41,7 +41,10 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
     profiles = [load_profile(name) for name in recipe.devices]
     onnx_entries = [(name, stage.artifact) for name, stage in entries if stage.artifact.kind in ("onnx", "bundle")]
     measure_device = _measure_device if recipe.task == "text-classification" else _measure_decoder
-    cells = {profile.name: measure_device(profile, onnx_entries, outcome.data, recipe, quiet) for profile in profiles}
+    budgets = merged_budgets(recipe, profiles)
+    cells = {profile.name: measure_device(profile, onnx_entries, outcome.data, recipe, quiet,
+                                          instructions=profile.name in budgets["instructions"])
+             for profile in profiles}
 
     artifacts = []
     for name, stage in entries:
@@ -77,7 +80,7 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
         "measure": {"batch_size": 1, **recipe.measure.model_dump()},
         "devices": [{"name": p.name, "description": p.description, "access": p.access.kind,
                      "threads": p.runtime.threads} for p in profiles],
-        "budgets": merged_budgets(recipe, profiles),
+        "budgets": budgets,
         "artifacts": artifacts,
     }
 
@@ -178,8 +181,10 @@ def _packed_elements(model, name: str) -> int:
 # Latency
 
 
-def _measure_device(profile, onnx_entries, data, recipe, quiet: bool) -> dict[str, dict]:
-    """Cells for every ONNX artifact on one device; models sharing a tokenizer run interleaved."""
+def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructions: bool = False) -> dict[str, dict]:
+    """Cells for every ONNX artifact on one device; models sharing a tokenizer run interleaved.
+
+    ``instructions`` adds callgrind's instruction count per inference (when a budget needs it)."""
     from transformers import AutoTokenizer
 
     from edgeslim.targets.runners import measure
@@ -196,7 +201,7 @@ def _measure_device(profile, onnx_entries, data, recipe, quiet: bool) -> dict[st
         if not quiet:
             print(f"measuring {len(members)} model(s) on {profile.name} ({profile.access.kind})", flush=True)
         cells.update(measure(profile, {name: art.onnx_path for name, art in members}, inputs,
-                             warmup=recipe.measure.warmup, runs=recipe.measure.runs))
+                             warmup=recipe.measure.warmup, runs=recipe.measure.runs, instructions=instructions))
     return cells
 
 
@@ -209,7 +214,7 @@ def lm_prompts(texts: list[str], count: int) -> list[str]:
     return prompts
 
 
-def _measure_decoder(profile, onnx_entries, data, recipe, quiet: bool) -> dict[str, dict]:
+def _measure_decoder(profile, onnx_entries, data, recipe, quiet: bool, instructions: bool = False) -> dict[str, dict]:
     """Causal LMs: prefill latency and decode tokens/s, measured on this host for local profiles."""
     from transformers import AutoTokenizer
 
@@ -246,6 +251,8 @@ def merged_budgets(recipe, profiles) -> dict[str, Any]:
                 latency[quantile] = getattr(own.latency_ms, quantile)
         if profile.name not in budgets["peak_memory_mb"] and own.peak_memory_mb:
             budgets["peak_memory_mb"][profile.name] = own.peak_memory_mb
+        if profile.name not in budgets["instructions"] and own.instructions:
+            budgets["instructions"][profile.name] = own.instructions
         if budgets["size_mb"] is None and own.size_mb:
             budgets["size_mb"] = own.size_mb
     budgets["latency_ms"] = {dev: limits for dev, limits in budgets["latency_ms"].items()
