@@ -297,10 +297,11 @@ def quantize_static(
     return dst_onnx
 
 
-# Entropy (KL) calibration: a fine histogram searched for the threshold that loses the least
-# information when folded into 128 levels (TensorRT's choice). quantize_static cannot pass these
-# through and uses 128 bins for both, which leaves one candidate threshold, the full range: MinMax.
-ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
+# Entropy (KL) calibration: a finer histogram searched for the threshold that loses the least
+# information when folded into 128 levels. quantize_static cannot pass these through and uses 128
+# bins for both, which leaves one candidate threshold, the full range: MinMax. 512 bins give 192
+# candidate thresholds; TensorRT's 2048 give 960 but onnxruntime searches them in Python, ~5x slower.
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 512, 128
 
 
 def entropy_ranges(staged: Path, reader, op_types: list[str], folder: Path) -> Path:
