@@ -85,3 +85,22 @@ def test_killed_stage_is_never_reused_and_the_rerun_finishes(copy_run):
     assert json.loads((copy_run / "stages" / "01-distill" / "manifest.json").read_text())["complete"]
     leftovers = [p.name for p in (copy_run / "stages").iterdir() if ".tmp-" in p.name]
     assert leftovers == []
+
+
+def test_every_stage_composes_into_a_bundle(tmp_path):
+    """distill -> prune -> lowrank -> vocab -> export -> quantize -> bundle on the tiny model: each stage
+    shrinks the model, the low-rank student exports, and DIR/model is a complete bundle."""
+    from conftest import REPO
+
+    out = tmp_path / "run"
+    result = run_cli("run", REPO / "tests" / "recipes" / "tiny-all-stages.yaml", "--out", out, "--quiet")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "report" / "report.json").read_text())
+    params = {a["name"]: a["params"] for a in report["artifacts"]}
+    assert params["01-distill"] > params["02-prune"] > params["03-lowrank"] > params["04-vocab"]
+    release = next(a for a in report["artifacts"] if a["name"] == report["release"])
+    assert release["kind"] == "bundle" and "mobile_usability" in release
+    assert release["devices"]["raspberry-pi-5"]["status"] == "predicted"
+    for name in ("model.onnx", "model.ort", "required_operators.config", "edgeslim.json", "README.md", "tokenizer.json"):
+        assert (out / "model" / name).is_file(), name
+    assert "p50" in (out / "model" / "README.md").read_text()

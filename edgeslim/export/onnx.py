@@ -122,7 +122,7 @@ def export_model(model_dir: Path, out_dir: Path, task: str, config: ExportConfig
     log(f"exporting {model.config.model_type} with {exporter} (opset {config.opset})")
     onnx_path = out_dir / ONNX_FILE
     if exporter == "optimum":
-        _optimum_export(model_dir, out_dir, task, config.opset)
+        _optimum_export(model, model_dir, out_dir, task, config.opset)
     else:
         _dynamo_export(model, tokenizer, onnx_path, task, config.opset)
         copy_sidecar_files(model_dir, out_dir)
@@ -177,12 +177,13 @@ def _mark_no_cache(config_json: Path) -> None:
 
 
 def load_torch(model_dir: Path, task: str):
-    """The fp32 torch model and tokenizer of a ``save_pretrained`` folder (no remote code)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    """The fp32 torch model and tokenizer of a torch artifact folder (factorized ones included)."""
+    from transformers import AutoTokenizer
 
-    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    from edgeslim.compress.lowrank import load_factorized
+
     try:
-        model = auto.from_pretrained(model_dir, dtype=torch.float32).eval()
+        model = load_factorized(model_dir, task, dtype=torch.float32)
         tokenizer = padding_tokenizer(AutoTokenizer.from_pretrained(model_dir))
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -209,12 +210,21 @@ def _choose_exporter(requested: str, model_type: str, task: str) -> str:
     return requested
 
 
-def _optimum_export(model_dir: Path, out_dir: Path, task: str, opset: int) -> None:
-    """Optimum's exporter into ``out_dir``; it also writes config, generation config and tokenizer."""
-    from optimum.exporters.onnx import main_export
+def _optimum_export(model, model_dir: Path, out_dir: Path, task: str, opset: int) -> None:
+    """Optimum's exporter into ``out_dir``; it also writes config, generation config and tokenizer.
 
-    main_export(str(model_dir), out_dir, task=OPTIMUM_TASKS[task], opset=opset, do_validation=False,
-                local_files_only=True, library_name="transformers", device="cpu")
+    A low-rank factorized model is not what ``from_pretrained`` of its folder builds, so Optimum
+    exports the loaded model object instead of reloading the folder."""
+    from optimum.exporters.onnx import main_export, onnx_export_from_model
+
+    from edgeslim.compress.lowrank import is_factorized
+
+    if is_factorized(model_dir):
+        onnx_export_from_model(model, out_dir, opset=opset, do_validation=False, task=OPTIMUM_TASKS[task], device="cpu")
+        copy_sidecar_files(model_dir, out_dir)
+    else:
+        main_export(str(model_dir), out_dir, task=OPTIMUM_TASKS[task], opset=opset, do_validation=False,
+                    local_files_only=True, library_name="transformers", device="cpu")
     if not (out_dir / ONNX_FILE).is_file():
         raise EdgeslimError(f"Optimum wrote no {ONNX_FILE} for {model_dir}; set export.exporter: dynamo")
 

@@ -38,9 +38,10 @@ def onnx_logits(onnx_path: Path, tokenizer, texts: list[str], max_length: int, b
 def torch_logits(model_dir: Path, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> np.ndarray:
     """Classifier logits of a saved torch model (``from_pretrained`` of an artifact folder)."""
     import torch
-    from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    from edgeslim.compress.lowrank import load_factorized
+
+    model = load_factorized(model_dir, "text-classification")
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
