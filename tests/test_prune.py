@@ -419,3 +419,49 @@ def test_other_family_members_reload_exactly(tmp_path, build, auto):
     model.save_pretrained(tmp_path)
     batch = inputs()
     assert torch.equal(logits(auto.from_pretrained(tmp_path).eval(), batch), logits(model, batch))
+
+
+def _dg_group(model, module, handler):
+    """(qualified name, pruning function name) of every layer torch-pruning's DependencyGraph couples
+    to ``handler`` on ``module``, plus how many unwrapped parameters (norm scales) it includes."""
+    import torch_pruning as tp
+
+    batch = {k: v[:1] for k, v in inputs().items()}
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=batch, output_transform=lambda o: o.logits.sum())
+    names = {m: n for n, m in model.named_modules()}
+    layers, unwrapped = set(), 0
+    for dep, _ in graph.get_pruning_group(module, handler, idxs=[0, 1]):
+        target = dep.target.module
+        if isinstance(target, (torch.nn.Linear, torch.nn.Embedding)):
+            layers.add((names[target], dep.handler.__name__))
+        elif dep.target.name.startswith("UnwrappedParameter"):
+            unwrapped += 1
+    return layers, unwrapped
+
+
+def test_hand_coupling_matches_torch_pruning_dependency_graph():
+    """hf_fixups cuts coupled weights by hand (the graph search hangs on Llama attention in
+    torch-pruning 1.6.1); where the graph can be built, it must agree with the hand coupling."""
+    import torch_pruning as tp
+
+    from edgeslim.compress import hf_fixups as fx
+
+    bert = tiny_bert()
+    names = {m: n for n, m in bert.named_modules()}
+    attention, ffn = fx.attention_blocks(bert)[0], fx.ffn_blocks(bert)[0]
+    layers, _ = _dg_group(bert, attention.q, tp.prune_linear_out_channels)
+    assert layers == {(names[attention.q], "prune_out_channels"), (names[attention.k], "prune_out_channels"),
+                      (names[attention.v], "prune_out_channels"), (names[attention.o], "prune_in_channels")}
+    layers, _ = _dg_group(bert, ffn.inputs[0], tp.prune_linear_out_channels)
+    assert layers == {(names[ffn.inputs[0]], "prune_out_channels"), (names[ffn.output], "prune_in_channels")}
+
+    llama = tiny_llama()
+    names = {m: n for n, m in llama.named_modules()}
+    ffn = fx.ffn_blocks(llama)[0]
+    layers, _ = _dg_group(llama, ffn.inputs[0], tp.prune_linear_out_channels)
+    assert layers == {(names[l], "prune_out_channels") for l in ffn.inputs} | {(names[ffn.output], "prune_in_channels")}
+    layers, unwrapped = _dg_group(llama, llama.model.embed_tokens, tp.prune_embedding_out_channels)
+    slices = fx.hidden_slices(llama)
+    kind_to_handler = {"embedding": "prune_out_channels", "linear_in": "prune_in_channels", "linear_out": "prune_out_channels"}
+    assert layers == {(names[s.module], kind_to_handler[s.kind]) for s in slices if s.kind != "norm"}
+    assert unwrapped == sum(s.kind == "norm" for s in slices)
