@@ -199,13 +199,15 @@ def test_neural_compressor_encoder_reaches_onnx_as_4bit(encoder, tmp_path, algor
     assert agreement(encoder.reference, outputs) == 1.0
 
 
-def test_neural_compressor_causal_lm(decoder, tmp_path):
+def test_neural_compressor_causal_lm(decoder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     spec = QuantSpec(mode="neural_compressor", algorithm="rtn", block_size=32)
     dst = quantize_with(spec, decoder.onnx, tmp_path / "q.onnx", calibration=decoder.feeds,
                         torch_dir=decoder.folder.parent / "hf")
     assert ops(dst).count("MatMulNBits") >= 2 * 7
     outputs = [run_onnx(dst, f) for f in decoder.feeds]
     assert relative_error(decoder.reference, outputs) < 0.40
+    assert not (tmp_path / "nc_workspace").exists()  # neural-compressor's workspace is kept out of the cwd
 
 
 def test_matmul_nbits_writer_matches_numpy(tmp_path):

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import hashlib
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,20 @@ class IntLinear:
         groups = np.arange(self.qweight.shape[1]) // self.group_size
         zp = self.zero_points[:, groups] if self.zero_points is not None else 0
         return ((self.qweight.astype(np.float32) - zp) * self.scales[:, groups]).astype(np.float32)
+
+
+_WORKSPACE_MOVED = False
+
+
+def keep_workspace_out_of_cwd() -> None:
+    """neural-compressor makes ``./nc_workspace/<time>/`` in the current folder when its torch modules
+    load; point its workspace at a temporary folder first so runs leave nothing in the user's folder."""
+    global _WORKSPACE_MOVED
+    if not _WORKSPACE_MOVED:
+        from neural_compressor.common import options
+
+        options.workspace = tempfile.mkdtemp(prefix="edgeslim-nc-")
+        _WORKSPACE_MOVED = True
 
 
 @contextlib.contextmanager
@@ -263,6 +278,7 @@ def quantize_neural_compressor(spec, src: Path, dst: Path, torch_dir: Path | Non
     if torch_dir is None:
         raise EdgeslimError("mode neural_compressor needs the torch model the ONNX was exported from; "
                             "run it after the export stage of the same recipe")
+    keep_workspace_out_of_cwd()
     model = load_torch_model(torch_dir)
     originals = {name: weight_key(m.weight.detach().T.numpy())
                  for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
