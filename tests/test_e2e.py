@@ -104,3 +104,6 @@ def test_every_stage_composes_into_a_bundle(tmp_path):
     for name in ("model.onnx", "model.ort", "required_operators.config", "edgeslim.json", "README.md", "tokenizer.json"):
         assert (out / "model" / name).is_file(), name
     assert "p50" in (out / "model" / "README.md").read_text()
+    assert [c["name"] for c in next(a for a in report["artifacts"] if a["name"] == "06-quantize")["quantize"]["candidates"]] \
+        == ["dynamic-int8", "static-int8"]
+    assert "Quantization candidates" in (out / "report" / "report.md").read_text()

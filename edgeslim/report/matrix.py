@@ -65,6 +65,8 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
         }
         if artifact.manifest.get("mobile_usability") is not None:
             record["mobile_usability"] = artifact.manifest["mobile_usability"]
+        if artifact.manifest.get("candidates"):
+            record["quantize"] = {"candidates": artifact.manifest["candidates"], "choice": artifact.manifest.get("choice")}
         for profile in profiles:
             record["devices"][profile.name] = cells[profile.name].get(name) or _not_timed(artifact)
         artifacts.append(record)

@@ -130,20 +130,46 @@ def render_markdown(report: dict[str, Any], checks: list[Check]) -> str:
                          f"{'pass' if check.passed else '**FAIL**'} | {check.detail} |")
     else:
         parts.append("No budgets set.")
+    parts += _quantize_section(report)
     reasons = _reasons(report)
     if reasons:
         parts += ["", "## Cells not measured", ""] + [f"- {r}" for r in reasons]
     return "\n".join(parts) + "\n"
 
 
-def _reasons(report: dict[str, Any]) -> list[str]:
-    seen = []
+def _quantize_section(report: dict[str, Any]) -> list[str]:
+    """The quantize stage's candidates (accuracy, size, latency) and why it kept the one it kept."""
+    lines = []
     for record in report["artifacts"]:
+        quantize = record.get("quantize")
+        if not quantize:
+            continue
+        lines += ["", f"## Quantization candidates ({record['name']})", "",
+                  "| candidate | accuracy | drop | size KiB | p50 ms (build host) | excluded nodes | meets budget | error |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for cand in quantize["candidates"]:
+            def num(value, fmt):
+                return "-" if value is None else format(value, fmt)
+            lines.append(f"| {cand['name']} | {num(cand.get('accuracy'), '.4f')} | {num(cand.get('accuracy_drop'), '+.4f')} | "
+                         f"{num(cand.get('size_bytes') and cand['size_bytes'] / 1024, '.1f')} | {num(cand.get('latency_ms_p50'), '.3f')} | "
+                         f"{len(cand.get('excluded_nodes') or [])} | {'yes' if cand.get('meets_budget') else 'no'} | {cand.get('error') or ''} |")
+        if quantize.get("choice"):
+            lines += ["", f"Kept **{quantize['choice']['name']}**: {quantize['choice'].get('reason')}."]
+    return lines
+
+
+def _reasons(report: dict[str, Any]) -> list[str]:
+    """Why ONNX cells were not measured (torch artifacts are scored for accuracy but never timed)."""
+    lines = []
+    for record in report["artifacts"]:
+        if record["kind"] == "torch":
+            continue
         for device, cell in record["devices"].items():
-            if cell.get("status") not in ("measured",) and cell.get("reason"):
-                line = f"{record['name']} on {device}: {cell['status']} ({cell['reason']})"
-                seen.append(line)
-    return seen
+            if cell.get("status") != "measured" and cell.get("reason"):
+                lines.append(f"{record['name']} on {device}: {cell['status']} ({cell['reason']})")
+    if any(record["kind"] == "torch" for record in report["artifacts"]):
+        lines.append("torch artifacts are scored on the eval split but not timed; their ONNX descendants are")
+    return lines
 
 
 def render_junit(report: dict[str, Any], checks: list[Check]) -> str:
