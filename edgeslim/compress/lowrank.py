@@ -296,9 +296,9 @@ def load_factorized(path: Path, task: str = "text-classification", **kwargs):
     return factorized_class(base).from_pretrained(path, **kwargs).eval()
 
 
-@register_stage("lowrank", config=LowRankConfig, consumes="torch", produces="torch")
-def run(config: LowRankConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
-    """Factorize the targeted Linears, optionally recover with KD, save a folder load_factorized reads."""
+def load_checked(stage: str, config, artifact: Artifact, ctx: StageContext):
+    """A torch stage's input model and tokenizer, with the stage config checked against the real
+    input model (``edgeslim check`` saw only the teacher's config; distill may have changed widths)."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(ctx.seed)
@@ -307,7 +307,14 @@ def run(config: LowRankConfig, artifact: Artifact, ctx: StageContext) -> Artifac
     try:
         config.check_against(model.config, ctx.task)
     except ValueError as exc:
-        raise EdgeslimError(f"lowrank: {exc}") from None
+        raise EdgeslimError(f"{stage}: {exc}") from None
+    return model, tokenizer
+
+
+@register_stage("lowrank", config=LowRankConfig, consumes="torch", produces="torch")
+def run(config: LowRankConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
+    """Factorize the targeted Linears, optionally recover with KD, save a folder load_factorized reads."""
+    model, tokenizer = load_checked("lowrank", config, artifact, ctx)
     summary = factorize(model, config)
     ctx.log(f"lowrank: {len(summary['ranks'])} Linears factorized, {len(summary['skipped'])} kept dense; "
             f"MACs/token {summary['target_macs_per_token_before']:,} -> {summary['target_macs_per_token_after']:,}")

@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from edgeslim.artifacts import Artifact, atomic_write_json
-from edgeslim.compress.lowrank import load_factorized
+from edgeslim.compress.lowrank import load_checked, load_factorized
 from edgeslim.compress.prune import Recovery, count_params, recover, save_torch
 from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageConfig, StageContext, register_stage
@@ -290,15 +290,7 @@ def texts_for(config: VocabConfig, data) -> list[str]:
 @register_stage("vocab", config=VocabConfig, consumes="torch", produces="torch")
 def run(config: VocabConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
     """Trim the vocabulary to the recipe's texts; save the model, tokenizer and ``vocab_map.json``."""
-    from transformers import AutoTokenizer
-
-    torch.manual_seed(ctx.seed)
-    model = load_factorized(artifact.path, ctx.task)
-    tokenizer = AutoTokenizer.from_pretrained(artifact.path)
-    try:
-        config.check_against(model.config, ctx.task)
-    except ValueError as exc:
-        raise EdgeslimError(f"vocab: {exc}") from None
+    model, tokenizer = load_checked("vocab", config, artifact, ctx)
     texts = texts_for(config, ctx.data)
     if not texts:
         raise EdgeslimError(f"vocab: sources {config.sources} hold no text, so the vocabulary would be empty; add data")

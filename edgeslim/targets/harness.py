@@ -65,6 +65,20 @@ def make_session(model_path, spec):
     """An ``InferenceSession`` configured exactly as the device profile's runtime section says."""
     import onnxruntime as ort
 
+    options = session_options(spec)
+    providers = spec.get("providers") or ["CPUExecutionProvider"]
+    provider_options = spec.get("provider_options") or {}
+    return ort.InferenceSession(
+        model_path,
+        sess_options=options,
+        providers=[(p, provider_options.get(p, {})) for p in providers],
+    )
+
+
+def session_options(spec):
+    """``SessionOptions`` from a spec's threads, graph optimization level and session config entries."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(spec.get("threads", 1))
     options.inter_op_num_threads = int(spec.get("inter_op_threads", 1))
@@ -77,13 +91,7 @@ def make_session(model_path, spec):
     }[level]
     for key, value in (spec.get("session_options") or {}).items():
         options.add_session_config_entry(key, str(value))
-    providers = spec.get("providers") or ["CPUExecutionProvider"]
-    provider_options = spec.get("provider_options") or {}
-    return ort.InferenceSession(
-        model_path,
-        sess_options=options,
-        providers=[(p, provider_options.get(p, {})) for p in providers],
-    )
+    return options
 
 
 def feeds_for(session, inputs):

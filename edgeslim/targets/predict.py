@@ -86,17 +86,10 @@ def _weight_bytes(graph) -> dict[str, float]:
 
 
 def _session_options(level: str, tmp: str):
-    import onnxruntime as ort
+    from edgeslim.targets.harness import session_options
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options = session_options({"threads": 1, "graph_optimization_level": level})
     options.log_severity_level = 3
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(tmp, "profile")
     options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
