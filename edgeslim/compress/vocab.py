@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from edgeslim.artifacts import Artifact, atomic_write_json
-from edgeslim.compress.lowrank import load_checked, load_factorized
+from edgeslim.compress.lowrank import load_checked
 from edgeslim.compress.prune import Recovery, count_params, recover, save_torch
 from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageConfig, StageContext, register_stage
