@@ -222,7 +222,6 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import numpy as np
 
     from edgeslim.report.render import text_table
     from edgeslim.targets.profile import load_profile

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from conftest import TINY_RECIPE, write_recipe
 from edgeslim.cli import main

@@ -53,11 +53,6 @@ def masked_llama(model, group_drops, ffn_drops):
     return masked
 
 
-@torch.no_grad()
-def logits(model, batch):
-    return model(**batch).logits
-
-
 def test_uniform_bert_prune_equals_masking_and_reloads_exactly(tmp_path):
     original = tiny_bert()
     model = copy.deepcopy(original)
@@ -331,7 +326,7 @@ def test_llama_hidden_width_pruning_matches_a_sliced_reference_and_reloads(tmp_p
 def test_hidden_width_with_heads_and_ffn_and_calibration(tmp_path):
     model = tiny_llama(heads=4, kv=4)
     batches = [{k: v[:1] for k, v in inputs().items()}]
-    summary = prune_model(model, PruneConfig(heads=0.5, ffn=0.5, hidden=0.5, importance="calibration"), batches)
+    prune_model(model, PruneConfig(heads=0.5, ffn=0.5, hidden=0.5, importance="calibration"), batches)
     assert (model.config.hidden_size, model.config.num_attention_heads, model.config.intermediate_size) == (16, 2, 32)
     model.save_pretrained(tmp_path)
     batch = inputs()

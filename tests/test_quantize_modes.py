@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from _quantize_models import export_torchscript, fuse_o2, onnx_artifact_dir, run_onnx, sentiment_data, tiny_llama_onnx, trained_tiny_bert
+from _quantize_models import export_torchscript, fuse_o2, run_onnx, sentiment_data, tiny_llama_onnx, trained_tiny_bert
 from edgeslim.export.quantize import QuantSpec, quantize_with
 from edgeslim.export import quantize_inc
 

@@ -115,7 +115,7 @@ def test_unreachable_host_is_an_error_cell(sshd, models, tmp_path):
     cells = measure(ssh_profile(tmp_path, sshd, port=closed_port), models, token_inputs(1), warmup=1, runs=2)
     for cell in cells.values():
         assert cell["status"] == "error"
-        assert f"cannot reach" in cell["reason"] and str(closed_port) in cell["reason"]
+        assert "cannot reach" in cell["reason"] and str(closed_port) in cell["reason"]
         assert "\n" not in cell["reason"]
 
 
