@@ -113,13 +113,25 @@ class StageContext:
 # Running a recipe
 
 
-def code_version() -> str:
-    """Hash of edgeslim's own source: a code change invalidates cached stage outputs."""
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def code_version(*folders: Path) -> str:
+    """Hash of the edgeslim source a stage runs: the core modules at the package root plus the
+    stage's own subpackage(s). Changing that code invalidates the stage's cached output; changing,
+    say, the report or the device runners does not throw away an expensive fine-tune."""
     from edgeslim import __version__
 
-    package = Path(__file__).resolve().parent
-    sources = sorted(package.rglob("*.py"))
+    sources = sorted(p for p in PACKAGE_DIR.glob("*.py") if p.name != "cli.py")
+    for folder in folders:
+        sources += sorted(Path(folder).glob("*.py"))
     return hash_bytes(__version__, *(p.read_bytes() for p in sources))[:16]
+
+
+def _module_folder(func) -> Path:
+    import inspect
+
+    return Path(inspect.getsourcefile(func)).resolve().parent
 
 
 @dataclass
@@ -158,7 +170,6 @@ class Pipeline:
         self.out_dir = Path(out_dir)
         self.quiet = quiet
         self.force = force
-        self._code = code_version()
 
     def run(self) -> RunOutcome:
         from edgeslim.data import load_data
@@ -176,6 +187,7 @@ class Pipeline:
                 index, entry.name, self.out_dir / "stages" / f"{index:02d}-{entry.name}",
                 entry.config.model_dump(mode="json"), current.artifact, data, teacher.artifact,
                 lambda ctx, spec=spec, entry=entry, current=current: spec.run(entry.config, current.artifact, ctx),
+                code=code_version(_module_folder(spec.run)),
             )
             stages.append(outcome)
             current = outcome
@@ -188,7 +200,8 @@ class Pipeline:
 
         config = self.recipe.teacher.model_dump(mode="json")
         config["task"] = self.recipe.task
-        return self._stage(0, "teacher", self.out_dir / "stages" / "00-teacher", config, None, data, None, run_teacher)
+        return self._stage(0, "teacher", self.out_dir / "stages" / "00-teacher", config, None, data, None, run_teacher,
+                           code=code_version(PACKAGE_DIR / "compress"))
 
     def _baselines(self, teacher: StageOutcome, data) -> dict[str, StageOutcome]:
         """The fp32 teacher ONNX and its plain dynamic-INT8 version: every gain is a ratio to these."""
@@ -204,7 +217,8 @@ class Pipeline:
 
         fp32 = self._stage(0, "teacher-fp32", self.out_dir / "baselines" / "teacher-fp32",
                            {"baseline": "export", "export": export_config.model_dump(mode="json") if export_config else None},
-                           teacher.artifact, data, teacher.artifact, export_teacher)
+                           teacher.artifact, data, teacher.artifact, export_teacher,
+                           code=code_version(PACKAGE_DIR / "export"))
 
         def quantize_teacher(ctx: StageContext) -> Artifact:
             copy_sidecar_files(fp32.artifact.path, ctx.out_dir)
@@ -212,15 +226,16 @@ class Pipeline:
             return Artifact(ctx.out_dir, "onnx", {})
 
         int8 = self._stage(0, "teacher-int8", self.out_dir / "baselines" / "teacher-int8",
-                           {"baseline": "dynamic-int8"}, fp32.artifact, data, teacher.artifact, quantize_teacher)
+                           {"baseline": "dynamic-int8"}, fp32.artifact, data, teacher.artifact, quantize_teacher,
+                           code=code_version(PACKAGE_DIR / "export"))
         return {"teacher-fp32": fp32, "teacher-int8": int8}
 
     # One cached, atomic stage ------------------------------------------------------------------
 
     def _stage(self, index: int, name: str, folder: Path, config: dict, source: Artifact | None,
-               data, teacher: Artifact | None, body) -> StageOutcome:
+               data, teacher: Artifact | None, body, code: str) -> StageOutcome:
         key = hash_bytes(name, json.dumps(config, sort_keys=True), source.manifest["key"] if source else "",
-                         data.fingerprint, self.recipe.task, str(self.recipe.seed), self._code)
+                         data.fingerprint, self.recipe.task, str(self.recipe.seed), code)
         cached = None if self.force else _finished(folder, key)
         if cached is not None:
             self._say(f"[{index:02d}] {name}: cached ({folder})")
