@@ -9,7 +9,7 @@ DEMO_STAMP := $(VENV)/.demo-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean llm-demo llm-quick
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,6 +28,13 @@ $(DEMO_STAMP): $(STAMP)
 
 demo: $(DEMO_STAMP)
 	$(BIN)/edgeslim run minilm-sentiment
+
+# The LLM path: SmolLM2-135M (GGUF) -> distilled INT4 decoder; the quick variant is a smoke run.
+llm-demo: $(DEMO_STAMP)
+	$(BIN)/edgeslim run smollm2-edge
+
+llm-quick: $(DEMO_STAMP)
+	$(BIN)/edgeslim run smollm2-edge-quick
 
 # pytest exits 5 when it collected no tests; an empty run must not pass.
 # Tests run torch on one thread: their models are tiny, and two threads on two shared cores thrash.

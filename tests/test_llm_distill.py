@@ -22,7 +22,7 @@ from edgeslim.export.onnx import export_onnx
 from edgeslim.export.quantize import QuantSpec, copy_sidecar_files, quantize_with
 from edgeslim.pipeline import StageContext
 from edgeslim.report.lm_eval import OnnxDecoder, TorchDecoder
-from test_llm_support import SENTENCES, tiny_llama_folder
+from _llm_models import SENTENCES, tiny_llama_folder
 
 EXTRA = [
     "The baker sold warm bread to the river boats every morning.",

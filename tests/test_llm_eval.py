@@ -17,7 +17,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.export.onnx import export_onnx
 from edgeslim.export.quantize import QuantSpec, copy_sidecar_files, quantize_with
 from edgeslim.report.lm_eval import OnnxDecoder, measure_decode, score_causal_lm
-from test_llm_support import SENTENCES, tiny_llama_folder
+from _llm_models import SENTENCES, tiny_llama_folder
 
 PROMPTS = ["The river runs", "A small robot learned to", "She wrote 12 letters", "Clouds"]
 

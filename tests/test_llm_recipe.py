@@ -12,7 +12,7 @@ import yaml
 
 from conftest import REPO, run_cli
 from edgeslim.recipe import load_recipe
-from test_llm_support import SENTENCES, tiny_llama, train_tokenizer, write_gguf
+from _llm_models import SENTENCES, tiny_llama, train_tokenizer, write_gguf
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageContext
 from edgeslim.recipe import load_recipe
 from edgeslim.teacher import load_gguf_causal_lm, load_gguf_tokenizer, load_teacher_config, run_teacher
-from test_llm_support import SENTENCES, tiny_llama, train_tokenizer, write_gguf
+from _llm_models import SENTENCES, tiny_llama, train_tokenizer, write_gguf
 
 TEXTS = ["The river runs 123 times past the mill.", " two  spaces\n\nand a café", "<|im_start|>user\nhi<|im_end|>"]
 
