@@ -100,6 +100,9 @@ def test_every_stage_composes_into_a_bundle(tmp_path):
     release = next(a for a in report["artifacts"] if a["name"] == report["release"])
     assert release["kind"] == "bundle" and "mobile_usability" in release
     assert release["devices"]["raspberry-pi-5"]["status"] == "predicted"
+    # predicted (deterministic) cells are kept for the next run; measured latency never is
+    assert list((out / "report" / ".cache").glob("cells-raspberry-pi-5-*.json"))
+    assert not list((out / "report" / ".cache").glob("cells-x86-64-cpu-*.json"))
     for name in ("model.onnx", "model.ort", "required_operators.config", "edgeslim.json", "README.md", "tokenizer.json"):
         assert (out / "model" / name).is_file(), name
     assert "p50" in (out / "model" / "README.md").read_text()

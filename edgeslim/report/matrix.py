@@ -43,7 +43,7 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
     measure_device = _measure_device if recipe.task == "text-classification" else _measure_decoder
     budgets = merged_budgets(recipe, profiles)
     cells = {profile.name: measure_device(profile, onnx_entries, outcome.data, recipe, quiet,
-                                          instructions=profile.name in budgets["instructions"])
+                                          instructions=profile.name in budgets["instructions"], cache_dir=cache_dir)
              for profile in profiles}
 
     artifacts = []
@@ -189,7 +189,13 @@ def _packed_elements(model, name: str) -> int:
 # Latency
 
 
-def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructions: bool = False) -> dict[str, dict]:
+#: Runners whose cells depend only on the models and inputs (emulated outputs, roofline predictions):
+#: a rerun reuses their cells; measured latency is always measured again.
+DETERMINISTIC_ACCESS = ("qemu-arm", "none")
+
+
+def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructions: bool = False,
+                    cache_dir: Path | None = None) -> dict[str, dict]:
     """Cells for every ONNX artifact on one device; models sharing a tokenizer run interleaved.
 
     ``instructions`` adds callgrind's instruction count per inference (when a budget needs it)."""
@@ -206,11 +212,28 @@ def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructio
     for members in groups.values():
         tokenizer = AutoTokenizer.from_pretrained(members[0][1].path)
         inputs = data.encode_each(tokenizer, "eval", recipe.measure.samples)
+        cache_file = _cell_cache_file(cache_dir, profile, members, inputs)
+        if cache_file is not None and cache_file.is_file():
+            cells.update(read_json(cache_file))
+            continue
         if not quiet:
             print(f"measuring {len(members)} model(s) on {profile.name} ({profile.access.kind})", flush=True)
-        cells.update(measure(profile, {name: art.onnx_path for name, art in members}, inputs,
-                             warmup=recipe.measure.warmup, runs=recipe.measure.runs, instructions=instructions))
+        group_cells = measure(profile, {name: art.onnx_path for name, art in members}, inputs,
+                              warmup=recipe.measure.warmup, runs=recipe.measure.runs, instructions=instructions)
+        if cache_file is not None and all(c["status"] in ("emulated", "predicted") for c in group_cells.values()):
+            atomic_write_json(cache_file, group_cells)
+        cells.update(group_cells)
     return cells
+
+
+def _cell_cache_file(cache_dir: Path | None, profile, members, inputs) -> Path | None:
+    """Where a deterministic runner's cells for these exact models, inputs and profile are kept."""
+    if cache_dir is None or profile.access.kind not in DETERMINISTIC_ACCESS:
+        return None
+    parts = [profile.model_dump_json()]
+    parts += [f"{name}:{art.manifest.get('key', art.path)}" for name, art in members]
+    parts += [name + array.tobytes().hex() for feed in inputs for name, array in sorted(feed.items())]
+    return Path(cache_dir) / f"cells-{profile.name}-{hash_bytes(*parts)[:24]}.json"
 
 
 def lm_prompts(texts: list[str], count: int) -> list[str]:
