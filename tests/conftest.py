@@ -43,6 +43,18 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread: the same kernels in every process (bit-identical resume) and no fight
+    over the shared cores. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def recipe_dict() -> dict:
     return tiny_recipe_dict()
 

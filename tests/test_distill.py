@@ -89,13 +89,7 @@ def distill(parent: Path, bundle: DataBundle, teacher_dir: Path, task: str = "te
     return run_distill(DistillConfig(**config), ctx.teacher, ctx)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Same kernels in every process (bit-identical resume), and no fight over the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
