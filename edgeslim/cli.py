@@ -1,7 +1,7 @@
 """The one entry point: ``edgeslim run|check|bench|gate|report|devices|recipes``.
 
 Exit codes: 0 ok, 1 the gate failed, 2 bad input or an unusable environment (one line on stderr, no
-traceback unless ``--debug``).
+traceback unless ``--debug``), 3 an internal error (a bug; never reported as a gate failure).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeslim.errors import EdgeslimError
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeslim: interrupted; finished stages are kept and a rerun resumes", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a gate verdict: never exit 1, which means "a budget failed"
+        if args.debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"edgeslim: internal error: {type(exc).__name__}: {first} (a bug; rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 def build_parser() -> argparse.ArgumentParser:

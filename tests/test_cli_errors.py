@@ -159,3 +159,16 @@ def test_check_accepts_the_tiny_recipe(capsys):
     code, out, _ = run_main(capsys, "check", TINY_RECIPE)
     assert code == 0 and "recipe 'tiny-test' is valid" in out
     assert "teacher -> distill -> export -> quantize" in out
+
+
+def test_an_internal_error_is_never_reported_as_a_gate_failure(capsys, tmp_path):
+    """A crash (here: a report whose release lacks size_bytes) exits 3 with one line, so CI never
+    mistakes it for a failed budget (exit 1)."""
+    artifacts = [{"name": "t", "accuracy": 0.9, "devices": {}}, {"name": "r", "accuracy": 0.9, "devices": {}}]
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"schema_version": 1, "teacher": "t", "release": "r", "artifacts": artifacts,
+                                  "budgets": {"size_mb": 5}}))
+    code, _, err = run_main(capsys, "gate", report)
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1
+    assert lines[0].startswith("edgeslim: internal error: KeyError") and "--debug" in lines[0]

@@ -57,30 +57,34 @@ def test_second_run_skips_every_cached_stage(copy_run):
     assert time.time() - started < 60
 
 
-def test_killed_stage_is_never_reused_and_the_rerun_finishes(copy_run):
-    """Kill the run while distill trains: no 01-distill folder may look finished; a rerun resumes
-    from the cached teacher and completes."""
+def test_killed_stage_is_never_reused_and_the_rerun_finishes(copy_run, tmp_path):
+    """SIGKILL the run while distill is writing into its temporary folder: no 01-distill folder may
+    look finished; a rerun reuses the cached teacher and completes."""
     import shutil
 
+    import yaml
+
+    from conftest import TINY_DATA, write_recipe
+
+    recipe = yaml.safe_load(TINY_RECIPE.read_text())
+    recipe["data"]["source"] = str(TINY_DATA)
+    recipe["stages"][0]["distill"]["epochs"] = 40  # long enough to be caught mid-stage on a fast machine
+    path = write_recipe(tmp_path, recipe)
     for name in STAGE_DIRS[1:]:
         shutil.rmtree(copy_run / "stages" / name)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "edgeslim.cli", "run", str(TINY_RECIPE), "--out", str(copy_run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    seen = ""
+    proc = subprocess.Popen([sys.executable, "-m", "edgeslim.cli", "run", str(path), "--out", str(copy_run), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        seen += line
-        if "[01] distill: running" in line or not line:
-            break
-    time.sleep(3)  # let the stage write into its temporary folder
+    while time.time() < deadline and not list((copy_run / "stages").glob(".01-distill.tmp-*")):
+        time.sleep(0.05)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert "[01] distill: running" in seen, seen
-    assert not (copy_run / "stages" / "01-distill" / "manifest.json").exists()
-    rerun = run_cli("run", TINY_RECIPE, "--out", copy_run, "--quiet")
+    assert not (copy_run / "stages" / "01-distill").exists(), "the stage finished before it could be killed"
+    rerun = run_cli("run", path, "--out", copy_run)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "[00] teacher: cached" in rerun.stdout
     assert json.loads((copy_run / "stages" / "01-distill" / "manifest.json").read_text())["complete"]
     leftovers = [p.name for p in (copy_run / "stages").iterdir() if ".tmp-" in p.name]
     assert leftovers == []

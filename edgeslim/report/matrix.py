@@ -245,7 +245,8 @@ def lm_prompts(texts: list[str], count: int) -> list[str]:
     return prompts
 
 
-def _measure_decoder(profile, onnx_entries, data, recipe, quiet: bool, instructions: bool = False) -> dict[str, dict]:
+def _measure_decoder(profile, onnx_entries, data, recipe, quiet: bool, instructions: bool = False,
+                     cache_dir: Path | None = None) -> dict[str, dict]:
     """Causal LMs: prefill latency and decode tokens/s, measured on this host for local profiles."""
     from transformers import AutoTokenizer
 
