@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 from conftest import TINY_RECIPE, write_recipe
 from edgeslim.cli import main
@@ -81,10 +83,16 @@ def test_missing_data_file(capsys, tmp_path, recipe_dict):
     assert_one_line_error(code, err, "data.source", "does not exist")
 
 
-def test_missing_label_column(capsys, tmp_path, recipe_dict):
-    recipe_dict["data"]["label_column"] = "sentiment"
+@pytest.mark.parametrize("key, value, fragments", [
+    ("label_column", "sentiment", ("data.label_column 'sentiment'", "columns: text, label")),
+    ("labels", ["negative", "positive"], ("data.labels does not list neutral",)),
+    ("source", "pkg://no_such_package_xyz/data.csv", ("package 'no_such_package_xyz' is not installed", "pip install")),
+    ("source", "pkg://edgeslim/no/such/file.csv", ("pkg://edgeslim/no/such/file.csv", "has no 'no/such/file.csv'")),
+], ids=["missing-label-column", "labels-not-listed", "pkg-not-installed", "pkg-wrong-path"])
+def test_bad_data_section(capsys, tmp_path, recipe_dict, key, value, fragments):
+    recipe_dict["data"][key] = value
     code, _, err = run_main(capsys, "check", write_recipe(tmp_path, recipe_dict))
-    assert_one_line_error(code, err, "data.label_column 'sentiment'", "columns: text, label")
+    assert_one_line_error(code, err, *fragments)
 
 
 def test_teacher_path_that_does_not_exist(capsys, tmp_path, recipe_dict):
@@ -109,24 +117,6 @@ def test_csv_in_the_wrong_encoding(capsys, tmp_path, recipe_dict):
     recipe_dict["data"]["encoding"] = "latin-1"
     code, out, err = run_main(capsys, "check", write_recipe(tmp_path, recipe_dict))
     assert code == 0, err
-
-
-def test_labels_not_listed(capsys, tmp_path, recipe_dict):
-    recipe_dict["data"]["labels"] = ["negative", "positive"]
-    code, _, err = run_main(capsys, "check", write_recipe(tmp_path, recipe_dict))
-    assert_one_line_error(code, err, "data.labels does not list neutral")
-
-
-def test_pkg_uri_of_a_missing_package(capsys, tmp_path, recipe_dict):
-    recipe_dict["data"]["source"] = "pkg://no_such_package_xyz/data.csv"
-    code, _, err = run_main(capsys, "check", write_recipe(tmp_path, recipe_dict))
-    assert_one_line_error(code, err, "package 'no_such_package_xyz' is not installed", "pip install")
-
-
-def test_pkg_uri_with_a_wrong_path(capsys, tmp_path, recipe_dict):
-    recipe_dict["data"]["source"] = "pkg://edgeslim/no/such/file.csv"
-    code, _, err = run_main(capsys, "check", write_recipe(tmp_path, recipe_dict))
-    assert_one_line_error(code, err, "pkg://edgeslim/no/such/file.csv", "has no 'no/such/file.csv'")
 
 
 def test_failed_run_leaves_nothing_behind(capsys, tmp_path, recipe_dict):
