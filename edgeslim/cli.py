@@ -110,7 +110,8 @@ def _quiet_libraries(args) -> None:
         # Library log lines (torchao's optional GPU kernels, onnxruntime's pre-processing hint, torch's
         # pytree deprecations) say nothing a user can act on; --debug shows them.
         logging.basicConfig(level=logging.ERROR)
-        for name in ("transformers", "torchao", "torch", "onnxruntime", "optimum", "root"):
+        # torch resets its own "torch" logger when imported; its children keep the level set here
+        for name in ("transformers", "torchao", "torch", "torch.utils._pytree", "onnxruntime", "optimum", "root"):
             logging.getLogger(name).setLevel(logging.ERROR)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -128,7 +129,10 @@ def cmd_run(args) -> int:
     recipe = load_recipe(args.recipe)
     check_recipe(recipe)
     out_dir = args.out or Path("runs") / recipe.name
-    outcome = Pipeline(recipe, out_dir, quiet=args.quiet, force=args.force).run()
+    pipeline = Pipeline(recipe, out_dir, quiet=args.quiet, force=args.force)
+    outcome = pipeline.run()
+    if not pipeline.role.is_main:  # under accelerate launch: rank 0 measures, reports and gates
+        return EXIT_OK
     report = build_report(recipe, outcome, out_dir, quiet=args.quiet)
     report_dir = out_dir / "report"
     write_report(report, report_dir)

@@ -10,6 +10,7 @@ interrupted run resumes at the stage it was in.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,16 +44,24 @@ class StageSpec:
     run: Callable[[StageConfig, Artifact, "StageContext"], Artifact]
     consumes: str
     produces: str
+    trains: bool = False
+    before: dict[str, str] = field(default_factory=dict)
 
 
 STAGES: dict[str, StageSpec] = {}
 
 
-def register_stage(name: str, config: type[StageConfig], consumes: str, produces: str):
-    """Decorator that registers ``run(config, artifact, ctx) -> Artifact`` as stage ``name``."""
+def register_stage(name: str, config: type[StageConfig], consumes: str, produces: str, trains: bool = False,
+                   before: dict[str, str] | None = None):
+    """Decorator that registers ``run(config, artifact, ctx) -> Artifact`` as stage ``name``.
+
+    ``trains`` marks a stage that may call the data-parallel training loop: under ``accelerate
+    launch`` every process runs it (the loop needs them all); other stages run on rank 0 only.
+    ``before`` maps stages this one must come before (when both are in a recipe) to the reason.
+    """
 
     def decorate(func):
-        STAGES[name] = StageSpec(name, config, func, consumes, produces)
+        STAGES[name] = StageSpec(name, config, func, consumes, produces, trains, dict(before or {}))
         return func
 
     return decorate
@@ -162,13 +171,43 @@ class RunOutcome:
         return [self.teacher, *self.baselines.values(), *self.stages]
 
 
-class Pipeline:
-    """Runs a loaded recipe into ``out_dir``: ``stages/NN-name/``, ``baselines/``, cached by key."""
+@dataclass(frozen=True)
+class ProcessRole:
+    """This process's place in a multi-process launch (``accelerate launch``, ``torchrun``).
 
-    def __init__(self, recipe, out_dir: Path, quiet: bool = False, force: bool = False):
+    Read from the launcher's ``RANK`` / ``WORLD_SIZE`` variables, so a plain run needs no process
+    group. Rank 0 owns the output folder; the other ranks only join the training stages.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "ProcessRole":
+        import os
+
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        return cls(int(os.environ.get("RANK", "0") or 0), world) if world > 1 else cls()
+
+
+class Pipeline:
+    """Runs a loaded recipe into ``out_dir``: ``stages/NN-name/``, ``baselines/``, cached by key.
+
+    Under a multi-process launch every rank runs the teacher and the training stages (the training
+    loop is data-parallel and needs them all) but only rank 0 writes the stage folders; the other
+    ranks wait for rank 0's result, continue from it, and stop after the last training stage.
+    """
+
+    def __init__(self, recipe, out_dir: Path, quiet: bool = False, force: bool = False,
+                 role: ProcessRole | None = None):
         self.recipe = recipe
         self.out_dir = Path(out_dir)
-        self.quiet = quiet
+        self.role = role or ProcessRole.from_env()
+        self.quiet = quiet or not self.role.is_main
         self.force = force
 
     def run(self) -> RunOutcome:
@@ -178,16 +217,19 @@ class Pipeline:
         data = load_data(self.recipe.data, self.recipe.base_dir, self.recipe.task)
         self._say(f"data: {len(data.train)} train / {len(data.eval)} eval examples")
         teacher = self._teacher(data)
-        baselines = self._baselines(teacher, data)
+        baselines = self._baselines(teacher, data) if self.role.is_main else {}
+        specs = [get_stage(entry.name) for entry in self.recipe.stages]
+        last_training = max((i for i, spec in enumerate(specs) if spec.trains), default=-1)
         current = teacher
         stages = []
-        for index, entry in enumerate(self.recipe.stages, start=1):
-            spec = get_stage(entry.name)
+        for index, (entry, spec) in enumerate(zip(self.recipe.stages, specs), start=1):
+            if not self.role.is_main and index - 1 > last_training:
+                break  # nothing left that needs this rank
             outcome = self._stage(
                 index, entry.name, self.out_dir / "stages" / f"{index:02d}-{entry.name}",
                 entry.config.model_dump(mode="json"), current.artifact, data, teacher.artifact,
                 lambda ctx, spec=spec, entry=entry, current=current: spec.run(entry.config, current.artifact, ctx),
-                code=code_version(_module_folder(spec.run)),
+                code=code_version(_module_folder(spec.run)), all_ranks=spec.trains,
             )
             stages.append(outcome)
             current = outcome
@@ -201,7 +243,7 @@ class Pipeline:
         config = self.recipe.teacher.model_dump(mode="json")
         config["task"] = self.recipe.task
         return self._stage(0, "teacher", self.out_dir / "stages" / "00-teacher", config, None, data, None, run_teacher,
-                           code=code_version(PACKAGE_DIR / "compress"))
+                           code=code_version(PACKAGE_DIR / "compress"), all_ranks=True)
 
     def _baselines(self, teacher: StageOutcome, data) -> dict[str, StageOutcome]:
         """The fp32 teacher ONNX and its plain dynamic-INT8 version: every gain is a ratio to these."""
@@ -233,7 +275,7 @@ class Pipeline:
     # One cached, atomic stage ------------------------------------------------------------------
 
     def _stage(self, index: int, name: str, folder: Path, config: dict, source: Artifact | None,
-               data, teacher: Artifact | None, body, code: str) -> StageOutcome:
+               data, teacher: Artifact | None, body, code: str, all_ranks: bool = False) -> StageOutcome:
         key = hash_bytes(name, json.dumps(config, sort_keys=True), source.manifest["key"] if source else "",
                          data.fingerprint, self.recipe.task, str(self.recipe.seed), code)
         cached = None if self.force else _finished(folder, key)
@@ -243,17 +285,27 @@ class Pipeline:
         self._say(f"[{index:02d}] {name}: running")
         started = time.time()
         work_dir = folder.parent / f".{folder.name}.work-{key[:12]}"
-        with atomic_dir(folder) as tmp:
-            ctx = StageContext(out_dir=tmp, recipe=self.recipe, data=data, teacher=teacher,
-                               quiet=self.quiet, seed=self.recipe.seed, work_dir=work_dir)
-            artifact = body(ctx)
-            artifact = _finish_manifest(artifact, tmp, name, key, config, source, time.time() - started)
-        import shutil
-
-        shutil.rmtree(work_dir, ignore_errors=True)
+        if self.role.is_main:
+            with atomic_dir(folder) as tmp:
+                artifact = body(self._context(tmp, data, teacher, work_dir))
+                _finish_manifest(artifact, tmp, name, key, config, source, time.time() - started)
+            shutil.rmtree(work_dir, ignore_errors=True)
+        else:
+            if all_ranks:  # this rank's copy of the result is thrown away: rank 0's is the one kept
+                scratch = folder.parent / f".{folder.name}.rank{self.role.rank}-{key[:12]}"
+                try:
+                    body(self._context(scratch, data, teacher, work_dir))
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            _wait_until_finished(folder, key)
         artifact = Artifact.load(folder)
         self._say(f"[{index:02d}] {name}: done in {time.time() - started:.1f}s")
         return StageOutcome(index, name, artifact, False, time.time() - started)
+
+    def _context(self, out_dir: Path, data, teacher: Artifact | None, work_dir: Path) -> StageContext:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return StageContext(out_dir=Path(out_dir), recipe=self.recipe, data=data, teacher=teacher,
+                            quiet=self.quiet, seed=self.recipe.seed, work_dir=work_dir)
 
     def _say(self, message: str) -> None:
         if not self.quiet:
@@ -272,6 +324,15 @@ def _finished(folder: Path, key: str) -> Artifact | None:
     if manifest.get("key") != key or not manifest.get("complete"):
         return None
     return Artifact(folder, manifest["kind"], manifest)
+
+
+def _wait_until_finished(folder: Path, key: str, poll_seconds: float = 1.0) -> None:
+    """Block until rank 0 has published ``folder`` for ``key`` (the folder must be on a shared disk).
+
+    No timeout: when rank 0 fails, the launcher (``accelerate launch``/``torchrun``) stops every rank.
+    """
+    while _finished(folder, key) is None:
+        time.sleep(poll_seconds)
 
 
 def _finish_manifest(artifact: Artifact, folder: Path, name: str, key: str, config: dict,
@@ -301,8 +362,6 @@ def _finish_manifest(artifact: Artifact, folder: Path, name: str, key: str, conf
 
 def copy_sidecar_files(src: Path, dst: Path) -> None:
     """Copy config and tokenizer files (everything but models and the manifest) between artifacts."""
-    import shutil
-
     for path in Path(src).iterdir():
         if path.is_file() and path.name != MANIFEST and not path.name.startswith("model.") \
                 and path.suffix not in (".onnx", ".safetensors", ".bin", ".ort", ".data"):
@@ -311,8 +370,6 @@ def copy_sidecar_files(src: Path, dst: Path) -> None:
 
 def publish_release(release: Artifact, out_dir: Path) -> Path:
     """Copy the release artifact to ``DIR/model`` (atomically), where users and apps look for it."""
-    import shutil
-
     target = Path(out_dir) / "model"
     with atomic_dir(target) as tmp:
         shutil.copytree(release.path, tmp, dirs_exist_ok=True)
@@ -330,5 +387,9 @@ def check_stage_order(recipe) -> None:
                 f"reorder the stages (torch stages, then export, then ONNX stages)"
             )
         kind = spec.produces
+        for later_index, later in enumerate(recipe.stages[:index]):
+            if later.name in spec.before:
+                raise EdgeslimError(f"stages[{index}] '{entry.name}' must come before '{later.name}' "
+                                    f"(stages[{later_index}]): {spec.before[later.name]}")
     if recipe.stages and kind == "torch":
         raise EdgeslimError("the last stage gives a torch model; end the stages with 'export' (and optionally quantize, bundle)")

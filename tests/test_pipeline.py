@@ -52,3 +52,43 @@ def test_onnx_params_counts_weights_not_rotary_tables(tmp_path):
     path = tmp_path / "model.onnx"
     onnx.save(helper.make_model(graph), str(path))
     assert onnx_params(path) == 16
+
+
+@pytest.mark.slow
+def test_whole_run_under_a_two_process_launch(tmp_path):
+    """``edgeslim run`` started by ``torchrun`` with two CPU processes (what ``accelerate launch`` does
+    on GPUs): both ranks train the teacher, distill and prune data-parallel, rank 0 alone runs vocab
+    (between two training stages), export and quantize, and writes the folders and the report."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import tiny_recipe_dict, write_recipe
+
+    recipe = tiny_recipe_dict()
+    recipe["teacher"]["finetune"]["epochs"] = 1
+    recipe["stages"] = [
+        {"distill": {"layers": {"every": 2}, "epochs": 1, "lr": 0.001}},
+        {"vocab": {"sources": ["train"]}},
+        {"prune": {"heads": 0.5, "ffn": 0.5, "recovery": {"steps": 4}}},
+        {"export": {}},
+        {"quantize": {"mode": "dynamic"}},
+    ]
+    path = write_recipe(tmp_path, recipe)
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "edgeslim.cli",
+         "run", str(path), "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=500,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("release model:") == 1  # one summary, from rank 0
+    stages = out / "stages"
+    assert sorted(p.name for p in stages.iterdir() if not p.name.startswith(".")) == [
+        "00-teacher", "01-distill", "02-vocab", "03-prune", "04-export", "05-quantize"]
+    assert not [p.name for p in stages.iterdir() if ".rank" in p.name or ".tmp-" in p.name or ".work-" in p.name]
+    for name in ("00-teacher", "01-distill", "03-prune"):
+        assert json.loads((stages / name / "manifest.json").read_text())["metrics"]["train_processes"] == 2
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["release"] and (out / "model" / "model.onnx").is_file()

@@ -396,8 +396,10 @@ def train(
     if cfg.select_best and loop["best_step"] is not None and loop["best_step"] != loop["step"]:
         accelerator.wait_for_everyone()
         keeper.restore(inner)
+        accelerator.wait_for_everyone()  # every rank has read the best weights before rank 0 clears them
         final_step = loop["best_step"]
-    return TrainResult(_metrics_at(loop["history"], final_step), loop["step"], loop["best_step"],
+    metrics = {**_metrics_at(loop["history"], final_step), "train_processes": accelerator.num_processes}
+    return TrainResult(metrics, loop["step"], loop["best_step"],
                        loop["stopped_early"], resumed_from, loop["history"])
 
 
