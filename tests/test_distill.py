@@ -168,13 +168,16 @@ def test_causal_lm_cache_keeps_only_the_top_k(llama_teacher, tmp_path):
     cache = build_cache(teacher, rows, needs, tmp_path / "cache", batch_size=5)
     batch = collate(rows[:6])
     live, cached = teacher_forward(teacher, batch, needs), cache.lookup(batch)
-    assert set(cached) == {"topk_values", "topk_indices"}
+    assert set(cached) == {"topk_values", "topk_indices", "topk_lse"}
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(cached["topk_values"][mask], live["topk_values"][mask], atol=1e-5, rtol=1e-5)
     assert torch.equal(cached["topk_indices"][mask], live["topk_indices"][mask])
+    full_lse = torch.logsumexp(teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
+    torch.testing.assert_close(cached["topk_lse"][mask], full_lse[mask].detach(), atol=1e-5, rtol=1e-5)
     tokens = sum(len(r["input_ids"]) for r in rows)
     stored = (tmp_path / "cache" / "teacher_outputs.safetensors").stat().st_size
-    assert stored < tokens * 5 * 8 + 4096 < tokens * len(tokenizer) * 4  # k values + ids, not the vocabulary
+    # k values + ids + one normaliser per token, not the vocabulary
+    assert stored < tokens * (5 * 8 + 4) + 4096 < tokens * len(tokenizer) * 4
 
 
 def test_any_hf_model_as_the_student(trained_teacher, tmp_path):
@@ -545,6 +548,8 @@ def _check(tmp_path, distill_config: dict) -> str:
     ({"losses": {"hidden": {"mapping": {3: 3}}}}, "student layer 3 does not exist"),
     ({"losses": {"attention": {"mapping": {0: 4}}}}, "teacher layer 4 does not exist"),
     ({"losses": {"tokens": {"top_k": 100000}}}, "larger than the vocabulary"),
+    ({"losses": {"tokens": {"top_k": 8}}, "temperature": {"kind": "linear", "start": 2, "end": 1}},
+     "top_k needs a constant temperature"),
     ({"alpha": 1.5}, "alpha"),
     ({"losses": {"tokens": {"kind": "jsd", "beta": 1.0}}}, "beta"),
     ({"data": "generated"}, "data: generated needs task causal-lm"),

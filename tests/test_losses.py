@@ -256,23 +256,49 @@ def test_token_losses_are_zero_for_identical_logits(kind):
     assert float(L.token_divergence(t(LOG_T), t(LOG_T), None, kind)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_top_k_uses_the_teachers_k_tokens_renormalised():
+def _top_k_args(logits, k, temperature=1.0):
+    """What the teacher cache keeps: top-k logits, their ids and the full log-normaliser at T."""
+    values, indices = t(logits).topk(k, dim=-1)
+    return {"topk_values": values, "topk_indices": indices, "topk_lse": torch.logsumexp(t(logits) / temperature, -1)}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_top_k_keeps_true_probabilities_and_a_rest_bucket(temperature):
+    """Top-k KL = KL over the teacher's k tokens plus one bucket for the rest, with both sides'
+    full-vocabulary probabilities (computed here with numpy), not renormalised over the k."""
     k = 3
-    teacher = t(LOG_T)
-    values, indices = teacher.topk(k, dim=-1)
-    idx = indices.numpy()
-    s_k = np.take_along_axis(LOG_S, idx, -1)
-    t_k = np.take_along_axis(LOG_T, idx, -1)
-    expected = _per_token_kl(np_softmax(t_k), np_softmax(s_k))
-    got = L.token_divergence(t(LOG_S), None, torch.tensor(MASK), "forward_kl", topk_values=values, topk_indices=indices)
-    assert float(got) == pytest.approx(_masked_token_mean(expected), rel=1e-5)
+    p_t, p_s = np_softmax(LOG_T / temperature), np_softmax(LOG_S / temperature)
+    idx = np.argsort(-LOG_T, axis=-1)[..., :k]
+    t_k, s_k = np.take_along_axis(p_t, idx, -1), np.take_along_axis(p_s, idx, -1)
+    t_b = np.concatenate([t_k, 1 - t_k.sum(-1, keepdims=True)], -1)
+    s_b = np.concatenate([s_k, 1 - s_k.sum(-1, keepdims=True)], -1)
+    expected = _masked_token_mean(_per_token_kl(t_b, s_b)) * temperature**2
+    got = L.token_divergence(t(LOG_S), None, torch.tensor(MASK), "forward_kl", temperature=temperature,
+                             **_top_k_args(LOG_T, k, temperature))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    renormalised = _masked_token_mean(_per_token_kl(t_k / t_k.sum(-1, keepdims=True), s_k / s_k.sum(-1, keepdims=True)))
+    assert abs(float(got) - renormalised * temperature**2) > 1e-3  # the old, biased loss differs
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_top_k_loss_is_zero_for_the_teacher_itself(kind):
+    got = L.token_divergence(t(LOG_T), None, None, kind, temperature=2.0, **_top_k_args(LOG_T, 2, 2.0))
+    assert float(got) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_top_k_moves_student_mass_off_tokens_outside_the_k():
+    """The student's logit on a token outside the teacher's top-k gets a positive gradient (descent
+    lowers it): the rest bucket sees it. Renormalising over the k left that logit without gradient."""
+    teacher = torch.tensor([[[4.0, 3.0, 0.0, 0.0]]])
+    student = torch.tensor([[[0.0, 0.0, 0.0, 5.0]]], requires_grad=True)
+    L.token_divergence(student, None, None, "forward_kl", **_top_k_args(teacher, 2)).backward()
+    assert float(student.grad[0, 0, 3]) > 0 and float(student.grad[0, 0, 0]) < 0
 
 
 def test_top_k_of_the_whole_vocabulary_equals_the_full_loss():
-    values, indices = t(LOG_T).topk(V, dim=-1)
     full = L.token_divergence(t(LOG_S), t(LOG_T), None, "reverse_kl", temperature=2.0)
-    topk = L.token_divergence(t(LOG_S), None, None, "reverse_kl", temperature=2.0, topk_values=values, topk_indices=indices)
-    assert float(topk) == pytest.approx(float(full), rel=1e-5)
+    topk = L.token_divergence(t(LOG_S), None, None, "reverse_kl", temperature=2.0, **_top_k_args(LOG_T, V, 2.0))
+    assert float(topk) == pytest.approx(float(full), rel=1e-4)
 
 
 def test_token_kl_gradient_raises_the_teachers_favourite_token():

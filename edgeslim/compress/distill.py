@@ -22,6 +22,7 @@ from edgeslim.compress import losses as L
 from edgeslim.compress.losses import Schedule, schedule_values, scheduled
 from edgeslim.compress.students import WIDTH_FIELDS as WIDTH_KEYS
 from edgeslim.compress.students import build_student, resolve_layers
+from edgeslim.compress.torch_artifacts import auto_class, load_torch
 from edgeslim.compress.teacher_cache import GenerationSpec, TeacherNeeds, cached_teacher, generate_rows, teacher_forward
 from edgeslim.compress.trainer import (
     TrainConfig,
@@ -164,6 +165,14 @@ class DistillConfig(StageConfig):
             raise ValueError("give either 'student' (a model used as is) or narrower widths, not both")
         return self
 
+    @model_validator(mode="after")
+    def _top_k_needs_constant_temperature(self):
+        tokens = self.losses.tokens
+        if tokens is not None and tokens.top_k is not None and not isinstance(self.temperature, (int, float)):
+            raise ValueError("losses.tokens.top_k needs a constant temperature (the teacher cache keeps its "
+                             "normaliser at that temperature); give one number or drop top_k")
+        return self
+
     def check_against(self, model_config: Any, task: str) -> None:
         """Checks that need the teacher's config: layer indices, mappings, top-k vs vocabulary."""
         if task == "text-classification" and self.data == "generated":
@@ -223,7 +232,8 @@ class DistillObjective:
         if losses.relation is not None:
             hidden_needed.add(n_t)
         top_k = losses.tokens.top_k if token_level and losses.tokens is not None else None
-        self.needs = TeacherNeeds(tuple(sorted(hidden_needed)), tuple(sorted(set(self.attn_map.values()))), top_k, token_level)
+        self.needs = TeacherNeeds(tuple(sorted(hidden_needed)), tuple(sorted(set(self.attn_map.values()))), top_k,
+                                  token_level, float(config.temperature) if top_k else 1.0)
         self.aux = nn.ModuleDict()
         d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
         if self.hidden_map and d_s != d_t:
@@ -285,7 +295,7 @@ class DistillObjective:
         labels = batch.get("labels")
         mask = L.shifted_token_mask(batch["attention_mask"])
         kd = L.token_divergence(logits, teacher.get("logits"), mask, tokens.kind, temperature, tokens.beta,
-                                teacher.get("topk_values"), teacher.get("topk_indices"))
+                                teacher.get("topk_values"), teacher.get("topk_indices"), teacher.get("topk_lse"))
         if labels is None or alpha >= 1.0 or bool((labels == L.IGNORE_INDEX).all()):
             return kd
         ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=L.IGNORE_INDEX)
@@ -302,25 +312,13 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
 # ----------------------------------------------------------------------------------- the stage
 
 
-def _auto_class(task: str):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    return AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-
-
 def _needs_eager(config: DistillConfig) -> bool:
     return config.losses.attention is not None and config.losses.attention.weight > 0
 
 
 def load_teacher(path: Path, task: str, eager: bool = False):
     """The teacher model and tokenizer from its torch artifact folder."""
-    from transformers import AutoTokenizer
-
-    kwargs = {"attn_implementation": "eager"} if eager else {}
-    model = _auto_class(task).from_pretrained(path, **kwargs)
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
+    return load_torch(path, task, **({"attn_implementation": "eager"} if eager else {}))
 
 
 def _main_process_first():
@@ -375,7 +373,7 @@ def make_student(config: DistillConfig, source: nn.Module, ctx: StageContext) ->
         path = resolve_model_source(config.student, getattr(ctx.recipe, "base_dir", None))
     width = {k: getattr(config, k) for k in WIDTH_KEYS}
     try:
-        student = build_student(source, _layers_value(config.layers), path, _auto_class(ctx.task), **width)
+        student = build_student(source, _layers_value(config.layers), path, auto_class(ctx.task), **width)
     except (ValueError, OSError) as exc:
         raise EdgeslimError(f"distill: {str(exc).splitlines()[0]}") from None
     if _needs_eager(config) and student.config._attn_implementation != "eager":
@@ -393,7 +391,8 @@ def train_config(config: DistillConfig, ctx: StageContext, run_key: str) -> Trai
     )
 
 
-@register_stage("distill", config=DistillConfig, consumes="torch", produces="torch")
+@register_stage("distill", config=DistillConfig, consumes="torch", produces="torch", trains=True,
+                before={"vocab": "distill feeds the student the teacher's token ids"})
 def run(config: DistillConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
     """Build the student from the input model, distil the teacher into it, save it with the tokenizer."""
     if ctx.teacher is None:

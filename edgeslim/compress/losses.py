@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, model_validator
 
 IGNORE_INDEX = -100
+REST_FLOOR = 1e-6  # smallest "rest of the vocabulary" mass in top-k losses (float32 sums round near 1)
 
 
 class Schedule(BaseModel):
@@ -207,17 +208,31 @@ def _token_log_probs(
     temperature: float,
     topk_values: torch.Tensor | None = None,
     topk_indices: torch.Tensor | None = None,
+    topk_lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Student and teacher log-probabilities on the same support: the full vocabulary, or the
-    teacher's top-k tokens (both renormalised over those k, so identical models give zero)."""
-    student_logits = student_logits.float() / temperature
+    """Student and teacher log-probabilities on the same support.
+
+    Full vocabulary: both log-softmaxes. Teacher top-k: the k tokens plus one "rest of the
+    vocabulary" bucket, with both sides' true (full-vocabulary) probabilities: the student's from its
+    full log-softmax, the teacher's from its kept log-normaliser ``topk_lse`` (taken at
+    ``temperature``). Renormalising over the k tokens instead would ignore the mass the student puts
+    elsewhere and bias the loss towards the teacher's head.
+    """
+    student_log = F.log_softmax(student_logits.float() / temperature, -1)
     if topk_indices is not None:
-        student_logits = student_logits.gather(-1, topk_indices.long())
-        teacher_logits = topk_values.float()
-    elif teacher_logits is None:
+        if topk_values is None or topk_lse is None:
+            raise ValueError("top-k token loss needs the teacher's top-k values, indices and log-normaliser")
+        teacher_k = topk_values.float() / temperature - topk_lse.float().unsqueeze(-1)
+        return _with_rest(student_log.gather(-1, topk_indices.long())), _with_rest(teacher_k)
+    if teacher_logits is None:
         raise ValueError("token loss needs teacher logits or teacher top-k values and indices")
-    teacher_logits = teacher_logits.float() / temperature
-    return F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1)
+    return student_log, F.log_softmax(teacher_logits.float() / temperature, -1)
+
+
+def _with_rest(log_probs_k: torch.Tensor) -> torch.Tensor:
+    """Append log(1 - sum p) as one more column: the probability of every token outside the k."""
+    mass = log_probs_k.exp().sum(-1).clamp(max=1.0 - REST_FLOOR)
+    return torch.cat([log_probs_k, torch.log1p(-mass).unsqueeze(-1)], -1)
 
 
 def _kl_log(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -234,6 +249,7 @@ def token_divergence(
     beta: float = 0.5,
     topk_values: torch.Tensor | None = None,
     topk_indices: torch.Tensor | None = None,
+    topk_lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token divergence between next-token distributions [B, L, V], averaged over ``mask``.
 
@@ -242,11 +258,12 @@ def token_divergence(
     - ``jsd``: generalised JSD with mixture M = beta * teacher + (1 - beta) * student,
       ``beta * KL(teacher || M) + (1 - beta) * KL(student || M)`` (GKD, Agarwal et al. 2024).
 
-    With ``topk_values``/``topk_indices`` (the teacher's top-k logits and their token ids, as kept in
-    the teacher cache) the divergence is taken over those k tokens instead of the whole vocabulary.
-    Multiplied by T^2 like :func:`soft_kl`.
+    With ``topk_values``/``topk_indices``/``topk_lse`` (the teacher's top-k logits, their token ids
+    and its full log-normaliser at ``temperature``, as kept in the teacher cache) the divergence is
+    taken over those k tokens plus one bucket for the rest of the vocabulary, which equals the full
+    loss when the teacher's top-k holds all its mass. Multiplied by T^2 like :func:`soft_kl`.
     """
-    s_log, t_log = _token_log_probs(student_logits, teacher_logits, temperature, topk_values, topk_indices)
+    s_log, t_log = _token_log_probs(student_logits, teacher_logits, temperature, topk_values, topk_indices, topk_lse)
     if kind == "forward_kl":
         per_token = _kl_log(t_log, s_log)
     elif kind == "reverse_kl":

@@ -4,8 +4,8 @@ Distillation reads the teacher's logits (and, for some losses, hidden states or 
 each batch. Running the teacher every step of every epoch, and again on every rerun of a recipe,
 costs as much as training the student; this module runs it once over the training examples and
 stores what the losses need in a safetensors file, keyed by a hash of (teacher, examples, what is
-needed). For causal LMs only the teacher's top-k logits and their token ids are kept per token, so a
-cache for a 50k-token vocabulary stays small. Teacher-generated training text (sequence-level KD) is
+needed). For causal LMs only the teacher's top-k logits, their token ids and the full vocabulary's
+log-normaliser are kept per token, so a cache for a 50k-token vocabulary stays small. Teacher-generated training text (sequence-level KD) is
 cached the same way.
 """
 
@@ -35,6 +35,7 @@ class TeacherNeeds:
     attention: tuple[int, ...] = ()
     top_k: int | None = None
     token_level: bool = False
+    temperature: float = 1.0  # with top_k: the temperature of the kept full-vocabulary normaliser
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -42,14 +43,17 @@ class TeacherNeeds:
 
 def teacher_forward(teacher: nn.Module, batch: dict[str, torch.Tensor], needs: TeacherNeeds) -> dict[str, torch.Tensor]:
     """Run the teacher on a padded batch and return the tensors the losses need:
-    ``logits`` (or ``topk_values``/``topk_indices``), ``hidden.{i}``, ``attn.{i}``."""
+    ``logits`` (or ``topk_values``/``topk_indices``/``topk_lse``), ``hidden.{i}``, ``attn.{i}``."""
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
         out = teacher(**inputs, output_hidden_states=bool(needs.hidden), output_attentions=bool(needs.attention))
     result: dict[str, torch.Tensor] = {}
     if needs.top_k is not None:
-        values, indices = out.logits.float().topk(needs.top_k, dim=-1)
+        logits = out.logits.float()
+        values, indices = logits.topk(needs.top_k, dim=-1)
         result["topk_values"], result["topk_indices"] = values, indices.to(torch.int32)
+        # the full vocabulary's log-normaliser, so the k tokens keep their true probabilities
+        result["topk_lse"] = torch.logsumexp(logits / needs.temperature, dim=-1)
     else:
         result["logits"] = out.logits.float()
     for i in needs.hidden:
