@@ -92,6 +92,14 @@ def test_distilled_student_exports_quantizes_and_decodes(teacher, tmp_path):
     copy_sidecar_files(tmp_path / "onnx", tmp_path / "int4")
     quantize_with(QuantSpec(mode="weight_only", bits=4, block_size=32), tmp_path / "onnx" / "model.onnx",
                   tmp_path / "int4" / "model.onnx")
+    import onnx
+
+    fp32_ops = [n.op_type for n in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.node]
+    int4_nodes = onnx.load(str(tmp_path / "int4" / "model.onnx")).graph.node
+    assert "FusedMatMul" in fp32_ops  # the tied head reads the embedding table
+    heads = [n for n in int4_nodes if n.op_type == "MatMulNBits"
+             and next(a.i for a in n.attribute if a.name == "N") == len(AutoTokenizer.from_pretrained(art.path))]
+    assert len(heads) == 1 and "FusedMatMul" not in [n.op_type for n in int4_nodes]  # the head is INT4 too
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "int4")
     torch_decoder = TorchDecoder(art.path)
     fp32 = OnnxDecoder(tmp_path / "onnx" / "model.onnx", threads=1)

@@ -340,12 +340,14 @@ def quantize_weight_only(
     scales and zero points (half-quadratic, no data). onnxruntime's bundled GPTQ is not offered: on
     this stack it writes exactly RTN's bytes, and on fused graphs an invalid model (see
     :mod:`edgeslim.export.quantize_inc` for a GPTQ that works). ``quantize_embeddings`` also turns ``Gather`` into
-    ``GatherBlockQuantized`` (rtn only).
+    ``GatherBlockQuantized`` (rtn only). A tied LM head is quantized too (see
+    :func:`untie_head_for_quantization`).
     """
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     model = load_for_quantization(src_onnx)
+    untie_head_for_quantization(model)
     op_types = ("MatMul", "Gather") if quantize_embeddings else ("MatMul",)
     if algorithm == "rtn":
         algo = mnq.DefaultWeightOnlyQuantConfig(
@@ -366,3 +368,36 @@ def quantize_weight_only(
     dst_onnx.parent.mkdir(parents=True, exist_ok=True)
     result = quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
     return save_onnx(result, dst_onnx)
+
+
+def untie_head_for_quantization(model: onnx.ModelProto) -> list[str]:
+    """Give a tied LM head its own transposed weight so ``MatMulNBits`` can quantize it.
+
+    The export computes a tied head as ``FusedMatMul(x, E, transB=1)`` reading the embedding table
+    ``E`` (no float copy; see :func:`edgeslim.export.onnx.share_tied_weights`). The weight-only
+    quantizer only handles ``MatMul`` with a constant ``[K, N]`` weight, so it left the largest matmul
+    of a small LM (hidden x vocabulary) in fp32. Rewritten as ``MatMul(x, E^T)`` with ``E^T`` a new
+    initializer, the head becomes INT4 and its float copy disappears; ``E`` stays for the ``Gather``
+    (quantized too with ``quantize_embeddings``). Returns the node names rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    rewritten = []
+    for index, node in enumerate(list(model.graph.node)):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "FusedMatMul" or node.domain != "com.microsoft" or len(node.input) != 2:
+            continue
+        if attrs.get("transB") != 1 or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 \
+                or attrs.get("transBatchA", 0) or attrs.get("transBatchB", 0):
+            continue
+        weight = initializers.get(node.input[1])
+        if weight is None or len(weight.dims) != 2:
+            continue
+        transposed = numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), node.input[1] + "_transposed")
+        model.graph.initializer.append(transposed)
+        matmul = helper.make_node("MatMul", [node.input[0], transposed.name], list(node.output), name=node.name)
+        model.graph.node.remove(node)
+        model.graph.node.insert(index, matmul)
+        rewritten.append(node.name)
+    return rewritten
