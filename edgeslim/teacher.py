@@ -55,6 +55,8 @@ def run_teacher(ctx: StageContext) -> Artifact:
     """Build or load the teacher, fine-tune it when needed, and save it into ``ctx.out_dir``."""
     import torch
 
+    from edgeslim.compress.torch_artifacts import count_params
+
     recipe = ctx.recipe
     teacher = recipe.teacher
     if recipe.task == "text-classification" and is_gguf(teacher):
@@ -83,10 +85,6 @@ def _default_finetune():
     from edgeslim.recipe import FinetuneConfig
 
     return FinetuneConfig()
-
-
-def count_params(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 def _load_tokenizer(teacher, recipe, ctx: StageContext):

@@ -202,3 +202,59 @@ def test_vocab_stage_saves_mapping_reloads_and_exports(tmp_path):
     names = {i.name for i in session.get_inputs()}
     got = session.run(["logits"], {k: v.numpy() for k, v in new_batch.items() if k in names})[0]
     np.testing.assert_allclose(got, logits(model, dict(new_batch)).numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_trimmed_vocab_teacher_gives_the_teachers_outputs_on_new_ids(tmp_path):
+    """Recovery feeds the teacher the student's (new) ids through the map: a classifier's logits and
+    a causal LM's logits of the kept tokens equal the teacher's own on the old ids."""
+    from edgeslim.compress.torch_artifacts import TrimmedVocabTeacher
+
+    tokenizer = tiny_tokenizer(tmp_path)
+    for teacher in (tiny_bert(vocab=len(tokenizer)), tiny_llama(vocab=len(tokenizer))):
+        teacher.eval()
+        student = type(teacher)(teacher.config)
+        student.load_state_dict(teacher.state_dict())
+        new_tok, kept, _ = trim(student, tokenizer, texts()[:150], VocabConfig())
+        sample = in_vocabulary(tokenizer, kept, texts("eval"))[:6]
+        new_batch, old_batch = dict(old_ids(new_tok, sample)), dict(old_ids(tokenizer, sample))
+        view = TrimmedVocabTeacher(teacher, kept)
+        with torch.no_grad():
+            got = view(**new_batch).logits
+            want = teacher(**old_batch).logits
+        if got.dim() == 3:  # causal LM: the kept tokens' logits, in new-id order
+            want = want[..., torch.tensor(kept)]
+        torch.testing.assert_close(got, want)
+
+
+def test_vocab_recovery_and_a_later_prune_recover_against_the_mapped_teacher(tmp_path):
+    """vocab with KD recovery, then prune with recovery: both train against the teacher fed the old
+    ids (a wrong feed would index past the trimmed table or give garbage), and the map travels on."""
+    from edgeslim.compress.prune import PruneConfig
+    from edgeslim.compress.prune import run as run_prune
+
+    tokenizer = tiny_tokenizer(tmp_path)
+    teacher = teacher_artifact(tmp_path / "teacher", tiny_bert(vocab=len(tokenizer)), tokenizer)
+    recovery = {"steps": 3, "batch_size": 8, "lr": 1e-3}
+    trimmed = run_vocab(VocabConfig(sources=["train"], recovery=recovery), teacher,
+                        stage_context(tmp_path / "vocab", teacher))
+    assert trimmed.manifest["metrics"]["recovery_steps"] == 3
+    with pytest.raises(EdgeslimError, match="already trimmed"):
+        run_vocab(VocabConfig(sources=["train"]), trimmed, stage_context(tmp_path / "again", teacher))
+    pruned = run_prune(PruneConfig(heads=0.5, recovery=recovery), trimmed, stage_context(tmp_path / "prune", teacher))
+    assert pruned.manifest["metrics"]["recovery_steps"] == 3
+    assert json.loads((pruned.path / MAP_FILE).read_text()) == json.loads((trimmed.path / MAP_FILE).read_text())
+    assert AutoModelForSequenceClassification.from_pretrained(pruned.path).config.vocab_size == len(
+        json.loads((trimmed.path / MAP_FILE).read_text())["kept_ids"])
+
+
+@pytest.mark.parametrize("stages,message", [
+    ([{"vocab": {}}, {"distill": {}}], "'distill' must come before 'vocab'"),
+    ([{"lowrank": {"energy": 0.9}}, {"prune": {"heads": 0.5}}], "'prune' must come before 'lowrank'"),
+])
+def test_stage_orders_that_cannot_work_fail_at_check_time(tmp_path, stages, message):
+    from conftest import run_cli, tiny_recipe_dict, write_recipe
+
+    recipe = tiny_recipe_dict()
+    recipe["stages"] = stages + [{"export": {}}]
+    result = run_cli("check", write_recipe(tmp_path, recipe))
+    assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr

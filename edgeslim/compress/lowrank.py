@@ -29,7 +29,7 @@ from torch import nn
 
 from edgeslim.artifacts import Artifact
 from edgeslim.compress import hf_fixups as fx
-from edgeslim.compress.prune import Recovery, count_params, recover, save_torch
+from edgeslim.compress.torch_artifacts import Recovery, count_params, read_vocab_map, recover, save_torch
 from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageConfig, StageContext, register_stage
 
@@ -311,7 +311,7 @@ def load_checked(stage: str, config, artifact: Artifact, ctx: StageContext):
     return model, tokenizer
 
 
-@register_stage("lowrank", config=LowRankConfig, consumes="torch", produces="torch")
+@register_stage("lowrank", config=LowRankConfig, consumes="torch", produces="torch", trains=True)
 def run(config: LowRankConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
     """Factorize the targeted Linears, optionally recover with KD, save a folder load_factorized reads."""
     model, tokenizer = load_checked("lowrank", config, artifact, ctx)
@@ -320,6 +320,7 @@ def run(config: LowRankConfig, artifact: Artifact, ctx: StageContext) -> Artifac
             f"MACs/token {summary['target_macs_per_token_before']:,} -> {summary['target_macs_per_token_after']:,}")
     if not summary["ranks"]:
         ctx.log("lowrank: no targeted Linear saves FLOPs at these ranks (see min_saving); the model is unchanged")
-    metrics = {**summary, **recover(model, config.recovery, ctx, tokenizer)}
-    save_torch(model, tokenizer, ctx.out_dir)
+    vocab_map = read_vocab_map(artifact.path)
+    metrics = {**summary, **recover(model, config.recovery, ctx, tokenizer, vocab_map)}
+    save_torch(model, tokenizer, ctx.out_dir, vocab_map)
     return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics})

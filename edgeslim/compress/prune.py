@@ -28,6 +28,7 @@ from torch import nn
 
 from edgeslim.artifacts import Artifact
 from edgeslim.compress import hf_fixups as fx
+from edgeslim.compress.torch_artifacts import Recovery, count_params, load_torch, read_vocab_map, recover, save_torch
 from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageConfig, StageContext, register_stage
 
@@ -61,15 +62,6 @@ class LayerPrune(_Strict):
         if isinstance(value, list) and (len(set(value)) != len(value) or any(h < 0 for h in value)):
             raise ValueError("heads list must name distinct head numbers >= 0")
         return value
-
-
-class Recovery(_Strict):
-    """Short logit-KD against the teacher after pruning; ``steps: 0`` turns it off."""
-
-    steps: int = Field(0, ge=0)
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(16, ge=1)
-    temperature: float = Field(2.0, gt=0)
 
 
 class PruneConfig(StageConfig):
@@ -388,10 +380,6 @@ def _plan_part(scores, ratio, scope, round_to, overridden, ratio_for):
 # ------------------------------------------------------------------------------------- applying
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def apply_plan(model: nn.Module, head_drops: list[list[int]], ffn_drops: list[list[int]],
                gqa: str = "groups") -> dict[str, Any]:
     """Cut the planned units and channels, pad layers to a common shape where the config needs one,
@@ -436,21 +424,6 @@ def prune_model(model: nn.Module, config: PruneConfig, batches: Iterable[dict] |
 # ---------------------------------------------------------------------------------------- stage
 
 
-def _auto_class(task: str):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    return AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-
-
-def load_torch(path: Path, task: str):
-    """Model (eval mode) and tokenizer of a torch artifact folder."""
-    from transformers import AutoTokenizer
-
-    model = _auto_class(task).from_pretrained(path)
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(path)
-
-
 def importance_batches(config: PruneConfig, ctx: StageContext, tokenizer) -> list[dict] | None:
     """The data importance needs: padded labeled batches (taylor) or unpadded single examples."""
     if config.importance == "magnitude":
@@ -460,28 +433,8 @@ def importance_batches(config: PruneConfig, ctx: StageContext, tokenizer) -> lis
     return [{k: torch.from_numpy(v) for k, v in ex.items()} for ex in ctx.data.calibration(tokenizer, config.samples)]
 
 
-def recover(student: nn.Module, recovery: Recovery, ctx: StageContext, tokenizer) -> dict[str, Any]:
-    """Short KD recovery against the teacher (or, with ``steps: 0``, just the eval metrics)."""
-    from edgeslim.compress.trainer import evaluate, examples_from_split, kd_recover
-
-    if recovery.steps and ctx.teacher is not None:
-        teacher, _ = load_torch(ctx.teacher.path, ctx.task)
-        metrics = kd_recover(student, teacher, ctx.data, tokenizer, steps=recovery.steps, lr=recovery.lr,
-                             batch_size=recovery.batch_size, temperature=recovery.temperature, seed=ctx.seed,
-                             progress=ctx.progress)
-        student.eval()
-        return {**metrics, "recovery_steps": recovery.steps}
-    rows = examples_from_split(ctx.data, tokenizer, "eval", model=student)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return evaluate(student, rows, pad_token_id=pad)
-
-
-def save_torch(model: nn.Module, tokenizer, out_dir: Path) -> None:
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-
-
-@register_stage("prune", config=PruneConfig, consumes="torch", produces="torch")
+@register_stage("prune", config=PruneConfig, consumes="torch", produces="torch", trains=True,
+                before={"lowrank": "prune cannot cut a low-rank factorized model"})
 def run(config: PruneConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
     """Prune heads and FFN channels of the input model, optionally recover, save a reloadable folder."""
     from edgeslim.compress.lowrank import is_factorized
@@ -497,6 +450,7 @@ def run(config: PruneConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
     if any(summary["padded"].values()):
         ctx.log(f"prune: layers padded with zeros to a common shape {summary['padded']} (use scope: uniform to avoid)")
     kept = {k: v for k, v in summary.items() if k not in ("removed_ffn_channels", "removed_hidden_channels")}
-    metrics = {**kept, **recover(model, config.recovery, ctx, tokenizer)}
-    save_torch(model, tokenizer, ctx.out_dir)
+    vocab_map = read_vocab_map(artifact.path)
+    metrics = {**kept, **recover(model, config.recovery, ctx, tokenizer, vocab_map)}
+    save_torch(model, tokenizer, ctx.out_dir, vocab_map)
     return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics})

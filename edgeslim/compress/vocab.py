@@ -31,13 +31,13 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from edgeslim.artifacts import Artifact, atomic_write_json
+from edgeslim.artifacts import Artifact
 from edgeslim.compress.lowrank import load_checked
-from edgeslim.compress.prune import Recovery, count_params, recover, save_torch
+from edgeslim.compress.torch_artifacts import VOCAB_MAP_FILE as MAP_FILE
+from edgeslim.compress.torch_artifacts import Recovery, count_params, read_vocab_map, recover, save_torch
 from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageConfig, StageContext, register_stage
 
-MAP_FILE = "vocab_map.json"
 SUPPORTED_MODELS = ("WordPiece", "BPE", "Unigram")
 
 
@@ -48,6 +48,7 @@ class VocabConfig(StageConfig):
     min_count: int = Field(1, ge=1, description="keep tokens seen at least this often")
     max_tokens: int | None = Field(None, description="keep at most this many data tokens (most frequent)")
     keep_tokens: list[str] = Field(default_factory=list, description="tokens always kept (vocabulary strings)")
+    recovery: Recovery = Recovery()
 
     @field_validator("sources")
     @classmethod
@@ -294,12 +295,13 @@ def run(config: VocabConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
     texts = texts_for(config, ctx.data)
     if not texts:
         raise EdgeslimError(f"vocab: sources {config.sources} hold no text, so the vocabulary would be empty; add data")
+    if read_vocab_map(artifact.path) is not None:
+        raise EdgeslimError("vocab: the input model's vocabulary is already trimmed; keep one vocab stage")
     tokenizer, kept, summary = trim(model, tokenizer, texts, config, ctx.data.max_length)
     ctx.log(f"vocab: {summary['vocab_before']:,} -> {summary['vocab_after']:,} tokens; "
             f"params {summary['params_before']:,} -> {summary['params_after']:,}")
-    # No KD recovery here: in-vocabulary text gives exactly the old outputs, and a teacher with the old
-    # vocabulary cannot be fed the new ids.
-    metrics = {**summary, **recover(model, Recovery(steps=0), ctx, tokenizer)}
-    save_torch(model, tokenizer, ctx.out_dir)
-    atomic_write_json(Path(ctx.out_dir) / MAP_FILE, {"kept_ids": kept})
+    # in-vocabulary text gives exactly the old outputs; recovery (against the teacher fed the old ids)
+    # helps the student with text that now falls on [UNK]
+    metrics = {**summary, **recover(model, config.recovery, ctx, tokenizer, kept)}
+    save_torch(model, tokenizer, ctx.out_dir, kept)
     return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics})
