@@ -100,9 +100,10 @@ def load_data(config, base_dir: Path | None, task: str) -> DataBundle:
     examples = [Example(texts[i], labels[i] if labels is not None else None) for i in order]
     eval_split = examples[:n_eval]
     train_split = examples[n_eval:]
+    rest: list[Example] = []
     if config.train_size:
-        train_split = train_split[:config.train_size]
-    unlabeled = _read_unlabeled(config, base_dir)
+        train_split, rest = train_split[:config.train_size], train_split[config.train_size:]
+    unlabeled = _read_unlabeled(config, base_dir) + _unlabeled_rows(config, rest)
     fingerprint = hash_bytes(hash_file(path), config.model_dump_json(), "\n".join(unlabeled))
     return DataBundle(train_split, eval_split, label_names, config.max_length, unlabeled, fingerprint)
 
@@ -158,6 +159,17 @@ def _columns(frame, config, path: Path, task: str):
     if len(names) < 2:
         raise EdgeslimError(f"column '{config.label_column}' has fewer than two classes; a classifier needs at least two")
     return texts, [index[v] for v in raw], names
+
+
+def _unlabeled_rows(config, rest: list[Example]) -> list[str]:
+    """``data.unlabeled_size`` texts of the rows after the train split, their labels dropped: in-domain
+    text the teacher labels for distillation."""
+    if not config.unlabeled_size:
+        return []
+    if not rest:
+        raise EdgeslimError("data.unlabeled_size needs rows beyond the train split; set data.train_size below "
+                            "the number of non-eval rows")
+    return [ex.text for ex in rest[:config.unlabeled_size]]
 
 
 def _read_unlabeled(config, base_dir: Path | None) -> list[str]:

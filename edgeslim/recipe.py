@@ -80,6 +80,7 @@ class DataConfig(Strict):
     train_size: int | None = Field(None, ge=1)
     max_length: int = Field(128, ge=8)
     unlabeled: str | None = None
+    unlabeled_size: int | None = Field(None, ge=1, description="rows after the train split used as unlabeled text")
     seed: int = 0
 
 

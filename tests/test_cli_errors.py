@@ -162,3 +162,21 @@ def test_an_internal_error_is_never_reported_as_a_gate_failure(capsys, tmp_path)
     lines = err.strip().splitlines()
     assert code == 3 and len(lines) == 1
     assert lines[0].startswith("edgeslim: internal error: KeyError") and "--debug" in lines[0]
+
+
+def test_unlabeled_rows_come_after_the_train_split_and_need_room(capsys, tmp_path, recipe_dict):
+    """data.unlabeled_size takes in-domain text from the rows the train split leaves over; with no
+    rows left it is one line naming data.train_size."""
+    from edgeslim.data import load_data
+    from edgeslim.recipe import load_recipe
+
+    recipe_dict["data"].update(train_size=30, unlabeled_size=20)
+    recipe = load_recipe(write_recipe(tmp_path, recipe_dict))
+    data = load_data(recipe.data, recipe.base_dir, recipe.task)
+    recipe.data.train_size, recipe.data.unlabeled_size = 50, None
+    longer = load_data(recipe.data, recipe.base_dir, recipe.task)  # the same shuffle, 20 more train rows
+    assert [ex.text for ex in data.train] == [ex.text for ex in longer.train[:30]]
+    assert data.unlabeled == [ex.text for ex in longer.train[30:]]
+    del recipe_dict["data"]["train_size"]
+    code, _, err = run_main(capsys, "check", write_recipe(tmp_path, recipe_dict))
+    assert_one_line_error(code, err, "data.unlabeled_size", "data.train_size")
