@@ -72,7 +72,7 @@ def main() -> int:
         counts = []
         for repeat in range(args.counts):
             start = time.perf_counter()
-            counts.append(count_instructions(profile, Path(model), inputs[:2], cycles=2))
+            counts.append(count_instructions(profile, Path(model), inputs[:2], cycles=3))
             print(f"instructions per inference, count {repeat}: {counts[-1]} ({time.perf_counter() - start:.0f} s under callgrind)")
         if counts and None not in counts:
             spread = (max(counts) - min(counts)) / statistics.median(counts)

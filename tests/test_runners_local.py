@@ -11,6 +11,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.targets import harness
 from edgeslim.targets.profile import load_profile
 from edgeslim.targets.runners import measure
+from edgeslim.targets.runners.local import count_instructions
 from _target_models import token_inputs, token_model
 
 
@@ -135,3 +136,5 @@ def test_instruction_count_covers_the_inference_only(models, cpu):
     # Interpreter start-up and session creation are hundreds of millions of instructions, so a
     # count under 20 M is the inference alone.
     assert isinstance(count, int) and 2 * 15 * 32 * 32 / 8 < count < 20_000_000
+    # a fresh process counts exactly the same (what makes it a figure CI can gate on)
+    assert count_instructions(cpu, models["small"], inputs) == count

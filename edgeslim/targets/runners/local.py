@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,14 +82,16 @@ ENGINE_OBJECTS = ("/onnxruntime/", "libonnxruntime", "libstdc++", "libgcc_s", "l
 
 
 def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[str, np.ndarray]], *,
-                       cycles: int = 1, timeout_s: int = TIMEOUT_S) -> int | None:
+                       cycles: int = 3, timeout_s: int = TIMEOUT_S) -> int | None:
     """Instructions onnxruntime executes per inference, under callgrind; None without valgrind.
 
-    Each inference is dumped on its own (see the harness's count mode); the figure is the mean over
-    ``cycles`` passes through all ``inputs`` (after one extra inference whose dump also holds
-    callgrind's start-up costs) of the instructions in ``ENGINE_OBJECTS``, main thread only, on one
-    intra-op thread whatever the profile says: thread pools and helper threads vary with scheduling,
-    and the figure is meant to be identical run to run.
+    Each inference is dumped on its own (see the harness's count mode) and counted in
+    ``ENGINE_OBJECTS``, main thread only, on one intra-op thread whatever the profile says (thread
+    pools and helper threads vary with scheduling). The figure is the mean over ``inputs`` of each
+    input's *median* over ``cycles`` passes (after one extra inference whose dump also holds
+    callgrind's start-up costs): an occasional inference that grows a hash table or the allocator's
+    arena costs a few hundred more instructions, and a mean would carry that into the figure, which
+    is meant to be identical run to run.
     """
     valgrind = shutil.which("valgrind")
     if valgrind is None:
@@ -112,7 +115,8 @@ def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[st
         if not all(dump.is_file() for dump in dumps):
             return None
         counts = [engine_instructions(dump) for dump in dumps]
-    return round(sum(counts) / len(counts))
+    per_input = [statistics.median(counts[i::len(inputs)]) for i in range(len(inputs))]
+    return round(sum(per_input) / len(per_input))
 
 
 def engine_instructions(path: Path) -> int:
