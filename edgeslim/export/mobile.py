@@ -165,6 +165,26 @@ def convert_to_ort(onnx_path: Path, out_dir: Path, target_platform: str = "arm")
             "operator_sets": operators}
 
 
+def ort_format_files(out_dir: Path, target_platform: str, feeds: dict[str, np.ndarray], log) -> dict[str, Any]:
+    """``model.ort`` and its operator config, checked by loading and running it against the ONNX file.
+
+    onnxruntime writes ORT files it cannot read back for some graphs (4-bit tensors such as a
+    ``GatherBlockQuantized`` embedding: "Unsupported tensor data type"). Such a file is useless to an
+    app, so it is removed and the bundle records why instead of failing the whole run.
+    """
+    entry = convert_to_ort(out_dir / ONNX_FILE, out_dir, target_platform)
+    try:
+        entry["max_abs_vs_onnx"] = compare_sessions(out_dir / ONNX_FILE, out_dir / ORT_FILE, feeds)
+    except Exception as err:  # onnxruntime raises its own exception types from the loader
+        message = " ".join(str(err).split())[:200]
+        reason = f"onnxruntime cannot load the ORT file it wrote: {message}"
+        log(f"no model.ort in the bundle: {reason}")
+        for name in (ORT_FILE, OPERATORS_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+        return {"written": False, "reason": reason}
+    return {"written": True, **entry}
+
+
 def compare_sessions(reference: Path, candidate: Path, feeds: dict[str, np.ndarray]) -> float:
     """Largest absolute difference over all outputs of two models run on the same ``feeds``."""
     ref_session, cand_session = _session(reference), _session(candidate)
@@ -395,8 +415,7 @@ def build_bundle(src: Path, out_dir: Path, task: str, config: BundleConfig, labe
     feeds = sample_feeds(out_dir / ONNX_FILE, tokenizer)
     if config.ort_format:
         log("converting to ORT format (fixed optimizations)")
-        entries["ort"] = convert_to_ort(out_dir / ONNX_FILE, out_dir, config.ort_target_platform)
-        entries["ort"]["max_abs_vs_onnx"] = compare_sessions(out_dir / ONNX_FILE, out_dir / ORT_FILE, feeds)
+        entries["ort"] = ort_format_files(out_dir, config.ort_target_platform, feeds, log)
     if config.tokenizer_in_graph and task == "text-classification":
         log("building model_with_tokenizer.onnx")
         entries["tokenizer_in_graph"] = build_tokenizer_model(out_dir / ONNX_FILE, tokenizer,
@@ -410,7 +429,7 @@ def build_bundle(src: Path, out_dir: Path, task: str, config: BundleConfig, labe
                "mobile_usability": entries.get("mobile_usability")}
     atomic_write_json(out_dir / METADATA_FILE, sidecar)
     entries["figures"] = {"size_bytes": onnx_size_bytes(out_dir / ONNX_FILE), **(figures or {})}
-    if "ort" in entries:
+    if entries.get("ort", {}).get("written"):
         entries["figures"]["ort_size_bytes"] = entries["ort"]["size_bytes"]
     write_model_card(out_dir, entries["figures"])
     return entries
@@ -429,7 +448,7 @@ def run(config: BundleConfig, artifact: Artifact, ctx) -> Artifact:
     entries = build_bundle(artifact.path, ctx.out_dir, ctx.task, config, labels, max_length, recipe_hash,
                            getattr(ctx.recipe, "name", None), figures, log=ctx.log)
     metrics = {"size_bytes": entries["figures"]["size_bytes"]}
-    if "ort" in entries:
+    if entries.get("ort", {}).get("written"):
         metrics["ort_size_bytes"] = entries["ort"]["size_bytes"]
         metrics["ort_max_abs_vs_onnx"] = entries["ort"]["max_abs_vs_onnx"]
     return Artifact(ctx.out_dir, "bundle", {"metrics": metrics, **{k: v for k, v in entries.items() if k != "figures"}})
