@@ -214,6 +214,8 @@ class Pipeline:
         from edgeslim.data import load_data
 
         check_stage_order(self.recipe)
+        if self.force and self.role.world > 1:
+            self._clear_for_forced_rerun()
         data = load_data(self.recipe.data, self.recipe.base_dir, self.recipe.task)
         self._say(f"data: {len(data.train)} train / {len(data.eval)} eval examples")
         teacher = self._teacher(data)
@@ -234,6 +236,17 @@ class Pipeline:
             stages.append(outcome)
             current = outcome
         return RunOutcome(teacher, baselines, stages, data)
+
+    def _clear_for_forced_rerun(self) -> None:
+        """``--force`` under a multi-process launch: rank 0 deletes the finished stage folders before
+        any rank starts, so the others cannot mistake an old result for rank 0's new one."""
+        from edgeslim.compress.trainer import process_state
+
+        if self.role.is_main:
+            for folder in [*self.out_dir.glob("stages/[0-9]*"), *self.out_dir.glob("baselines/*")]:
+                shutil.rmtree(folder, ignore_errors=True)
+        process_state().wait_for_everyone()
+        self.force = False  # nothing is cached any more; from here on, waiting for rank 0 is safe
 
     # The teacher and the two baselines every report holds -------------------------------------
 

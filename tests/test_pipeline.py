@@ -77,12 +77,17 @@ def test_whole_run_under_a_two_process_launch(tmp_path):
     ]
     path = write_recipe(tmp_path, recipe)
     out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "edgeslim.cli",
-         "run", str(path), "--out", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=500,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    def launch(*extra):
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "edgeslim.cli",
+             "run", str(path), "--out", str(out), "--quiet", *extra],
+            capture_output=True, text=True, timeout=500,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return done
+
+    done = launch()
     assert done.stdout.count("release model:") == 1  # one summary, from rank 0
     stages = out / "stages"
     assert sorted(p.name for p in stages.iterdir() if not p.name.startswith(".")) == [
@@ -92,3 +97,9 @@ def test_whole_run_under_a_two_process_launch(tmp_path):
         assert json.loads((stages / name / "manifest.json").read_text())["metrics"]["train_processes"] == 2
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["release"] and (out / "model" / "model.onnx").is_file()
+    # --force reruns every stage on both ranks (rank 0 clears the old folders before anyone starts)
+    first_key = json.loads((stages / "01-distill" / "manifest.json").read_text())["key"]
+    before = (stages / "05-quantize" / "manifest.json").stat().st_mtime
+    launch("--force")
+    assert (stages / "05-quantize" / "manifest.json").stat().st_mtime > before
+    assert json.loads((stages / "01-distill" / "manifest.json").read_text())["key"] == first_key
