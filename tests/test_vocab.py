@@ -12,7 +12,8 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
 
-from edgeslim.compress.vocab import MAP_FILE, VocabConfig, trim
+from edgeslim.compress.torch_artifacts import VOCAB_MAP_FILE as MAP_FILE
+from edgeslim.compress.vocab import VocabConfig, trim
 from edgeslim.compress.vocab import run as run_vocab
 from edgeslim.errors import EdgeslimError
 from _compress_fixtures import logits, stage_context, teacher_artifact, tiny_bert, tiny_data, tiny_llama, tiny_tokenizer

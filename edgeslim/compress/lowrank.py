@@ -29,7 +29,7 @@ from torch import nn
 
 from edgeslim.artifacts import Artifact
 from edgeslim.compress import hf_fixups as fx
-from edgeslim.compress.torch_artifacts import Recovery, count_params, read_vocab_map, recover, save_torch
+from edgeslim.compress.torch_artifacts import Recovery, auto_class, count_params, read_vocab_map, recover, save_torch
 from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageConfig, StageContext, register_stage
 
@@ -286,9 +286,9 @@ def is_factorized(path: Path) -> bool:
 def load_factorized(path: Path, task: str = "text-classification", **kwargs):
     """Load any edgeslim torch artifact folder for ``task`` ("text-classification" or "causal-lm"),
     factorized or not; ``kwargs`` go to ``from_pretrained``. Returns the model in eval mode."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
-    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    auto = auto_class(task)
     config = AutoConfig.from_pretrained(path)
     if not getattr(config, LOWRANK_KEY, None):
         return auto.from_pretrained(path, **kwargs).eval()

@@ -33,7 +33,6 @@ from torch import nn
 
 from edgeslim.artifacts import Artifact
 from edgeslim.compress.lowrank import load_checked
-from edgeslim.compress.torch_artifacts import VOCAB_MAP_FILE as MAP_FILE
 from edgeslim.compress.torch_artifacts import Recovery, count_params, read_vocab_map, recover, save_torch
 from edgeslim.errors import EdgeslimError
 from edgeslim.pipeline import StageConfig, StageContext, register_stage

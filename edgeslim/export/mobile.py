@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field
 
 from edgeslim.artifacts import ONNX_FILE, Artifact, atomic_write_json, atomic_write_text, onnx_size_bytes, read_json
-from edgeslim.errors import EdgeslimError
+from edgeslim.errors import EdgeslimError, describe
 from edgeslim.export.onnx import padding_tokenizer
 from edgeslim.pipeline import StageConfig, copy_sidecar_files, register_stage
 
@@ -176,8 +176,7 @@ def ort_format_files(out_dir: Path, target_platform: str, feeds: dict[str, np.nd
     try:
         entry["max_abs_vs_onnx"] = compare_sessions(out_dir / ONNX_FILE, out_dir / ORT_FILE, feeds)
     except Exception as err:  # onnxruntime raises its own exception types from the loader
-        message = " ".join(str(err).split())[:200]
-        reason = f"onnxruntime cannot load the ORT file it wrote: {message}"
+        reason = f"onnxruntime cannot load the ORT file it wrote: {describe(err, 200)}"
         log(f"no model.ort in the bundle: {reason}")
         for name in (ORT_FILE, OPERATORS_FILE):
             (out_dir / name).unlink(missing_ok=True)

@@ -117,7 +117,7 @@ def export_model(model_dir: Path, out_dir: Path, task: str, config: ExportConfig
     if not (model_dir / "config.json").is_file():
         raise EdgeslimError(f"{model_dir} is not a Hugging Face model folder (no config.json); point export at a torch artifact")
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_torch(model_dir, task)
+    model, tokenizer = load_for_export(model_dir, task)
     exporter = _choose_exporter(config.exporter, model.config.model_type, task)
     log(f"exporting {model.config.model_type} with {exporter} (opset {config.opset})")
     onnx_path = out_dir / ONNX_FILE
@@ -176,7 +176,7 @@ def _mark_no_cache(config_json: Path) -> None:
     config_json.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def load_torch(model_dir: Path, task: str):
+def load_for_export(model_dir: Path, task: str):
     """The fp32 torch model and tokenizer of a torch artifact folder (factorized ones included)."""
     from transformers import AutoTokenizer
 

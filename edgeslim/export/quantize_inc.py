@@ -77,12 +77,13 @@ def quiet_neural_compressor():
 
 def load_torch_model(torch_dir: Path):
     """The torch model of ``torch_dir`` with the head its config names (causal LM or classifier)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig
+
+    from edgeslim.compress.torch_artifacts import auto_class
 
     config = AutoConfig.from_pretrained(torch_dir)
     causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
-    cls = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
-    return cls.from_pretrained(torch_dir).eval()
+    return auto_class("causal-lm" if causal else "text-classification").from_pretrained(torch_dir).eval()
 
 
 def inc_config(spec):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeslim.artifacts import Artifact
-from edgeslim.errors import EdgeslimError
+from edgeslim.errors import EdgeslimError, describe
 from edgeslim.export import quantize_measure as qm
 
 # Operator types whose weights each mode quantizes (the units of sensitivity and exclusion).
@@ -175,10 +175,6 @@ def teacher_accuracy(ctx) -> float | None:
     return None
 
 
-def one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-
-
 def unique_name(name: str, taken: set[str]) -> str:
     candidate, n = name, 2
     while candidate in taken:
@@ -240,7 +236,7 @@ def select(config, artifact: Artifact, ctx, work: Path) -> Outcome:
         except EdgeslimError:
             raise
         except Exception as exc:  # one candidate that a quantizer cannot handle must not end the run
-            cand.error = one_line(exc)
+            cand.error = describe(exc)
             cand.path = None
             ctx.log(f"quantize: candidate {name} failed: {cand.error}")
         return cand

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeslim.errors import EdgeslimError
+from edgeslim.errors import EdgeslimError, describe
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,7 +285,7 @@ def measure_decode(onnx_path: Path, tokenizer, prompts: list[str], *, threads: i
         raise
     except Exception as exc:  # onnxruntime raises many types; the cell records why, the matrix goes on
         return {"status": "error", "latency_ms": None, "decode_tokens_per_s": None, "peak_memory_mb": None,
-                "throughput": None, "reason": f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
+                "throughput": None, "reason": describe(exc, 200)}
     from edgeslim.targets.harness import percentiles
 
     return {

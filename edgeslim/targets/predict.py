@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeslim.errors import EdgeslimError
+from edgeslim.errors import EdgeslimError, describe
 from edgeslim.targets.profile import DeviceProfile, Predict
 from edgeslim.targets.runners.job import cell
 
@@ -166,7 +166,7 @@ def predict_cells(profile: DeviceProfile, models: dict[str, Path], inputs: list[
         try:
             ms = predict_latency_ms(profile, Path(path), inputs)
         except Exception as exc:  # noqa: BLE001 - a model ORT cannot load is that cell's error
-            cells[name] = cell("error", reason=f"prediction failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            cells[name] = cell("error", reason=f"prediction failed: {describe(exc)}")
             continue
         stats = {"p50": ms, "p90": ms, "p99": ms, "mean": ms, "n": 0}
         cells[name] = cell("predicted", latency_ms=stats, throughput=1000.0 / ms,
