@@ -115,7 +115,7 @@ def main() -> None:
         for name in list(rows):
             row = rows[name]
             try:
-                row["accuracy"] = qm.classifier_accuracy(row["path"], tokenizer, examples, data.max_length)
+                row["accuracy"] = qm.task_accuracy(row["path"], tokenizer, examples, "text-classification", data.max_length)
             except Exception as exc:  # e.g. a quantizer wrote a model onnxruntime cannot load
                 print(f"{name}: failed to run: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
                 del rows[name]

@@ -89,13 +89,15 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; rename it to ``final`` only on success.
 
-    A previous ``final`` is replaced; leftovers of crashed attempts (``.NAME.tmp-*``) are removed.
+    A previous ``final`` is replaced; leftovers of crashed attempts (``.NAME.tmp-PID-*``) are removed,
+    but only when the process that made them is gone: a live one belongs to another run.
     On an exception the temporary folder is deleted and ``final`` is left as it was.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if not owner_alive(stale.name.rsplit(".tmp-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
     tmp.mkdir()
     try:
@@ -110,6 +112,94 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def owner_alive(suffix: str) -> bool:
+    """Whether the process whose pid starts ``suffix`` (``PID-...``) is still running on this host."""
+    pid_text = suffix.split("-", 1)[0]
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False  # this process's own leftover (an earlier attempt) or not ours to judge: stale
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Integrity: what a finished folder holds, byte for byte
+
+
+def file_digests(folder: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"sha256", "size"}}`` of every file under ``folder`` but ``exclude``."""
+    folder = Path(folder)
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_file() and relative not in exclude:
+            digests[relative] = {"sha256": hash_file(path), "size": path.stat().st_size}
+    return digests
+
+
+def integrity_problem(folder: Path, files: dict[str, dict[str, Any]] | None) -> str | None:
+    """Why ``folder`` does not hold exactly the recorded ``files`` (first problem), or ``None``.
+
+    Sizes are compared first (a truncated file is found without reading it), then sha256.
+    """
+    if not files:
+        return "its manifest records no file hashes (written by an older edgeslim)"
+    folder = Path(folder)
+    for relative, expected in files.items():
+        path = folder / relative
+        if not path.is_file():
+            return f"{relative} is missing"
+        size = path.stat().st_size
+        if size != expected["size"]:
+            return f"{relative} is {size:,} bytes, but {expected['size']:,} were recorded (truncated or replaced)"
+    for relative, expected in files.items():
+        if hash_file(folder / relative) != expected["sha256"]:
+            return f"{relative} does not match its recorded sha256 (edited after it was written)"
+    return None
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path, wait: bool = True, say=print) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder ``out_dir`` for a whole run.
+
+    A second run on the same folder waits (saying so once) or, with ``wait=False``, fails at once
+    with an :class:`EdgeslimError`. The lock is the kernel's (``flock``): it is released when the
+    holder exits, however it exits, so a killed run never leaves the folder locked.
+    """
+    import fcntl
+
+    from edgeslim.errors import EdgeslimError
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(out_dir / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            if not wait:
+                raise EdgeslimError(f"output folder '{out_dir}' is in use by another edgeslim run (pid {holder}); "
+                                    "wait for it, drop --no-wait, or give another --out") from None
+            say(f"waiting for another edgeslim run (pid {holder}) to finish with '{out_dir}'")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+LOCK_FILE = ".edgeslim.lock"
 
 
 def hash_bytes(*parts: bytes | str) -> str:

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="recipe YAML file or built-in recipe name")
     run.add_argument("--out", type=Path, help="output folder (default runs/<recipe name>)")
     run.add_argument("--force", action="store_true", help="rerun every stage, ignoring the cache")
+    run.add_argument("--no-wait", action="store_true",
+                     help="exit 2 at once when another run holds the output folder, instead of waiting for it")
     run.set_defaults(handler=cmd_run)
 
     check = sub.add_parser("check", parents=[common], help="validate a recipe without running it")
@@ -120,19 +122,29 @@ def _quiet_libraries(args) -> None:
 
 
 def cmd_run(args) -> int:
-    from edgeslim.pipeline import Pipeline, publish_release
+    from edgeslim.artifacts import run_lock
+    from edgeslim.pipeline import Pipeline
     from edgeslim.recipe import check_recipe, load_recipe
-    from edgeslim.report.gate import evaluate_gate, format_checks, gate_exit_code
-    from edgeslim.report.matrix import build_report, write_report
-    from edgeslim.report.render import ratios, summary_rows, text_table, write_all
 
     recipe = load_recipe(args.recipe)
     check_recipe(recipe)
     out_dir = args.out or Path("runs") / recipe.name
     pipeline = Pipeline(recipe, out_dir, quiet=args.quiet, force=args.force)
-    outcome = pipeline.run()
-    if not pipeline.role.is_main:  # under accelerate launch: rank 0 measures, reports and gates
+    if not pipeline.role.is_main:  # under accelerate launch: rank 0 holds the folder, measures, reports and gates
+        pipeline.run()
         return EXIT_OK
+    with run_lock(out_dir, wait=not args.no_wait, say=lambda line: print(f"edgeslim: {line}", file=sys.stderr)):
+        return _run_locked(recipe, pipeline, out_dir, args)
+
+
+def _run_locked(recipe, pipeline, out_dir: Path, args) -> int:
+    """The run proper, while this process holds the output folder's lock."""
+    from edgeslim.pipeline import publish_release
+    from edgeslim.report.gate import evaluate_gate, format_checks, gate_exit_code
+    from edgeslim.report.matrix import build_report, write_report
+    from edgeslim.report.render import ratios, summary_rows, text_table, write_all
+
+    outcome = pipeline.run()
     report = build_report(recipe, outcome, out_dir, quiet=args.quiet)
     report_dir = out_dir / "report"
     write_report(report, report_dir)
@@ -165,11 +177,12 @@ def cmd_check(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from edgeslim.report.gate import evaluate_gate, format_checks, gate_exit_code
+    from edgeslim.report.gate import evaluate_gate, format_checks, gate_exit_code, verify_release
     from edgeslim.report.matrix import load_report
     from edgeslim.report.render import write_all
 
     report = load_report(args.report)
+    verify_release(report, args.report)
     budgets = None
     if args.recipe:
         from edgeslim.recipe import load_recipe

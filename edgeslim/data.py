@@ -100,6 +100,8 @@ def load_data(config, base_dir: Path | None, task: str) -> DataBundle:
     examples = [Example(texts[i], labels[i] if labels is not None else None) for i in order]
     eval_split = examples[:n_eval]
     train_split = examples[n_eval:]
+    if labels is not None:
+        _check_every_class_scored(eval_split, label_names)
     rest: list[Example] = []
     if config.train_size:
         train_split, rest = train_split[:config.train_size], train_split[config.train_size:]
@@ -158,7 +160,22 @@ def _columns(frame, config, path: Path, task: str):
         )
     if len(names) < 2:
         raise EdgeslimError(f"column '{config.label_column}' has fewer than two classes; a classifier needs at least two")
+    absent = [name for name in names if name not in set(raw)]
+    if absent:
+        raise EdgeslimError(
+            f"data.labels lists {', '.join(repr(a) for a in absent[:5])}, which no row of column "
+            f"'{config.label_column}' has; remove it from data.labels (a class without examples cannot be learned or scored)"
+        )
     return texts, [index[v] for v in raw], names
+
+
+def _check_every_class_scored(eval_split: list[Example], names: list[str]) -> None:
+    """Every class needs at least one eval example, or its accuracy (and the floor) means nothing."""
+    seen = {ex.label for ex in eval_split}
+    missing = [name for i, name in enumerate(names) if i not in seen]
+    if missing:
+        raise EdgeslimError(f"the eval split ({len(eval_split)} rows) has no example of class(es) "
+                            f"{', '.join(repr(m) for m in missing[:5])}; raise data.eval_size or data.eval_fraction")
 
 
 def _unlabeled_rows(config, rest: list[Example]) -> list[str]:

@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from edgeslim.artifacts import Artifact, MANIFEST, atomic_dir, hash_bytes, read_json, write_manifest
+from edgeslim.artifacts import (Artifact, MANIFEST, atomic_dir, file_digests, hash_bytes, integrity_problem, read_json,
+                                write_manifest)
 from edgeslim.errors import EdgeslimError
 
 
@@ -293,8 +294,11 @@ class Pipeline:
                          data.fingerprint, self.recipe.task, str(self.recipe.seed), code)
         cached = None if self.force else _finished(folder, key)
         if cached is not None:
-            self._say(f"[{index:02d}] {name}: cached ({folder})")
-            return StageOutcome(index, name, cached, True, 0.0)
+            problem = integrity_problem(folder, cached.manifest.get("files"))
+            if problem is None:
+                self._say(f"[{index:02d}] {name}: cached ({folder})")
+                return StageOutcome(index, name, cached, True, 0.0)
+            self._say(f"[{index:02d}] {name}: the cached output cannot be trusted ({problem}); running it again")
         self._say(f"[{index:02d}] {name}: running")
         started = time.time()
         work_dir = folder.parent / f".{folder.name}.work-{key[:12]}"
@@ -369,6 +373,7 @@ def _finish_manifest(artifact: Artifact, folder: Path, name: str, key: str, conf
     manifest.setdefault("metrics", {})
     artifact = Artifact(folder, artifact.kind, manifest)
     manifest["size_bytes"] = artifact.size_bytes()
+    manifest["files"] = file_digests(folder)  # reuse and the gate check these: a changed file is never trusted
     write_manifest(folder, manifest)
     return artifact
 
@@ -382,10 +387,17 @@ def copy_sidecar_files(src: Path, dst: Path) -> None:
 
 
 def publish_release(release: Artifact, out_dir: Path) -> Path:
-    """Copy the release artifact to ``DIR/model`` (atomically), where users and apps look for it."""
+    """Copy the release artifact to ``DIR/model`` (atomically), where users and apps look for it.
+
+    The copy is checked against the hashes the release's manifest recorded before it is renamed into
+    place, so a file changed since it was measured is never published."""
     target = Path(out_dir) / "model"
     with atomic_dir(target) as tmp:
         shutil.copytree(release.path, tmp, dirs_exist_ok=True)
+        problem = integrity_problem(tmp, release.manifest.get("files"))
+        if problem is not None:
+            raise EdgeslimError(f"release {release.path} changed after it was measured ({problem}); "
+                                "rerun to rebuild it")
     return target
 
 

@@ -393,11 +393,13 @@ def train(
         bar.close()
 
     final_step = loop["step"]
+    # Rank 0 may still be writing the best weights of the last evaluation: no rank leaves (and so
+    # none clears the checkpoint folder) before every rank is here.
+    accelerator.wait_for_everyone()
     if cfg.select_best and loop["best_step"] is not None and loop["best_step"] != loop["step"]:
-        accelerator.wait_for_everyone()
         keeper.restore(inner)
-        accelerator.wait_for_everyone()  # every rank has read the best weights before rank 0 clears them
         final_step = loop["best_step"]
+    accelerator.wait_for_everyone()  # every rank has read the best weights before rank 0 clears them
     metrics = {**_metrics_at(loop["history"], final_step), "train_processes": accelerator.num_processes}
     return TrainResult(metrics, loop["step"], loop["best_step"],
                        loop["stopped_early"], resumed_from, loop["history"])
@@ -450,8 +452,11 @@ def _record_eval(loop, metrics, metric, parts, inner, cfg, accelerator, keeper: 
 
 
 def clear_checkpoints(root: Path | None) -> None:
-    """Remove a finished run's checkpoints (the stage's output artifact is what is kept)."""
-    if root is not None:
+    """Remove a finished run's checkpoints (the stage's output artifact is what is kept).
+
+    Under a multi-process launch the folder is shared: only rank 0 removes it, and ``train`` has
+    already waited for every rank, so no rank is still reading or writing it."""
+    if root is not None and process_state().is_main_process:
         shutil.rmtree(root, ignore_errors=True)
 
 

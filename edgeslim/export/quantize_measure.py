@@ -1,8 +1,8 @@
 """What the quantize stage measures about a candidate: task accuracy, output error, latency, size.
 
-Accuracy of an ONNX classifier is the fraction of eval examples whose arg-max logit is the label;
-for a causal LM it is next-token accuracy (the arg-max prediction at each position equals the
-following token), so both tasks have an "accuracy" whose drop a budget can bound. Output error
+Accuracy comes from :func:`edgeslim.report.evaluate.score_examples`, the scoring path the matrix and
+the gate use too: for a classifier the fraction of eval examples whose arg-max logit is the label, for
+a causal LM next-token accuracy, so both tasks have an "accuracy" whose drop a budget can bound. Output error
 compares a candidate's outputs with the fp32 model's on the same feeds. Latency is measured by
 :mod:`edgeslim.targets.harness` (the same code the benchmark matrix runs on devices): all models
 interleaved round-robin on one thread at batch 1, reported as medians.
@@ -71,33 +71,12 @@ def outputs(onnx_file: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndar
     return [sess.run([sess.get_outputs()[0].name], complete_feeds(sess, feed))[0] for feed in feeds]
 
 
-def classifier_accuracy(onnx_file: Path, tokenizer, examples, max_length: int = 128) -> float:
-    """Accuracy of an ONNX sequence classifier on labeled ``examples`` (``.text``, ``.label``)."""
-    if not examples:
-        raise ValueError("no labeled examples to measure accuracy on")
-    logits = outputs(onnx_file, encode(tokenizer, [ex.text for ex in examples], max_length))
-    predictions = [int(np.argmax(row[0])) for row in logits]
-    return float(np.mean([p == ex.label for p, ex in zip(predictions, examples)]))
-
-
-def next_token_accuracy(onnx_file: Path, tokenizer, texts: list[str], max_length: int = 128) -> float:
-    """Fraction of positions where a causal LM's arg-max prediction is the text's next token."""
-    feeds = [f for f in encode(tokenizer, texts, max_length) if f["input_ids"].shape[1] > 1]
-    if not feeds:
-        raise ValueError("no texts of two or more tokens to measure next-token accuracy on")
-    hits = total = 0
-    for feed, logits in zip(feeds, outputs(onnx_file, feeds)):
-        predicted = np.argmax(logits[0, :-1], axis=-1)
-        hits += int(np.sum(predicted == feed["input_ids"][0, 1:]))
-        total += predicted.size
-    return hits / total
-
-
 def task_accuracy(onnx_file: Path, tokenizer, examples, task: str, max_length: int = 128) -> float:
-    """Accuracy for the recipe's task (classification accuracy, or next-token accuracy for LMs)."""
-    if task == "causal-lm":
-        return next_token_accuracy(onnx_file, tokenizer, [ex.text for ex in examples], max_length)
-    return classifier_accuracy(onnx_file, tokenizer, examples, max_length)
+    """Accuracy for the recipe's task (classification accuracy, or next-token accuracy for LMs),
+    computed by the one scoring path the matrix and the gate use."""
+    from edgeslim.report.evaluate import score_examples
+
+    return score_examples(Path(onnx_file), "onnx", tokenizer, examples, task, max_length)["accuracy"]
 
 
 def output_error(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:

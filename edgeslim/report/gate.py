@@ -8,6 +8,7 @@ much), 2 bad input. Only ``measured`` latency counts against a latency budget un
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from edgeslim.errors import EdgeslimError
@@ -37,12 +38,37 @@ def find_artifact(report: dict[str, Any], name: str) -> dict[str, Any]:
     raise EdgeslimError(f"the report names '{name}' but has no artifact of that name; it is not a complete report")
 
 
+def verify_release(report: dict[str, Any], report_path: Path) -> Path:
+    """Check the published release (``DIR/model`` beside ``DIR/report/report.json``) against the
+    hashes the report recorded; raise :class:`EdgeslimError` (exit 2) on any difference.
+
+    A gate verdict is about the files that were measured: a release truncated, edited or replaced
+    afterwards must never pass."""
+    from edgeslim.artifacts import integrity_problem
+
+    report_path = Path(report_path)
+    run_dir = (report_path if report_path.is_dir() else report_path.parent).parent
+    model_dir = run_dir / "model"
+    files = report.get("release_files")
+    if not files:
+        raise EdgeslimError(f"{report_path}: the report records no release file hashes (written by an older "
+                            "edgeslim); rerun 'edgeslim run' to gate it")
+    if not model_dir.is_dir():
+        raise EdgeslimError(f"the release folder {model_dir} does not exist; the gate checks the release "
+                            "published beside the report (DIR/model for DIR/report/report.json)")
+    problem = integrity_problem(model_dir, files)
+    if problem is not None:
+        raise EdgeslimError(f"release {model_dir} is not the one the report measured: {problem}; "
+                            "rerun 'edgeslim run' to rebuild and remeasure it")
+    return model_dir
+
+
 def evaluate_gate(report: dict[str, Any], budgets: dict[str, Any] | None = None) -> list[Check]:
     """Every budget check on the report's release artifact (``budgets`` overrides the report's)."""
     budgets = budgets if budgets is not None else report.get("budgets") or {}
     release = find_artifact(report, report["release"])
     teacher = find_artifact(report, report["teacher"])
-    checks: list[Check] = []
+    checks: list[Check] = floor_checks(report, teacher, release)
     if budgets.get("accuracy_drop") is not None:
         checks.append(_accuracy_check(release, teacher, budgets["accuracy_drop"]))
     if budgets.get("size_mb") is not None:
@@ -55,11 +81,113 @@ def evaluate_gate(report: dict[str, Any], budgets: dict[str, Any] | None = None)
         for quantile, limit in limits.items():
             if limit is not None:
                 checks.append(_latency_check(release, device, quantile, limit, allow_predicted))
+    checks += dominance_checks(report, release)
     for device, limit in (budgets.get("peak_memory_mb") or {}).items():
         checks.append(_memory_check(release, device, limit))
     for device, limit in (budgets.get("instructions") or {}).items():
         checks.append(_instructions_check(release, device, limit))
     return checks
+
+
+def floor_checks(report: dict[str, Any], teacher, release) -> list[Check]:
+    """The teacher and the release must each be significantly better than the report's floor:
+    the majority class (one-sided binomial test on the eval split) or a unigram LM (the upper end
+    of the perplexity's bootstrap interval below the unigram's). No floor recorded: no check."""
+    floor = report.get("floor") or {}
+    checks = []
+    for role, record in (("teacher", teacher), ("release", release)) if teacher is not release else (("release", release),):
+        if floor.get("kind") == "majority-class":
+            checks.append(_majority_check(role, record, floor))
+        elif floor.get("kind") == "unigram":
+            checks.append(_unigram_check(role, record, floor))
+    return checks
+
+
+def _majority_check(role: str, record, floor) -> Check:
+    from edgeslim.stats import ALPHA, better_than_rate
+
+    name, rate, n = f"floor.{role}", floor["rate"], floor["examples"]
+    if record.get("accuracy") is None:
+        return Check(name, None, rate, None, False, f"{role} accuracy was not measured")
+    passed, p_value = better_than_rate(record["accuracy"], n, rate)
+    verdict = "better than" if passed else "NOT significantly better than"
+    return Check(name, None, rate, record["accuracy"], passed,
+                 f"{role} accuracy {record['accuracy']:.4f} is {verdict} always guessing '{floor['label']}' "
+                 f"({rate:.4f} of {n} eval examples; binomial p={p_value:.3g}, needs < {ALPHA})")
+
+
+def _unigram_check(role: str, record, floor) -> Check:
+    name, limit = f"floor.{role}", floor["perplexity"]
+    interval = record.get("perplexity_interval")
+    if record.get("perplexity") is None or not interval:
+        return Check(name, None, limit, None, False, f"{role} perplexity was not measured")
+    passed = interval[1] < limit
+    verdict = "better than" if passed else "NOT significantly better than"
+    return Check(name, None, limit, record["perplexity"], passed,
+                 f"{role} perplexity {record['perplexity']:.2f} (95% interval {interval[0]:.2f}-{interval[1]:.2f}) "
+                 f"is {verdict} a unigram model of the training text ({limit:.2f})")
+
+
+#: Baselines every report holds: release candidates the compressed model has to beat.
+BASELINES = ("teacher-fp32", "teacher-int8", "teacher-int4")
+
+
+def dominance_checks(report: dict[str, Any], release) -> list[Check]:
+    """One check per baseline: the release fails when a baseline is at least as good on every axis.
+
+    A baseline dominates when it is at least as accurate as the release within the release's 95%
+    interval (accuracy at least its lower end, perplexity at most its upper end), no larger, and no
+    slower beyond noise on any device where both were timed interleaved (the interval of baseline
+    p50 / release p50 reaches down to 1 or below). Without any interleaved timing nothing shows the
+    release to be faster, so the baseline counts as no slower.
+    """
+    checks = []
+    for record in report["artifacts"]:
+        if record["name"] in BASELINES and record["name"] != release["name"]:
+            checks.append(_dominance_check(report, record, release))
+    return checks
+
+
+def _dominance_check(report, baseline, release) -> Check:
+    name = f"dominance.{baseline['name']}"
+    accurate, how_accurate = _as_accurate(baseline, release)
+    smaller = baseline["size_bytes"] <= release["size_bytes"]
+    size_text = f"{baseline['size_bytes'] / MIB:.2f} vs {release['size_bytes'] / MIB:.2f} MiB"
+    faster_somewhere, speed_text = _release_faster(report, baseline["name"])
+    dominated = accurate and smaller and not faster_somewhere
+    if dominated:
+        detail = (f"{baseline['name']} is as accurate ({how_accurate}), no larger ({size_text}) and no slower "
+                  f"({speed_text}) than the release: ship it instead, or set 'release: best'")
+    else:
+        reasons = [text for ok, text in ((not accurate, f"less accurate ({how_accurate})"),
+                                         (not smaller, f"larger ({size_text})"),
+                                         (faster_somewhere, f"slower ({speed_text})")) if ok]
+        detail = f"the release beats {baseline['name']}: the baseline is " + ", ".join(reasons)
+    return Check(name, None, 0, None, not dominated, detail)
+
+
+def _as_accurate(baseline, release) -> tuple[bool, str]:
+    if release.get("perplexity") is not None and baseline.get("perplexity") is not None:
+        high = (release.get("perplexity_interval") or [None, release["perplexity"]])[1]
+        return (baseline["perplexity"] <= high,
+                f"perplexity {baseline['perplexity']:.2f} vs release {release['perplexity']:.2f}, interval up to {high:.2f}")
+    if release.get("accuracy") is None or baseline.get("accuracy") is None:
+        return False, "accuracy not measured"
+    low = (release.get("accuracy_interval") or [release["accuracy"]])[0]
+    return (baseline["accuracy"] >= low,
+            f"accuracy {baseline['accuracy']:.4f} vs release {release['accuracy']:.4f}, interval down to {low:.4f}")
+
+
+def _release_faster(report, baseline: str) -> tuple[bool, str]:
+    """Whether the release is faster than ``baseline`` beyond noise on some device, and the figures."""
+    texts = []
+    for device, rows in (report.get("comparisons") or {}).items():
+        row = rows.get(baseline)
+        if row:
+            texts.append(f"{device}: baseline/release p50 {row['ratio']:.2f}x, interval {row['low']:.2f}-{row['high']:.2f}")
+            if row["low"] > 1.0:
+                return True, texts[-1]
+    return False, "; ".join(texts) or "no interleaved timing of both"
 
 
 def _accuracy_check(release, teacher, limit: float) -> Check:
@@ -85,8 +213,14 @@ def _latency_check(release, device: str, quantile: str, limit: float, allow_pred
         return Check(name, device, limit, None, False,
                      f"not measured (status {cell.get('status')}{': ' + reason if reason else ''})")
     actual = cell["latency_ms"][quantile]
-    return Check(name, device, limit, actual, actual <= limit,
-                 f"{actual:.3f} ms vs {limit:g} ms ({cell['status']})")
+    interval = (cell.get("latency_interval_ms") or {}).get(quantile)
+    if interval is None:  # a prediction, or a runner that kept no samples: the point figure is all there is
+        return Check(name, device, limit, actual, actual <= limit,
+                     f"{actual:.3f} ms vs {limit:g} ms ({cell['status']}; no interval)")
+    low, high = interval
+    verdict = "" if high <= limit else (" - the interval's upper end is over the limit" if actual <= limit else "")
+    return Check(name, device, limit, actual, high <= limit,
+                 f"{actual:.3f} ms (95% interval {low:.3f}-{high:.3f}) vs {limit:g} ms ({cell['status']}){verdict}")
 
 
 def _memory_check(release, device: str, limit: float) -> Check:

@@ -104,8 +104,9 @@ class OnnxDecoder:
             tokens.append(token)
         return tokens
 
-    def token_nll(self, ids: np.ndarray) -> tuple[float, int]:
-        """Summed next-token negative log-likelihood of ``ids`` ([1, n]) and the number of predictions."""
+    def token_nll(self, ids: np.ndarray) -> tuple[float, int, int]:
+        """Summed next-token negative log-likelihood of ``ids`` ([1, n]), the number of predictions,
+        and how many of them the arg-max got right."""
         logits, _ = self.forward(ids, None, ids.shape[1])
         return _nll(logits[0, :-1].astype(np.float64), ids[0, 1:])
 
@@ -116,12 +117,14 @@ def _dim(value) -> int:
     return value
 
 
-def _nll(logits: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
-    """Summed cross-entropy of ``logits`` ([n, vocab], float64) against ``targets`` ([n])."""
+def _nll(logits: np.ndarray, targets: np.ndarray) -> tuple[float, int, int]:
+    """Summed cross-entropy of ``logits`` ([n, vocab], float64) against ``targets`` ([n]), the count,
+    and the number of arg-max hits."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_z = np.log(np.exp(shifted).sum(axis=-1))
     picked = shifted[np.arange(len(targets)), targets]
-    return float((log_z - picked).sum()), int(len(targets))
+    hits = int(np.sum(np.argmax(logits, axis=-1) == targets))
+    return float((log_z - picked).sum()), int(len(targets)), hits
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,18 +177,31 @@ def _encode(tokenizer, text: str, max_length: int) -> np.ndarray:
     return np.asarray(enc["input_ids"], dtype=np.int64)
 
 
-def perplexity(model, tokenizer, texts: Sequence[str], max_length: int) -> float:
-    """``exp(mean NLL)`` over every predicted token of ``texts`` (texts of one token predict nothing)."""
-    total, count = 0.0, 0
+def text_scores(model, tokenizer, texts: Sequence[str], max_length: int) -> dict[str, Any]:
+    """Perplexity (``exp`` of the mean NLL over every predicted token), next-token ``accuracy``, and
+    the per-text ``nll`` pairs ``[summed NLL, predicted tokens]`` that intervals resample.
+
+    Texts of one token predict nothing and are left out. This is the LM half of the one scoring path
+    (:func:`edgeslim.report.evaluate.score_examples`)."""
+    pairs, hits = [], 0
     for text in texts:
         ids = _encode(tokenizer, text, max_length)
         if ids.shape[1] < 2:
             continue
-        nll, n = model.token_nll(ids)
-        total, count = total + nll, count + n
+        nll, n, right = model.token_nll(ids)
+        pairs.append([nll, n])
+        hits += right
+    count = sum(n for _, n in pairs)
     if count == 0:
         raise EdgeslimError("perplexity needs held-out texts of at least two tokens; add longer eval texts")
-    return math.exp(total / count)
+    total = sum(nll for nll, _ in pairs)
+    return {"perplexity": round(math.exp(total / count), 6), "accuracy": round(hits / count, 6),
+            "nll": [[round(nll, 6), n] for nll, n in pairs]}
+
+
+def perplexity(model, tokenizer, texts: Sequence[str], max_length: int) -> float:
+    """``exp(mean NLL)`` over every predicted token of ``texts`` (texts of one token predict nothing)."""
+    return text_scores(model, tokenizer, texts, max_length)["perplexity"]
 
 
 def greedy_predictions(model, tokenizer, prompts: Sequence[str], max_length: int, new_tokens: int) -> list[int]:
@@ -212,11 +228,16 @@ def load_tokenizer(folder: Path):
 
 def load_decoder(artifact, threads: int = 0):
     """A :class:`TorchDecoder` for a torch artifact, an :class:`OnnxDecoder` for onnx/bundle ones."""
-    if artifact.kind == "torch":
-        return TorchDecoder(artifact.path)
-    if artifact.kind in ("onnx", "bundle"):
-        return OnnxDecoder(artifact.onnx_path, threads)
-    raise EdgeslimError(f"cannot score an artifact of kind '{artifact.kind}' as a causal LM")
+    return load_decoder_at(artifact.path if artifact.kind == "torch" else artifact.onnx_path, artifact.kind, threads)
+
+
+def load_decoder_at(model: Path, kind: str, threads: int = 0):
+    """The decoder of a torch model folder (``kind`` torch) or an ONNX file (``onnx``/``bundle``)."""
+    if kind == "torch":
+        return TorchDecoder(model)
+    if kind in ("onnx", "bundle"):
+        return OnnxDecoder(model, threads)
+    raise EdgeslimError(f"cannot score an artifact of kind '{kind}' as a causal LM")
 
 
 def score_causal_lm(artifact, texts: list[str], prompts: list[str], max_length: int,
@@ -231,7 +252,7 @@ def score_causal_lm(artifact, texts: list[str], prompts: list[str], max_length: 
     model = load_decoder(artifact)
     tokenizer = load_tokenizer(artifact.path)
     return {
-        "perplexity": round(perplexity(model, tokenizer, texts, max_length), 6),
+        **text_scores(model, tokenizer, texts, max_length),
         "predictions": greedy_predictions(model, tokenizer, prompts, max_length, new_tokens),
         "params": _params(artifact, model),
     }
@@ -266,7 +287,7 @@ def measure_decode(onnx_path: Path, tokenizer, prompts: list[str], *, threads: i
     try:
         decoder = OnnxDecoder(Path(onnx_path), threads)
         encoded = [_encode(tokenizer, p, max_length) for p in prompts]
-        prefill_ms, decode_s, decoded, total_s = [], 0.0, 0, 0.0
+        prefill_ms, per_token_ms, decode_s, decoded, total_s = [], [], 0.0, 0, 0.0
         clock = time.perf_counter
         for r in range(warmup + runs):
             ids = encoded[r % len(encoded)]
@@ -278,6 +299,7 @@ def measure_decode(onnx_path: Path, tokenizer, prompts: list[str], *, threads: i
             end = clock()
             if r >= warmup:
                 prefill_ms.append((after_prefill - start) * 1000.0)
+                per_token_ms.append((end - after_prefill) * 1000.0 / (new_tokens - 1))
                 decode_s += end - after_prefill
                 decoded += new_tokens - 1
                 total_s += end - start
@@ -297,6 +319,8 @@ def measure_decode(onnx_path: Path, tokenizer, prompts: list[str], *, threads: i
         "threads": threads,
         "new_tokens": new_tokens,
         "reason": None,
+        # per generation, ms per decoded token: what latency comparisons (baselines, dominance) use
+        "samples_ms": per_token_ms,
     }
 
 

@@ -45,6 +45,11 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
     cells = {profile.name: measure_device(profile, onnx_entries, outcome.data, recipe, quiet,
                                           instructions=profile.name in budgets["instructions"], cache_dir=cache_dir)
              for profile in profiles}
+    comparisons = {device: compare_to_release(device_cells, release_name, list(outcome.baselines))
+                   for device, device_cells in cells.items()}
+    for device_cells in cells.values():
+        for one in device_cells.values():
+            add_latency_intervals(one)
 
     artifacts = []
     for name, stage in entries:
@@ -60,6 +65,7 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
             "params": score["params"],
             "accuracy": score.get("accuracy"),
             "perplexity": score.get("perplexity"),
+            **quality_interval(score, recipe.task, len(eval_examples)),
             "agreement": agreement_with(score["predictions"], reference),
             "devices": {},
         }
@@ -79,12 +85,101 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
         "teacher": "teacher-fp32",
         "release": release_name,
         "eval_examples": len(eval_examples),
+        "floor": floor(recipe, outcome.data, eval_examples, outcome.teacher.artifact),
         "measure": {"batch_size": 1, **recipe.measure.model_dump()},
         "devices": [{"name": p.name, "description": p.description, "access": p.access.kind,
                      "threads": p.runtime.threads} for p in profiles],
         "budgets": budgets,
+        "comparisons": {device: rows for device, rows in comparisons.items() if rows},
         "artifacts": artifacts,
+        "release_files": release_files(dict(entries)[release_name].artifact),
     }
+
+
+#: Files of a published release that are not measured and so not hashed: the model card is written
+#: from the report itself after the gate, and the manifest holds the hashes.
+UNHASHED_RELEASE_FILES = ("README.md", "manifest.json")
+
+
+def release_files(artifact: Artifact) -> dict[str, dict[str, Any]]:
+    """The release's files with their sha256 and size, as recorded when its stage finished."""
+    files = artifact.manifest.get("files") or {}
+    return {name: digest for name, digest in files.items() if name not in UNHASHED_RELEASE_FILES}
+
+
+def compare_to_release(cells: dict[str, dict], release: str, baselines: list[str]) -> dict[str, dict]:
+    """Each baseline's latency relative to the release on one device (``ratio`` = baseline p50 /
+    release p50, with its 95% interval from the interleaved samples); only where both were measured."""
+    from edgeslim.stats import ratio_interval
+
+    ours = cells.get(release) or {}
+    rows = {}
+    for name in baselines:
+        theirs = cells.get(name) or {}
+        if name != release and ours.get("samples_ms") and theirs.get("samples_ms"):
+            interval = ratio_interval(theirs["samples_ms"], ours["samples_ms"])
+            rows[name] = {key: round(interval[key], 6) for key in ("ratio", "low", "high", "noise")}
+    return rows
+
+
+def add_latency_intervals(cell: dict[str, Any]) -> None:
+    """Give a measured cell the 95% interval of each latency quantile, then drop its raw samples."""
+    from edgeslim.stats import quantile_interval
+
+    samples = cell.pop("samples_ms", None)
+    cell.pop("cpu_samples_ms", None)
+    if samples and cell.get("latency_ms"):
+        cell["latency_interval_ms"] = {name: [round(v, 6) for v in quantile_interval(samples, q)]
+                                       for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+
+
+def quality_interval(score: dict[str, Any], task: str, examples: int) -> dict[str, Any]:
+    """The 95% interval of an artifact's task figure: Wilson's for accuracy on ``examples``, a
+    bootstrap over eval texts for perplexity."""
+    import math
+
+    from edgeslim.stats import bootstrap_interval, wilson_interval
+
+    if task == "causal-lm" and score.get("nll"):
+        low, high = bootstrap_interval([t for t, _ in score["nll"]], [n for _, n in score["nll"]])
+        return {"perplexity_interval": [round(math.exp(low), 6), round(math.exp(high), 6)]}
+    if score.get("accuracy") is None:
+        return {}
+    low, high = wilson_interval(int(round(score["accuracy"] * examples)), examples)
+    return {"accuracy_interval": [round(low, 6), round(high, 6)]}
+
+
+def floor(recipe, data, examples, teacher: Artifact) -> dict[str, Any]:
+    """What a model must beat to be worth anything: always guessing the eval split's majority class
+    (classification), or a unigram model of the training text (causal LM)."""
+    if recipe.task == "causal-lm":
+        return unigram_floor(data, examples, teacher, recipe.data.max_length)
+    counts = np.bincount([ex.label for ex in examples], minlength=len(data.labels))
+    majority = int(np.argmax(counts))
+    return {"kind": "majority-class", "label": data.labels[majority], "rate": round(float(counts[majority] / len(examples)), 6),
+            "examples": len(examples)}
+
+
+def unigram_floor(data, examples, teacher: Artifact, max_length: int) -> dict[str, Any]:
+    """Perplexity on the eval texts of a unigram model of the training texts (teacher's tokenizer,
+    add-one smoothing), over the same predicted positions the models are scored on."""
+    import math
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher.path)
+    vocab = len(tokenizer)
+    counts = np.ones(vocab, dtype=np.float64)
+    for text in [ex.text for ex in data.train] + list(data.unlabeled):
+        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+        np.add.at(counts, [i for i in ids if i < vocab], 1.0)
+    log_p = np.log(counts / counts.sum())
+    total, count = 0.0, 0
+    for ex in examples:
+        ids = tokenizer(ex.text, truncation=True, max_length=max_length)["input_ids"][1:]
+        total -= float(sum(log_p[i] for i in ids if i < vocab))
+        count += len(ids)
+    return {"kind": "unigram", "perplexity": round(math.exp(total / max(count, 1)), 6), "tokens": count}
 
 
 def agreement_with(predictions, reference: np.ndarray) -> float | None:
@@ -111,7 +206,9 @@ def _not_timed(artifact: Artifact) -> dict[str, Any]:
 
 
 def _score(artifact: Artifact, examples, recipe, cache_dir: Path) -> dict[str, Any]:
-    key = hash_bytes(artifact.manifest.get("key", str(artifact.path)), str(len(examples)), "score-v1")[:24]
+    """The artifact's score, cached by its files' hashes (a rebuilt file is scored again)."""
+    files = json.dumps(artifact.manifest.get("files") or str(artifact.path), sort_keys=True)
+    key = hash_bytes(artifact.manifest.get("key", str(artifact.path)), files, str(len(examples)), "score-v2")[:24]
     cache_file = cache_dir / f"{artifact.path.name}-{key}.json"
     if cache_file.is_file():
         return read_json(cache_file)
@@ -127,22 +224,19 @@ def _score(artifact: Artifact, examples, recipe, cache_dir: Path) -> dict[str, A
 
 
 def score_artifact(artifact: Artifact, examples, max_length: int) -> dict[str, Any]:
-    """Accuracy and predictions on ``examples`` plus the parameter count, for any artifact kind."""
+    """Accuracy and predictions on ``examples`` plus the parameter count, for any classifier artifact."""
     from transformers import AutoTokenizer
 
-    from edgeslim.report.evaluate import accuracy, onnx_logits, torch_logits
+    from edgeslim.report.evaluate import score_examples
 
     tokenizer = AutoTokenizer.from_pretrained(artifact.path)
-    texts = [ex.text for ex in examples]
-    labels = [ex.label for ex in examples]
+    model = artifact.path if artifact.kind == "torch" else artifact.onnx_path
+    score = score_examples(model, artifact.kind, tokenizer, examples, "text-classification", max_length)
     if artifact.kind == "torch":
-        logits = torch_logits(artifact.path, tokenizer, texts, max_length)
-        params = artifact.manifest.get("params") or _torch_params(artifact.path)
+        score["params"] = artifact.manifest.get("params") or _torch_params(artifact.path)
     else:
-        logits = onnx_logits(artifact.onnx_path, tokenizer, texts, max_length)
-        params = onnx_params(artifact.onnx_path)
-    predictions = np.argmax(logits, axis=-1)
-    return {"accuracy": round(accuracy(logits, labels), 6), "predictions": predictions.tolist(), "params": params}
+        score["params"] = onnx_params(artifact.onnx_path)
+    return score
 
 
 def _torch_params(path: Path) -> int:
@@ -196,8 +290,11 @@ DETERMINISTIC_ACCESS = ("qemu-arm", "none")
 
 def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructions: bool = False,
                     cache_dir: Path | None = None) -> dict[str, dict]:
-    """Cells for every ONNX artifact on one device; models sharing a tokenizer run interleaved.
+    """Cells for every ONNX artifact on one device.
 
+    Each model gets the same eval texts tokenized by its own tokenizer. On this machine (local and
+    cuda runners) every model is timed interleaved in one process, so the ratios between them (and
+    the dominance check) are fair; other runners take the models that share a tokenizer together.
     ``instructions`` adds callgrind's instruction count per inference (when a budget needs it)."""
     from transformers import AutoTokenizer
 
@@ -208,22 +305,37 @@ def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructio
     groups: dict[str, list[tuple[str, Artifact]]] = {}
     for name, artifact in onnx_entries:
         groups.setdefault(_tokenizer_fingerprint(artifact.path), []).append((name, artifact))
+    inputs_of = {}
+    for members in groups.values():
+        feeds = data.encode_each(AutoTokenizer.from_pretrained(members[0][1].path), "eval", recipe.measure.samples)
+        inputs_of.update({name: feeds for name, _ in members})
+    settings = {"warmup": recipe.measure.warmup, "runs": recipe.measure.runs, "instructions": instructions,
+                "samples": True}
+    if profile.access.kind in INTERLEAVED_ACCESS:
+        if not quiet:
+            print(f"measuring {len(onnx_entries)} model(s) on {profile.name} ({profile.access.kind}), interleaved",
+                  flush=True)
+        first = onnx_entries[0][0]
+        return measure(profile, {name: art.onnx_path for name, art in onnx_entries}, inputs_of[first],
+                       model_inputs={name: inputs_of[name] for name, _ in onnx_entries[1:]}, **settings)
     cells: dict[str, dict] = {}
     for members in groups.values():
-        tokenizer = AutoTokenizer.from_pretrained(members[0][1].path)
-        inputs = data.encode_each(tokenizer, "eval", recipe.measure.samples)
+        inputs = inputs_of[members[0][0]]
         cache_file = _cell_cache_file(cache_dir, profile, members, inputs)
         if cache_file is not None and cache_file.is_file():
             cells.update(read_json(cache_file))
             continue
         if not quiet:
             print(f"measuring {len(members)} model(s) on {profile.name} ({profile.access.kind})", flush=True)
-        group_cells = measure(profile, {name: art.onnx_path for name, art in members}, inputs,
-                              warmup=recipe.measure.warmup, runs=recipe.measure.runs, instructions=instructions)
+        group_cells = measure(profile, {name: art.onnx_path for name, art in members}, inputs, **settings)
         if cache_file is not None and all(c["status"] in ("emulated", "predicted") for c in group_cells.values()):
             atomic_write_json(cache_file, group_cells)
         cells.update(group_cells)
     return cells
+
+
+#: Runners that time on this machine, where every model of a run can be interleaved in one process.
+INTERLEAVED_ACCESS = ("local", "cuda")
 
 
 def _cell_cache_file(cache_dir: Path | None, profile, members, inputs) -> Path | None:

@@ -7,7 +7,8 @@ machine's Python. It is driven by a JSON spec and writes a JSON result::
     python harness.py SPEC.json RESULT.json
 
 Spec keys: ``models`` ({name: onnx path}), ``inputs`` (an ``.npz`` whose keys are
-``"<index>/<input name>"``), ``warmup``, ``runs`` (timed rounds, at least), ``min_time_s`` (keep
+``"<index>/<input name>"``), ``model_inputs`` (optional {name: ``.npz``} for models that take
+other token ids for the same texts, e.g. a trimmed vocabulary), ``warmup``, ``runs`` (timed rounds, at least), ``min_time_s`` (keep
 adding rounds until the timed part lasted this long, so fast models get enough samples for stable
 tail percentiles), ``threads``, ``inter_op_threads``, ``providers``,
 ``provider_options``, ``session_options``, ``graph_optimization_level``, ``affinity`` (CPU ids or
@@ -160,12 +161,13 @@ def measure_memory(spec, model_path, inputs):
 def run_latency(spec):
     """Interleaved timing of every model; returns {name: {latency_ms, throughput}} plus outputs."""
     pin(spec.get("affinity"))
-    inputs = load_inputs(spec["inputs"])
+    shared = load_inputs(spec["inputs"])
+    own = spec.get("model_inputs") or {}
     sessions, feeds, failed = {}, {}, {}
     for name, path in spec["models"].items():
         try:
             sessions[name] = make_session(path, spec)
-            feeds[name] = feeds_for(sessions[name], inputs)
+            feeds[name] = feeds_for(sessions[name], load_inputs(own[name]) if name in own else shared)
         except Exception as exc:  # one broken model must not stop the others being measured
             sessions.pop(name, None)
             failed[name] = {"error": _one_line(exc)}
@@ -178,7 +180,7 @@ def run_latency(spec):
                 for out_meta, value in zip(sessions[name].get_outputs(), outputs):
                     saved[f"{name}/{i}/{out_meta.name}"] = np.asarray(value)
         for w in range(int(spec.get("warmup", 0))):
-            sessions[name].run(None, feeds[name][w % len(inputs)])
+            sessions[name].run(None, feeds[name][w % len(feeds[name])])
     samples = {name: [] for name in names}
     cpu_samples = {name: [] for name in names}
     runs = int(spec.get("runs", 0))
@@ -189,7 +191,7 @@ def run_latency(spec):
     while names and (r < runs or clock() - began < min_time_ns):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            feed = feeds[name][r % len(inputs)]
+            feed = feeds[name][r % len(feeds[name])]
             session = sessions[name]
             cpu_start = cpu_clock()
             start = clock()
@@ -276,7 +278,8 @@ def main(argv):
 
 def memory_in_child(spec, name, path, spec_path):
     """Run ``memory`` mode for one model in a fresh interpreter, so models never share a peak."""
-    child_spec = dict(spec, mode="memory", models={name: path}, outputs=None)
+    child_spec = dict(spec, mode="memory", models={name: path}, outputs=None,
+                      inputs=(spec.get("model_inputs") or {}).get(name, spec["inputs"]))
     base = os.path.splitext(spec_path)[0] + f".mem-{abs(hash(name))}"
     with open(base + ".json", "w", encoding="utf-8") as handle:
         json.dump(child_spec, handle)

@@ -43,7 +43,8 @@ def _check_request(models: dict[str, Path], inputs: list[dict[str, np.ndarray]],
 
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
             warmup: int = 10, runs: int = 100, instructions: bool = False, memory: bool = True,
-            samples: bool = False, min_time_s: float = 0.0) -> dict[str, dict]:
+            samples: bool = False, min_time_s: float = 0.0,
+            model_inputs: dict[str, list[dict[str, np.ndarray]]] | None = None) -> dict[str, dict]:
     """Measure ``models`` (name -> ONNX file) on ``profile`` with the same ``inputs``; one cell per model.
 
     At least ``runs`` timed inferences per model after ``warmup`` untimed ones, more until the timed
@@ -51,7 +52,8 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
     ``instructions`` adds the
     callgrind instruction count per inference (local runner, where valgrind is installed);
     ``memory`` the peak-memory pass; ``samples`` keeps every timed latency (``samples_ms``, in run
-    order) for noise estimates such as the baseline comparison.
+    order) for noise estimates such as the baseline comparison. ``model_inputs`` gives some models
+    their own inputs for the same examples (local and cuda runners: still timed interleaved).
     """
     _check_request(models, inputs, warmup, runs, min_time_s)
     kind = profile.access.kind
@@ -61,12 +63,12 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
 
             return local.measure(profile, models, inputs, warmup=warmup, runs=runs,
                                  instructions=instructions, memory=memory, samples=samples,
-                                 min_time_s=min_time_s)
+                                 min_time_s=min_time_s, model_inputs=model_inputs)
         if kind == "cuda":
             from edgeslim.targets.runners import cuda
 
             return cuda.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory, samples=samples,
-                                min_time_s=min_time_s)
+                                min_time_s=min_time_s, model_inputs=model_inputs)
         if kind == "qemu-arm":
             from edgeslim.targets.runners import qemu
 

@@ -31,9 +31,9 @@ def unavailable_reason() -> str | None:
 
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
             warmup: int, runs: int, memory: bool = True, samples: bool = False,
-            min_time_s: float = 0.0) -> dict[str, dict]:
+            min_time_s: float = 0.0, model_inputs=None) -> dict[str, dict]:
     reason = unavailable_reason()
     if reason is not None:
         return cells_for_all(models, "skipped", reason)
     return local.measure(profile, models, inputs, warmup=warmup, runs=runs, providers=[CUDA], memory=memory,
-                         samples=samples, min_time_s=min_time_s)
+                         samples=samples, min_time_s=min_time_s, model_inputs=model_inputs)

@@ -45,7 +45,7 @@ def write_inputs(path: Path, inputs: list[dict[str, np.ndarray]]) -> Path:
 def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], inputs_path: str, *,
                warmup: int, runs: int, mode: str = "latency", memory: bool = True,
                outputs: str | None = None, providers: list[str] | None = None, samples: bool = False,
-               min_time_s: float = 0.0) -> Path:
+               min_time_s: float = 0.0, model_inputs: dict[str, str] | None = None) -> Path:
     """The harness's JSON spec, taking the runtime settings from the profile."""
     runtime = profile.runtime
     spec = {
@@ -65,6 +65,7 @@ def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], input
         "memory": memory,
         "outputs": outputs,
         "samples": samples,
+        "model_inputs": model_inputs or {},
     }
     Path(path).write_text(json.dumps(spec), encoding="utf-8")
     return Path(path)

@@ -54,14 +54,19 @@ def run_harness(command: list[str], workdir: Path, env: dict[str, str], timeout_
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
             warmup: int, runs: int, status: str = "measured", providers: list[str] | None = None,
             instructions: bool = False, memory: bool = True, samples: bool = False,
-            min_time_s: float = 0.0, timeout_s: int = TIMEOUT_S) -> dict[str, dict]:
-    """Measure every model on this machine; one cell per model."""
+            min_time_s: float = 0.0, timeout_s: int = TIMEOUT_S,
+            model_inputs: dict[str, list[dict[str, np.ndarray]]] | None = None) -> dict[str, dict]:
+    """Measure every model on this machine; one cell per model. ``model_inputs`` gives a model its
+    own inputs (the same texts under its own tokenizer), so every model is still timed interleaved."""
+    model_inputs = model_inputs or {}
     with tempfile.TemporaryDirectory(prefix="edgeslim-local-") as tmp:
         work = Path(tmp)
         inputs_path = write_inputs(work / "inputs.npz", inputs)
+        own = {name: str(write_inputs(work / f"inputs-{i}.npz", feeds))
+               for i, (name, feeds) in enumerate(model_inputs.items())}
         spec = write_spec(work / "spec.json", profile, {n: str(Path(p).resolve()) for n, p in models.items()},
                           str(inputs_path), warmup=warmup, runs=runs, memory=memory, providers=providers,
-                          samples=samples, min_time_s=min_time_s)
+                          samples=samples, min_time_s=min_time_s, model_inputs=own)
         try:
             result = run_harness([sys.executable, str(HARNESS), str(spec), "result.json"], work,
                                  harness_env(profile), timeout_s)
@@ -71,7 +76,8 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
     if instructions:
         for name, path in models.items():
             if cells[name]["status"] == status:
-                cells[name]["instructions"] = count_instructions(profile, Path(path), inputs[:COUNT_INPUTS])
+                cells[name]["instructions"] = count_instructions(profile, Path(path),
+                                                                 model_inputs.get(name, inputs)[:COUNT_INPUTS])
     return cells
 
 
