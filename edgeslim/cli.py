@@ -146,12 +146,13 @@ def _run_locked(recipe, pipeline, out_dir: Path, args) -> int:
 
     outcome = pipeline.run()
     report = build_report(recipe, outcome, out_dir, quiet=args.quiet)
+    release = _chosen_release(recipe, report, outcome)
     report_dir = out_dir / "report"
     write_report(report, report_dir)
     checks = evaluate_gate(report)
     write_all(report, checks, report_dir)
-    model_dir = publish_release(outcome.release.artifact, out_dir)
-    if outcome.release.artifact.kind == "bundle":
+    model_dir = publish_release(release, out_dir)
+    if release.kind == "bundle":
         from edgeslim.export.mobile import write_model_card
         from edgeslim.report.render import card_figures
 
@@ -164,6 +165,21 @@ def _run_locked(recipe, pipeline, out_dir: Path, args) -> int:
     print(format_checks(checks))
     print(f"\nrelease model: {model_dir}\nreports: {report_dir}/report.json, report.md, report.html, junit.xml")
     return gate_exit_code(checks)
+
+
+def _chosen_release(recipe, report, outcome):
+    """Apply the recipe's ``release`` rule to the report; return the artifact to publish."""
+    from edgeslim.report.matrix import artifact_entries, release_files
+    from edgeslim.report.release import choose_release
+
+    choice = choose_release(report, recipe.release)
+    report["release_choice"] = choice
+    if choice["chosen"] != report["release"]:
+        print(f"release: {choice['chosen']} ({choice['reason']})")
+    report["release"] = choice["chosen"]
+    artifact = dict(artifact_entries(outcome))[choice["chosen"]].artifact
+    report["release_files"] = release_files(artifact)
+    return artifact
 
 
 def cmd_check(args) -> int:

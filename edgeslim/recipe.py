@@ -99,6 +99,14 @@ class Budgets(Strict):
     peak_memory_mb: dict[str, float] = Field(default_factory=dict)
     instructions: dict[str, int] = Field(default_factory=dict, description="max instructions per inference (callgrind)")
     allow_predicted: bool = False
+    parity: "ParityBudget" = Field(default_factory=lambda: ParityBudget())
+
+
+class ParityBudget(Strict):
+    """How close an emulated or remote device's own outputs must come to this host's, per device."""
+
+    accuracy_points: float = Field(1.0, ge=0, description="max |device accuracy - x86 accuracy|, in points (1 = 1%)")
+    min_top1_agreement: float = Field(0.98, ge=0, le=1, description="min fraction of examples with the same top-1")
 
 
 class MeasureConfig(Strict):
@@ -108,6 +116,7 @@ class MeasureConfig(Strict):
     warmup: int = Field(5, ge=0)
     runs: int = Field(100, ge=5, description="timed inferences per model (cycled over the samples)")
     eval_limit: int | None = Field(None, ge=1, description="evaluate accuracy on at most this many")
+    parity_samples: int = Field(64, ge=1, description="eval examples an emulated device scores its own outputs on")
 
 
 class StageEntry(BaseModel):
@@ -129,6 +138,9 @@ class Recipe(Strict):
     devices: list[str] = Field(default_factory=lambda: ["x86-64-cpu"])
     budgets: Budgets = Field(default_factory=Budgets)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    release: Literal["last", "best"] = Field(
+        "last", description="last: publish the last stage's model (the gate fails if a baseline dominates it); "
+                            "best: publish the best candidate (it or a baseline) that passes every check")
 
     # Where the recipe came from: relative paths resolve against this folder.
     base_dir: Path | None = Field(None, exclude=True)

@@ -52,7 +52,8 @@ class QuantSpec(BaseModel):
     mode: str = "dynamic"
     bits: int | None = Field(None, description="8 for dynamic/static; 4 (default) or 8 for weight-only")
     per_channel: bool = False
-    reduce_range: bool = False
+    reduce_range: bool | None = Field(None, description="7-bit INT8 weights; default: where this CPU's u8s8 "
+                                                          "kernels saturate (x86 without VNNI)")
     quantize_embeddings: bool | None = Field(None, description="default: yes for INT8 modes, no for weight-only")
     calibration: str = "minmax"
     format: str = "qdq"
@@ -81,6 +82,11 @@ class QuantSpec(BaseModel):
         return self.mode in ("dynamic", "static")
 
     @property
+    def resolved_reduce_range(self) -> bool:
+        """``reduce_range``, or what this CPU needs when the recipe leaves it unset."""
+        return quantize_ort.resolve_reduce_range(self.reduce_range)
+
+    @property
     def needs_calibration(self) -> bool:
         return self.mode == "static" or (self.mode in ALGORITHMS and (self.algorithm in ("gptq", "awq") or self.autotune))
 
@@ -89,7 +95,7 @@ class QuantSpec(BaseModel):
         if self.name:
             return self.name
         if self.mode == "dynamic":
-            parts = ["dynamic", "int8"] + (["pc"] if self.per_channel else []) + (["rr"] if self.reduce_range else [])
+            parts = ["dynamic", "int8"] + (["pc"] if self.per_channel else []) + (["rr"] if self.resolved_reduce_range else [])
         elif self.mode == "static":
             parts = ["static", self.format, self.calibration] + (["pc"] if self.per_channel else [])
         else:
@@ -183,7 +189,7 @@ def quantize_with(spec: QuantSpec, src: Path, dst: Path, calibration: list[dict]
     exclude = list(spec.nodes_to_exclude) + list(extra_exclude or [])
     if spec.mode == "dynamic":
         return quantize_ort.quantize_dynamic(
-            src, dst, per_channel=spec.per_channel, reduce_range=spec.reduce_range, nodes_to_exclude=exclude,
+            src, dst, per_channel=spec.per_channel, reduce_range=spec.resolved_reduce_range, nodes_to_exclude=exclude,
             op_types=quantize_ort.dynamic_op_types(spec.embeddings),
         )
     if spec.needs_calibration and not calibration:
@@ -191,7 +197,7 @@ def quantize_with(spec: QuantSpec, src: Path, dst: Path, calibration: list[dict]
     if spec.mode == "static":
         return quantize_ort.quantize_static(
             src, dst, calibration, method=spec.calibration, quant_format=spec.format, per_channel=spec.per_channel,
-            reduce_range=spec.reduce_range, quantize_embeddings=spec.embeddings, nodes_to_exclude=exclude,
+            reduce_range=spec.resolved_reduce_range, quantize_embeddings=spec.embeddings, nodes_to_exclude=exclude,
         )
     if spec.mode == "weight_only":
         return quantize_ort.quantize_weight_only(

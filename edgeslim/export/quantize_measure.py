@@ -89,6 +89,14 @@ def output_error(reference: list[np.ndarray], candidate: list[np.ndarray]) -> fl
 def interleaved_latency(models: dict[str, Path], feeds: list[dict[str, np.ndarray]], runs: int = 30,
                         warmup: int = 3) -> dict[str, float | None]:
     """Median latency (ms) of each model, interleaved on one thread at batch 1 (``None`` if it failed)."""
+    return {name: (float(np.median(samples)) if samples else None)
+            for name, samples in interleaved_samples(models, feeds, runs, warmup).items()}
+
+
+def interleaved_samples(models: dict[str, Path], feeds: list[dict[str, np.ndarray]], runs: int = 30,
+                        warmup: int = 3) -> dict[str, list[float]]:
+    """Every timed latency (ms, in run order) of each model, interleaved on one thread at batch 1
+    (empty if it failed): what :func:`edgeslim.stats.ratio_interval` turns into a comparison."""
     from edgeslim.targets import harness
 
     first = session(next(iter(models.values())))
@@ -97,9 +105,9 @@ def interleaved_latency(models: dict[str, Path], feeds: list[dict[str, np.ndarra
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, **{f"{i}/{k}": v for i, feed in enumerate(full) for k, v in feed.items()})
         spec = {"models": {k: str(v) for k, v in models.items()}, "inputs": str(inputs), "warmup": warmup,
-                "runs": runs, "threads": 1, "inter_op_threads": 1, "outputs": None}
+                "runs": runs, "threads": 1, "inter_op_threads": 1, "outputs": None, "samples": True}
         result = json.loads(json.dumps(harness.run_latency(spec)))
-    return {name: (cell.get("latency_ms") or {}).get("p50") for name, cell in result.items()}
+    return {name: cell.get("samples_ms") or [] for name, cell in result.items()}
 
 
 def weight_nodes(onnx_file: Path, op_types: tuple[str, ...]) -> list[str]:

@@ -157,12 +157,31 @@ def static_op_types(quantize_embeddings: bool) -> list[str]:
     return ["MatMul", "Gemm"] + (["Gather"] if quantize_embeddings else [])
 
 
+def int8_saturates_here() -> bool:
+    """Whether onnxruntime's u8s8 INT8 kernels can saturate on this CPU: x86 without VNNI (AVX2 and
+    AVX-512 without it add pairs of u8 x s8 products in 16 bits). onnxruntime's guidance there is
+    7-bit weights (``reduce_range``), which cannot overflow; VNNI and ARM kernels need nothing."""
+    import platform
+
+    from edgeslim.targets.harness import cpu_isa
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    features = set(cpu_isa())
+    return not features & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def resolve_reduce_range(reduce_range: bool | None) -> bool:
+    """``reduce_range`` as given, or (``None``, the default) what this CPU needs (see above)."""
+    return int8_saturates_here() if reduce_range is None else bool(reduce_range)
+
+
 def quantize_dynamic(
     src_onnx: Path,
     dst_onnx: Path,
     *,
     per_channel: bool = False,
-    reduce_range: bool = False,
+    reduce_range: bool | None = None,
     nodes_to_exclude: list[str] | None = None,
     op_types: list[str] | None = None,
     extra_options: dict | None = None,
@@ -183,7 +202,7 @@ def quantize_dynamic(
             dst_onnx,
             op_types_to_quantize=op_types,
             per_channel=per_channel,
-            reduce_range=reduce_range,
+            reduce_range=resolve_reduce_range(reduce_range),
             weight_type=QuantType.QInt8,
             nodes_to_exclude=nodes_to_exclude or [],
             use_external_data_format=needs_external_data(model),
@@ -255,7 +274,7 @@ def quantize_static(
     method: str = "minmax",
     quant_format: str = "qdq",
     per_channel: bool = False,
-    reduce_range: bool = False,
+    reduce_range: bool | None = None,
     quantize_embeddings: bool = True,
     nodes_to_exclude: list[str] | None = None,
 ) -> Path:
@@ -286,7 +305,7 @@ def quantize_static(
             quant_format=formats[quant_format],
             op_types_to_quantize=op_types,
             per_channel=per_channel,
-            reduce_range=reduce_range,
+            reduce_range=resolve_reduce_range(reduce_range),
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=nodes_to_exclude or [],

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeslim.artifacts import Artifact
 from edgeslim.errors import EdgeslimError, describe
 from edgeslim.export import quantize_measure as qm
@@ -42,6 +44,7 @@ class Candidate:
     output_error: float | None = None
     size_bytes: int | None = None
     latency_ms: float | None = None
+    latency_samples: list[float] = field(default_factory=list, repr=False)
     error: str | None = None
 
     def meets(self, budget: float | None) -> bool:
@@ -309,26 +312,46 @@ def time_candidates(src: Path, built: list[Candidate], scorer: Scorer, runs: int
     if not feeds:
         return None
     models = {"__input__": src, **{c.name: c.path for c in built}}
-    medians = qm.interleaved_latency(models, feeds, runs=runs)
+    samples = qm.interleaved_samples(models, feeds, runs=runs)
     for cand in built:
-        cand.latency_ms = medians.get(cand.name)
-    return medians.get("__input__")
+        cand.latency_samples = samples.get(cand.name) or []
+        cand.latency_ms = float(np.median(cand.latency_samples)) if cand.latency_samples else None
+    return float(np.median(samples["__input__"])) if samples.get("__input__") else None
+
+
+def fastest_ties(candidates: list[Candidate]) -> list[Candidate]:
+    """The fastest candidate and every one whose latency ties with it (the interval of their ratio,
+    from the interleaved samples, includes 1): a difference inside the noise decides nothing."""
+    from edgeslim.stats import compare_latency
+
+    def speed(c: Candidate):
+        return c.latency_ms if c.latency_ms is not None else float("inf")
+
+    fastest = min(candidates, key=speed)
+    if not fastest.latency_samples:
+        return [fastest]
+    return [c for c in candidates if c is fastest
+            or (c.latency_samples and compare_latency(c.latency_samples, fastest.latency_samples) <= 0)]
 
 
 def choose(built: list[Candidate], budget: float | None, baseline: float | None) -> tuple[Candidate, str]:
-    """The fastest candidate within budget; else the most accurate, with the gap in the reason."""
+    """Within budget, the fastest candidate; latencies that tie within noise go to the smaller file,
+    then the more accurate model. None within budget: the most accurate, with the gap in the reason."""
     def speed(c: Candidate):
         return (c.latency_ms if c.latency_ms is not None else float("inf"), c.size_bytes or 0)
 
     within = [c for c in built if c.meets(budget)]
     if within:
-        best = min(within, key=speed)
+        ties = fastest_ties(within)
+        best = min(ties, key=lambda c: (c.size_bytes or 0, c.drop if c.drop is not None else 0.0, speed(c)))
+        rule = (f"fastest of {len(within)} candidates" if len(ties) == 1 else
+                f"smallest of the {len(ties)} candidates whose latency ties (within noise) with the fastest of {len(within)}")
         if budget is None:
             why = "no accuracy budget" if baseline is not None else "no eval data to score accuracy"
-            return best, f"fastest of {len(built)} candidates ({why})"
+            return best, f"{rule} ({why})"
         kept_float = len(best.excluded) - len(best.spec.nodes_to_exclude)
         how = f", after leaving its {kept_float} most sensitive node(s) in float" if kept_float else ""
-        return best, (f"fastest of {len(within)} candidates within the accuracy budget "
+        return best, (f"{rule} within the accuracy budget "
                       f"(drop {best.drop:.4f} <= {budget:.4f}){how}")
     best = min(built, key=lambda c: (c.drop if c.drop is not None else float("inf"), speed(c)))
     return best, (f"no candidate meets the accuracy budget {budget:.4f}; kept the most accurate "

@@ -82,6 +82,7 @@ def evaluate_gate(report: dict[str, Any], budgets: dict[str, Any] | None = None)
             if limit is not None:
                 checks.append(_latency_check(release, device, quantile, limit, allow_predicted))
     checks += dominance_checks(report, release)
+    checks += parity_checks(report, release, budgets.get("parity") or {})
     for device, limit in (budgets.get("peak_memory_mb") or {}).items():
         checks.append(_memory_check(release, device, limit))
     for device, limit in (budgets.get("instructions") or {}).items():
@@ -128,6 +129,39 @@ def _unigram_check(role: str, record, floor) -> Check:
                  f"is {verdict} a unigram model of the training text ({limit:.2f})")
 
 
+#: Device access kinds whose cells run the model on other kernels than this host's.
+PARITY_ACCESS = ("qemu-arm", "ssh")
+
+
+def parity_checks(report: dict[str, Any], release, budget: dict[str, Any]) -> list[Check]:
+    """Per emulated or remote device: the release's task accuracy on the device's own outputs within
+    ``accuracy_points`` of this host's, and top-1 agreement at least ``min_top1_agreement``.
+
+    A device whose cells could not be computed fails: a PASS says the release holds on every device
+    of the recipe, and nothing showed that it does there."""
+    points = budget.get("accuracy_points", 1.0)
+    agreement = budget.get("min_top1_agreement", 0.98)
+    checks = []
+    for device in report.get("devices") or []:
+        if not isinstance(device, dict) or device.get("access") not in PARITY_ACCESS:
+            continue
+        cell = _cell(release, device["name"]) or {}
+        if cell.get("device_accuracy") is None or cell.get("top1_agreement") is None:
+            if cell.get("status") == "measured" and device.get("access") == "ssh":
+                continue  # remote latency cells: outputs are not fetched back yet (see docs/devices.md)
+            checks.append(Check("parity", device["name"], points, None, False,
+                                f"parity not checked (status {cell.get('status')}: {cell.get('reason') or 'no outputs'})"))
+            continue
+        gap = abs(cell["device_accuracy"] - cell["host_accuracy"]) * 100
+        top1 = cell["top1_agreement"]
+        passed = gap <= points + 1e-9 and top1 >= agreement
+        checks.append(Check("parity", device["name"], points, round(gap, 4), passed,
+                            f"device accuracy {cell['device_accuracy']:.4f} vs x86 {cell['host_accuracy']:.4f} "
+                            f"({gap:.2f} points, limit {points:g}); top-1 agreement {top1:.1%} (min {agreement:.0%}) "
+                            f"on {cell.get('parity_examples')} eval examples"))
+    return checks
+
+
 #: Baselines every report holds: release candidates the compressed model has to beat.
 BASELINES = ("teacher-fp32", "teacher-int8", "teacher-int4")
 
@@ -153,7 +187,7 @@ def _dominance_check(report, baseline, release) -> Check:
     accurate, how_accurate = _as_accurate(baseline, release)
     smaller = baseline["size_bytes"] <= release["size_bytes"]
     size_text = f"{baseline['size_bytes'] / MIB:.2f} vs {release['size_bytes'] / MIB:.2f} MiB"
-    faster_somewhere, speed_text = _release_faster(report, baseline["name"])
+    faster_somewhere, speed_text = _release_faster(report, release["name"], baseline["name"])
     dominated = accurate and smaller and not faster_somewhere
     if dominated:
         detail = (f"{baseline['name']} is as accurate ({how_accurate}), no larger ({size_text}) and no slower "
@@ -178,11 +212,11 @@ def _as_accurate(baseline, release) -> tuple[bool, str]:
             f"accuracy {baseline['accuracy']:.4f} vs release {release['accuracy']:.4f}, interval down to {low:.4f}")
 
 
-def _release_faster(report, baseline: str) -> tuple[bool, str]:
-    """Whether the release is faster than ``baseline`` beyond noise on some device, and the figures."""
+def _release_faster(report, release: str, baseline: str) -> tuple[bool, str]:
+    """Whether ``release`` is faster than ``baseline`` beyond noise on some device, and the figures."""
     texts = []
-    for device, rows in (report.get("comparisons") or {}).items():
-        row = rows.get(baseline)
+    for device, table in (report.get("comparisons") or {}).items():
+        row = (table.get(release) or {}).get(baseline)
         if row:
             texts.append(f"{device}: baseline/release p50 {row['ratio']:.2f}x, interval {row['low']:.2f}-{row['high']:.2f}")
             if row["low"] > 1.0:

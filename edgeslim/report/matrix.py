@@ -45,7 +45,8 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
     cells = {profile.name: measure_device(profile, onnx_entries, outcome.data, recipe, quiet,
                                           instructions=profile.name in budgets["instructions"], cache_dir=cache_dir)
              for profile in profiles}
-    comparisons = {device: compare_to_release(device_cells, release_name, list(outcome.baselines))
+    candidates = [release_name] + [name for name in outcome.baselines if name != release_name]
+    comparisons = {device: latency_comparisons(device_cells, candidates, list(outcome.baselines))
                    for device, device_cells in cells.items()}
     for device_cells in cells.values():
         for one in device_cells.values():
@@ -107,19 +108,22 @@ def release_files(artifact: Artifact) -> dict[str, dict[str, Any]]:
     return {name: digest for name, digest in files.items() if name not in UNHASHED_RELEASE_FILES}
 
 
-def compare_to_release(cells: dict[str, dict], release: str, baselines: list[str]) -> dict[str, dict]:
-    """Each baseline's latency relative to the release on one device (``ratio`` = baseline p50 /
-    release p50, with its 95% interval from the interleaved samples); only where both were measured."""
+def latency_comparisons(cells: dict[str, dict], candidates: list[str], baselines: list[str]) -> dict[str, dict]:
+    """``{candidate: {baseline: row}}`` on one device: each baseline's latency relative to each release
+    candidate (``ratio`` = baseline p50 / candidate p50, with its 95% interval from the interleaved
+    samples); only where both were measured."""
     from edgeslim.stats import ratio_interval
 
-    ours = cells.get(release) or {}
-    rows = {}
-    for name in baselines:
-        theirs = cells.get(name) or {}
-        if name != release and ours.get("samples_ms") and theirs.get("samples_ms"):
-            interval = ratio_interval(theirs["samples_ms"], ours["samples_ms"])
-            rows[name] = {key: round(interval[key], 6) for key in ("ratio", "low", "high", "noise")}
-    return rows
+    table: dict[str, dict] = {}
+    for candidate in candidates:
+        ours = cells.get(candidate) or {}
+        for name in baselines:
+            theirs = cells.get(name) or {}
+            if name != candidate and ours.get("samples_ms") and theirs.get("samples_ms"):
+                interval = ratio_interval(theirs["samples_ms"], ours["samples_ms"])
+                table.setdefault(candidate, {})[name] = {key: round(interval[key], 6)
+                                                         for key in ("ratio", "low", "high", "noise")}
+    return table
 
 
 def add_latency_intervals(cell: dict[str, Any]) -> None:
@@ -319,8 +323,14 @@ def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructio
         return measure(profile, {name: art.onnx_path for name, art in onnx_entries}, inputs_of[first],
                        model_inputs={name: inputs_of[name] for name, _ in onnx_entries[1:]}, **settings)
     cells: dict[str, dict] = {}
+    parity = profile.access.kind == "qemu-arm" and recipe.task == "text-classification"
     for members in groups.values():
         inputs = inputs_of[members[0][0]]
+        if parity:  # task accuracy of the device's own outputs, on more eval examples than timing needs
+            count = recipe.measure.parity_samples
+            inputs = data.encode_each(AutoTokenizer.from_pretrained(members[0][1].path), "eval", count)
+            settings.update(labels=[ex.label for ex in data.eval[:count]],
+                            references={name: fp32_source(art, onnx_entries).onnx_path for name, art in members})
         cache_file = _cell_cache_file(cache_dir, profile, members, inputs)
         if cache_file is not None and cache_file.is_file():
             cells.update(read_json(cache_file))
@@ -332,6 +342,19 @@ def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructio
             atomic_write_json(cache_file, group_cells)
         cells.update(group_cells)
     return cells
+
+
+def fp32_source(artifact: Artifact, onnx_entries) -> Artifact:
+    """The float ONNX model ``artifact`` was made from (itself when it is one): the nearest ancestor,
+    through the manifests' inputs, made by the export stage or the fp32 baseline."""
+    by_path = {str(art.path): art for _, art in onnx_entries}
+    current = artifact
+    while current.manifest.get("stage") not in ("export", "teacher-fp32"):
+        parent = by_path.get((current.manifest.get("input") or {}).get("path", ""))
+        if parent is None:
+            return artifact
+        current = parent
+    return current
 
 
 #: Runners that time on this machine, where every model of a run can be interleaved in one process.

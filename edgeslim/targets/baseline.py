@@ -2,11 +2,10 @@
 
 A latency figure taken yesterday on a busy CI machine says little about today's model. So the
 baseline model is measured again, now, interleaved with the current one (same process, same
-inputs, round-robin), and the verdict is on their ratio. The timed runs are cut into ``blocks``
-consecutive blocks; each block gives a ratio of medians (current / baseline) over the same stretch
-of time, and the spread of those ratios is the measured noise. A regression fails the gate only
-when it exceeds both the ``threshold`` (e.g. 5 %) and ``k`` robust standard errors of the block
-ratios, so neither a tiny real slowdown nor a noisy machine fails a release.
+inputs, round-robin), and the verdict is on their ratio and its interval
+(:func:`edgeslim.stats.ratio_interval`). A regression fails the gate only when it exceeds the
+``threshold`` (e.g. 5 %) and the whole interval lies above 1, so neither a tiny real slowdown nor a
+noisy machine fails a release.
 
 The instruction count (callgrind, optional) is nearly deterministic and is compared with its own,
 tighter threshold.
@@ -14,8 +13,6 @@ tighter threshold.
 
 from __future__ import annotations
 
-import math
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ import numpy as np
 from edgeslim.artifacts import ONNX_FILE, read_json
 from edgeslim.errors import EdgeslimError
 from edgeslim.report.gate import Check
+from edgeslim.stats import ratio_interval
 from edgeslim.targets.profile import DeviceProfile
 from edgeslim.targets.runners import measure
 
@@ -51,24 +49,18 @@ def latency_regression(current_ms: list[float], baseline_ms: list[float], *, thr
                        blocks: int = 10, k: float = 3.0) -> dict[str, Any]:
     """Regression of ``current`` over ``baseline`` from interleaved samples (both in run order).
 
-    Returns ``ratio`` (p50 current / p50 baseline), ``regression`` (ratio - 1), ``noise`` (k robust
-    standard errors of the per-block ratios: 1.4826 x their median absolute deviation / sqrt(blocks)),
-    and ``failed`` (regression above both the threshold and the noise).
+    Returns ``ratio`` (p50 current / p50 baseline), its 95% interval ``low``-``high`` and ``noise``
+    (from :func:`edgeslim.stats.ratio_interval`), ``regression`` (ratio - 1) and ``failed``: the
+    regression is above the threshold and the whole interval is above 1 (a slowdown inside the noise
+    is a tie, never a failure).
     """
     n = min(len(current_ms), len(baseline_ms))
     if n < 2 * blocks:
         raise EdgeslimError(f"baseline comparison needs at least {2 * blocks} runs per model, got {n}; raise runs")
-    size = n // blocks
-    cur, base = np.asarray(current_ms[: size * blocks]), np.asarray(baseline_ms[: size * blocks])
-    ratios = [float(np.median(cur[i * size:(i + 1) * size]) / np.median(base[i * size:(i + 1) * size]))
-              for i in range(blocks)]
-    ratio = float(np.median(current_ms) / np.median(baseline_ms))
-    centre = statistics.median(ratios)
-    mad = statistics.median(abs(r - centre) for r in ratios)
-    noise = k * 1.4826 * mad / math.sqrt(blocks)
-    regression = ratio - 1.0
-    return {"ratio": ratio, "regression": regression, "noise": noise, "block_ratios": ratios,
-            "failed": bool(regression > threshold and regression > noise)}
+    interval = ratio_interval(current_ms, baseline_ms, blocks=blocks, k=k)
+    regression = interval["ratio"] - 1.0
+    return {**interval, "regression": regression,
+            "failed": bool(regression > threshold and interval["low"] > 1.0)}
 
 
 def compare_to_baseline(profile: DeviceProfile, current: Path, baseline: Path, inputs: list[dict[str, np.ndarray]], *,
@@ -96,8 +88,8 @@ def compare_to_baseline(profile: DeviceProfile, current: Path, baseline: Path, i
     verdict = latency_regression(cur[key], base[key], threshold=threshold)
     checks = [Check(name, profile.name, threshold, round(verdict["regression"], 4), not verdict["failed"],
                     f"{clock} p50 {cur[stats]['p50']:.3f} ms vs baseline {base[stats]['p50']:.3f} ms "
-                    f"({verdict['regression']:+.1%}; noise {verdict['noise']:.1%}, threshold {threshold:.0%}; "
-                    f"measured interleaved in one run)")]
+                    f"({verdict['regression']:+.1%}, 95% interval {verdict['low'] - 1:+.1%} to {verdict['high'] - 1:+.1%}; "
+                    f"threshold {threshold:.0%}; measured interleaved in one run)")]
     if instructions:
         now, before = cur.get("instructions"), base.get("instructions")
         if now is None or before is None:

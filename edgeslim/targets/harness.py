@@ -43,13 +43,35 @@ import numpy as np
 MACHINE_KEY = "__machine__"
 
 
+#: CPU features that decide which INT8 kernels onnxruntime runs (x86: AVX2 u8s8 saturates without
+#: VNNI; ARM: dot-product and i8mm instructions).
+ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm",
+             "sve", "sme")
+
+
+def cpu_isa(cpuinfo="/proc/cpuinfo"):
+    """The INT8-relevant instruction-set features of this CPU, from ``/proc/cpuinfo`` (x86 ``flags``
+    or ARM ``Features``); an empty list where that file cannot be read."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    present = set(value.split())
+                    return [flag for flag in ISA_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def machine():
-    """Where this harness ran: CPU architecture, Python and onnxruntime versions."""
+    """Where this harness ran: CPU architecture and ISA, Python and onnxruntime versions."""
     import platform
 
     import onnxruntime
 
-    return {"arch": platform.machine(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__}
+    return {"arch": platform.machine(), "isa": cpu_isa(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__}
 
 
 def load_inputs(path):
@@ -204,16 +226,47 @@ def run_latency(spec):
         np.savez(spec["outputs"], **saved)
     result = dict(failed)
     for name in names:
-        cell = {"latency_ms": None, "throughput": None}
+        cell = {"latency_ms": None, "throughput": None, "providers": sessions[name].get_providers()}
         if samples[name]:
             stats = percentiles(samples[name])
             cell = {"latency_ms": stats, "throughput": 1000.0 / stats["mean"],
                     "cpu_ms": percentiles(cpu_samples[name])}
+            cell["providers"] = sessions[name].get_providers()
             if spec.get("samples"):
                 cell["samples_ms"] = samples[name]
                 cell["cpu_samples_ms"] = cpu_samples[name]
+            if spec.get("node_placement"):
+                cell["node_placement"] = node_placement(spec["models"][name], spec, feeds[name][0])
         result[name] = cell
     return result
+
+
+def node_placement(model_path, spec, feed):
+    """Share of the model's node runs on each execution provider, from onnxruntime's own profile of
+    one inference (``{"nodes": n, "by_provider": {provider: share}}``): whether a GPU really ran it."""
+    import tempfile
+
+    profiled = dict(spec, session_options=dict(spec.get("session_options") or {}))
+    with tempfile.TemporaryDirectory(prefix="edgeslim-profile-") as tmp:
+        options = session_options(profiled)
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tmp, "profile")
+        import onnxruntime as ort
+
+        providers = spec.get("providers") or ["CPUExecutionProvider"]
+        provider_options = spec.get("provider_options") or {}
+        session = ort.InferenceSession(model_path, sess_options=options,
+                                       providers=[(p, provider_options.get(p, {})) for p in providers])
+        session.run(None, feed)
+        with open(session.end_profiling(), encoding="utf-8") as handle:
+            events = json.load(handle)
+    counts = {}
+    for event in events:
+        provider = (event.get("args") or {}).get("provider")
+        if event.get("cat") == "Node" and provider and event.get("name", "").endswith("_kernel_time"):
+            counts[provider] = counts.get(provider, 0) + 1
+    total = sum(counts.values())
+    return {"nodes": total, "by_provider": {p: round(c / total, 4) for p, c in sorted(counts.items())} if total else {}}
 
 
 def aligned(array, alignment=4096):

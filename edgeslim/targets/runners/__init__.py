@@ -44,7 +44,8 @@ def _check_request(models: dict[str, Path], inputs: list[dict[str, np.ndarray]],
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
             warmup: int = 10, runs: int = 100, instructions: bool = False, memory: bool = True,
             samples: bool = False, min_time_s: float = 0.0,
-            model_inputs: dict[str, list[dict[str, np.ndarray]]] | None = None) -> dict[str, dict]:
+            model_inputs: dict[str, list[dict[str, np.ndarray]]] | None = None,
+            references: dict[str, Path] | None = None, labels: list[int] | None = None) -> dict[str, dict]:
     """Measure ``models`` (name -> ONNX file) on ``profile`` with the same ``inputs``; one cell per model.
 
     At least ``runs`` timed inferences per model after ``warmup`` untimed ones, more until the timed
@@ -54,6 +55,8 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
     ``memory`` the peak-memory pass; ``samples`` keeps every timed latency (``samples_ms``, in run
     order) for noise estimates such as the baseline comparison. ``model_inputs`` gives some models
     their own inputs for the same examples (local and cuda runners: still timed interleaved).
+    ``references`` (model -> its fp32 source) and ``labels`` (one per input) make an emulated cell
+    score both sides against the fp32 model and the task (qemu runner).
     """
     _check_request(models, inputs, warmup, runs, min_time_s)
     kind = profile.access.kind
@@ -72,7 +75,7 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
         if kind == "qemu-arm":
             from edgeslim.targets.runners import qemu
 
-            return qemu.measure(profile, models, inputs)
+            return qemu.measure(profile, models, inputs, references=references, labels=labels)
         if kind == "ssh":
             from edgeslim.targets.runners import ssh
 

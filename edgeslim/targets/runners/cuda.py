@@ -2,7 +2,10 @@
 
 Needs an onnxruntime build that has ``CUDAExecutionProvider`` (the ``onnxruntime-gpu`` wheel) and a
 visible GPU. Without them every cell is ``skipped`` with the reason, never a CPU figure passed off
-as a GPU one: the harness is given the CUDA provider alone, so a silent CPU fallback cannot happen.
+as a GPU one: a cell whose session did not activate the CUDA provider (onnxruntime falls back to
+the CPU silently when it fails to load) is an ``error``, and each measured cell records the share of
+its nodes onnxruntime placed on each provider (``node_placement``), since nodes CUDA has no kernel
+for run on the CPU.
 """
 
 from __future__ import annotations
@@ -35,5 +38,6 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
     reason = unavailable_reason()
     if reason is not None:
         return cells_for_all(models, "skipped", reason)
-    return local.measure(profile, models, inputs, warmup=warmup, runs=runs, providers=[CUDA], memory=memory,
-                         samples=samples, min_time_s=min_time_s, model_inputs=model_inputs)
+    return local.measure(profile, models, inputs, warmup=warmup, runs=runs, providers=[CUDA, "CPUExecutionProvider"],
+                         memory=memory, samples=samples, min_time_s=min_time_s, model_inputs=model_inputs,
+                         node_placement=True)

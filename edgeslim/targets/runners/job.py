@@ -45,7 +45,8 @@ def write_inputs(path: Path, inputs: list[dict[str, np.ndarray]]) -> Path:
 def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], inputs_path: str, *,
                warmup: int, runs: int, mode: str = "latency", memory: bool = True,
                outputs: str | None = None, providers: list[str] | None = None, samples: bool = False,
-               min_time_s: float = 0.0, model_inputs: dict[str, str] | None = None) -> Path:
+               min_time_s: float = 0.0, model_inputs: dict[str, str] | None = None,
+               node_placement: bool = False) -> Path:
     """The harness's JSON spec, taking the runtime settings from the profile."""
     runtime = profile.runtime
     spec = {
@@ -66,6 +67,7 @@ def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], input
         "outputs": outputs,
         "samples": samples,
         "model_inputs": model_inputs or {},
+        "node_placement": node_placement,
     }
     Path(path).write_text(json.dumps(spec), encoding="utf-8")
     return Path(path)
@@ -74,13 +76,16 @@ def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], input
 def cells_from_result(result: dict[str, dict], status: str) -> dict[str, dict]:
     """Turn the harness's per-model result into report cells (``error`` where a model failed)."""
     cells = {}
+    machine = result.get(MACHINE_KEY) or {}
     for name, entry in result.items():
         if name == MACHINE_KEY:
             continue
         if "error" in entry:
             cells[name] = cell("error", reason=entry["error"])
         else:
-            extra = {key: entry[key] for key in ("cpu_ms", "samples_ms", "cpu_samples_ms") if key in entry}
+            extra = {key: entry[key] for key in ("cpu_ms", "samples_ms", "cpu_samples_ms", "providers",
+                                                 "node_placement") if key in entry}
+            extra["isa"] = {"arch": machine.get("arch"), "features": machine.get("isa")}
             cells[name] = cell(status, latency_ms=entry.get("latency_ms"), throughput=entry.get("throughput"),
                                peak_memory_mb=entry.get("peak_memory_mb"), **extra)
     return cells

@@ -55,9 +55,11 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
             warmup: int, runs: int, status: str = "measured", providers: list[str] | None = None,
             instructions: bool = False, memory: bool = True, samples: bool = False,
             min_time_s: float = 0.0, timeout_s: int = TIMEOUT_S,
-            model_inputs: dict[str, list[dict[str, np.ndarray]]] | None = None) -> dict[str, dict]:
+            model_inputs: dict[str, list[dict[str, np.ndarray]]] | None = None,
+            node_placement: bool = False) -> dict[str, dict]:
     """Measure every model on this machine; one cell per model. ``model_inputs`` gives a model its
-    own inputs (the same texts under its own tokenizer), so every model is still timed interleaved."""
+    own inputs (the same texts under its own tokenizer), so every model is still timed interleaved;
+    ``node_placement`` records the share of nodes each provider ran (one profiled inference)."""
     model_inputs = model_inputs or {}
     with tempfile.TemporaryDirectory(prefix="edgeslim-local-") as tmp:
         work = Path(tmp)
@@ -66,19 +68,31 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
                for i, (name, feeds) in enumerate(model_inputs.items())}
         spec = write_spec(work / "spec.json", profile, {n: str(Path(p).resolve()) for n, p in models.items()},
                           str(inputs_path), warmup=warmup, runs=runs, memory=memory, providers=providers,
-                          samples=samples, min_time_s=min_time_s, model_inputs=own)
+                          samples=samples, min_time_s=min_time_s, model_inputs=own, node_placement=node_placement)
         try:
             result = run_harness([sys.executable, str(HARNESS), str(spec), "result.json"], work,
                                  harness_env(profile), timeout_s)
         except RuntimeError as exc:
             return cells_for_all(models, "error", str(exc))
         cells = cells_from_result(result, status)
+    prove_providers(cells, (providers or profile.runtime.execution_providers or ["CPUExecutionProvider"])[0], status)
     if instructions:
         for name, path in models.items():
             if cells[name]["status"] == status:
                 cells[name]["instructions"] = count_instructions(profile, Path(path),
                                                                  model_inputs.get(name, inputs)[:COUNT_INPUTS])
     return cells
+
+
+def prove_providers(cells: dict[str, dict], wanted: str, status: str) -> None:
+    """A cell counts as measured on a device only if onnxruntime really ran the profile's first
+    provider: onnxruntime falls back to the CPU silently when a provider fails to load."""
+    for one in cells.values():
+        active = one.get("providers") or []
+        if one["status"] == status and wanted not in active:
+            one.update(status="error", latency_ms=None, throughput=None, peak_memory_mb=None,
+                       reason=f"onnxruntime did not run {wanted} (active providers: {', '.join(active) or 'none'}); "
+                              "the figures would be another device's")
 
 
 #: Shared objects whose instructions count as the inference engine's: onnxruntime's own libraries

@@ -62,9 +62,45 @@ def _outputs(path: Path) -> dict[str, np.ndarray]:
         return {key: archive[key] for key in archive.files}
 
 
+def first_outputs(outputs: dict[str, np.ndarray], model: str) -> list[np.ndarray]:
+    """The first output of ``model`` for each input, in input order (keys ``model/i/output``)."""
+    rows: dict[int, tuple[str, np.ndarray]] = {}
+    for key, value in outputs.items():
+        name, index, output = key.split("/", 2)
+        if name == model and (int(index) not in rows or output < rows[int(index)][0]):
+            rows[int(index)] = (output, np.asarray(value, dtype=np.float64))
+    return [rows[i][1] for i in sorted(rows)]
+
+
+def task_parity(host: list[np.ndarray], device: list[np.ndarray], source: list[np.ndarray] | None,
+                labels: list[int] | None) -> dict:
+    """What the device's outputs are worth: task accuracy on each side, and each side's largest
+    difference from the artifact's fp32 source relative to its scale (which side is off, not only
+    that they differ)."""
+    figures: dict = {"parity_examples": len(device)}
+    if labels is not None:
+        n = min(len(labels), len(device))
+        figures["device_accuracy"] = round(float(np.mean([np.argmax(device[i][0]) == labels[i] for i in range(n)])), 6)
+        figures["host_accuracy"] = round(float(np.mean([np.argmax(host[i][0]) == labels[i] for i in range(n)])), 6)
+    if source:
+        for side, outputs in (("device", device), ("host", host)):
+            figures[f"{side}_rel_diff_vs_fp32"] = max(
+                float(np.max(np.abs(o - r))) / max(float(np.max(np.abs(r))), 1e-12) for o, r in zip(outputs, source))
+    return figures
+
+
+#: Prefix of the host-only copies of each model's fp32 source in a parity run.
+SOURCE_PREFIX = "fp32-source-of-"
+
+
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
-            timeout_s: int = TIMEOUT_S, log=None) -> dict[str, dict]:
-    """One ``emulated`` cell per model (``skipped`` when emulation cannot be set up here)."""
+            timeout_s: int = TIMEOUT_S, log=None, references: dict[str, Path] | None = None,
+            labels: list[int] | None = None) -> dict[str, dict]:
+    """One ``emulated`` cell per model (``skipped`` when emulation cannot be set up here).
+
+    ``references`` (model -> its fp32 source ONNX) are run on the host only, so both sides are
+    compared with the fp32 model; ``labels`` (one per input) score each side's task accuracy."""
+    references = references or {}
     try:
         env = qemu_setup.ensure(log=log or (lambda message: None))
     except EdgeslimError as exc:
@@ -76,10 +112,11 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
         work = Path(tmp)
         inputs_path = write_inputs(work / "inputs.npz", inputs)
         resolved = {n: str(Path(p).resolve()) for n, p in models.items()}
+        sources = {SOURCE_PREFIX + n: str(Path(p).resolve()) for n, p in references.items()}
         results = {}
         for side, run_env in (("host", harness_env(single)), ("emulated", env.env())):
-            spec = write_spec(work / f"{side}.json", single, resolved, str(inputs_path), warmup=0, runs=1,
-                              memory=False, outputs=str(work / f"{side}.npz"))
+            spec = write_spec(work / f"{side}.json", single, {**resolved, **sources} if side == "host" else resolved,
+                              str(inputs_path), warmup=0, runs=1, memory=False, outputs=str(work / f"{side}.npz"))
             argv = [str(HARNESS), str(spec), f"{side}-result.json"]
             command = env.command(cpu, *argv) if side == "emulated" else [sys.executable, *argv]
             try:
@@ -103,6 +140,8 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
         except RuntimeError as exc:
             cells[name] = cell("error", reason=one_line(str(exc)))
             continue
+        source = first_outputs(reference, SOURCE_PREFIX + name) if name in references else None
+        parity.update(task_parity(first_outputs(reference, name), first_outputs(emulated, name), source, labels))
         verdict = "match" if parity["outputs_match"] else "DIFFER from"
         cells[name] = cell("emulated", reason=(f"aarch64 kernels under qemu -cpu {cpu}: outputs {verdict} x86 "
                                                f"(max rel diff {parity['max_rel_diff']:.2e}, top-1 agreement "
