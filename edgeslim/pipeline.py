@@ -260,7 +260,8 @@ class Pipeline:
                            code=code_version(PACKAGE_DIR / "compress"), all_ranks=True)
 
     def _baselines(self, teacher: StageOutcome, data) -> dict[str, StageOutcome]:
-        """The fp32 teacher ONNX and its plain dynamic-INT8 version: every gain is a ratio to these."""
+        """The fp32 teacher ONNX, its plain dynamic INT8 and (causal LMs) plain INT4: every gain is a ratio
+        to these, and each is a release candidate the compressed model must not be dominated by."""
         from edgeslim.export.onnx import export_artifact
         from edgeslim.export.quantize import quantize_dynamic_int8
 
@@ -284,7 +285,26 @@ class Pipeline:
         int8 = self._stage(0, "teacher-int8", self.out_dir / "baselines" / "teacher-int8",
                            {"baseline": "dynamic-int8"}, fp32.artifact, data, teacher.artifact, quantize_teacher,
                            code=code_version(PACKAGE_DIR / "export"))
-        return {"teacher-fp32": fp32, "teacher-int8": int8}
+        baselines = {"teacher-fp32": fp32, "teacher-int8": int8}
+        if self.recipe.task == "causal-lm":
+            baselines["teacher-int4"] = self._int4_baseline(fp32, data, teacher)
+        return baselines
+
+    def _int4_baseline(self, fp32: StageOutcome, data, teacher: StageOutcome) -> StageOutcome:
+        """Plain INT4 of the teacher (weight-only RTN, block 32, embedding and head included, no
+        training): what a causal-LM release must beat to be worth its distillation."""
+        from edgeslim.export.quantize import QuantSpec, quantize_with
+
+        spec = QuantSpec(mode="weight_only", bits=4, block_size=32, accuracy_level=4, quantize_embeddings=True)
+
+        def quantize_teacher(ctx: StageContext) -> Artifact:
+            copy_sidecar_files(fp32.artifact.path, ctx.out_dir)
+            quantize_with(spec, fp32.artifact.onnx_path, ctx.out_dir / "model.onnx")
+            return Artifact(ctx.out_dir, "onnx", {})
+
+        return self._stage(0, "teacher-int4", self.out_dir / "baselines" / "teacher-int4",
+                           {"baseline": spec.model_dump(mode="json")}, fp32.artifact, data, teacher.artifact,
+                           quantize_teacher, code=code_version(PACKAGE_DIR / "export"))
 
     # One cached, atomic stage ------------------------------------------------------------------
 

@@ -36,8 +36,9 @@ def write_recipe(folder: Path, recipe: dict | str, name: str = "recipe.yaml") ->
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the real ``edgeslim`` command in a subprocess (as a user would)."""
+def run_cli(*args: str, cwd: Path | None = None, timeout: int | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``edgeslim`` command in a subprocess (as a user would). No time limit by default:
+    a run that is still progressing on a loaded machine must not be killed by a fixed timeout."""
     return subprocess.run([sys.executable, "-m", "edgeslim.cli", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 

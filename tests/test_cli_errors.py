@@ -154,10 +154,15 @@ def test_check_accepts_the_tiny_recipe(capsys):
 def test_an_internal_error_is_never_reported_as_a_gate_failure(capsys, tmp_path):
     """A crash (here: a report whose release lacks size_bytes) exits 3 with one line, so CI never
     mistakes it for a failed budget (exit 1)."""
+    from edgeslim.artifacts import file_digests
+
     artifacts = [{"name": "t", "accuracy": 0.9, "devices": {}}, {"name": "r", "accuracy": 0.9, "devices": {}}]
-    report = tmp_path / "report.json"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.onnx").write_bytes(b"not measured here")
+    report = tmp_path / "report" / "report.json"
+    report.parent.mkdir()
     report.write_text(json.dumps({"schema_version": 1, "teacher": "t", "release": "r", "artifacts": artifacts,
-                                  "budgets": {"size_mb": 5}}))
+                                  "budgets": {"size_mb": 5}, "release_files": file_digests(tmp_path / "model")}))
     code, _, err = run_main(capsys, "gate", report)
     lines = err.strip().splitlines()
     assert code == 3 and len(lines) == 1

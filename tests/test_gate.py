@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 
 from conftest import run_cli, write_recipe
@@ -24,7 +25,7 @@ MEASURED = {"status": "measured", "latency_ms": {"p50": 2.0, "p90": 3.0, "p99": 
 def test_all_budgets_hold():
     budgets = {"accuracy_drop": 0.03, "size_mb": 2, "latency_ms": {"cpu": {"p50": 2.5, "p90": 3.5}},
                "peak_memory_mb": {"cpu": 64}}
-    checks = evaluate_gate(_report(MEASURED), budgets)
+    checks = [c for c in evaluate_gate(_report(MEASURED), budgets) if not c.budget.startswith("dominance")]
     assert len(checks) == 5 and gate_exit_code(checks) == 0
 
 
@@ -51,10 +52,12 @@ def test_unmeasured_latency_fails_unless_predicted_is_allowed():
 
 def test_instruction_budget_uses_the_callgrind_count():
     cell = {**MEASURED, "instructions": 9_000_000}
+    budget_checks = lambda report, budgets: [c for c in evaluate_gate(report, budgets)  # noqa: E731
+                                             if not c.budget.startswith("dominance")]
     assert gate_exit_code(evaluate_gate(_report(cell), {"instructions": {"cpu": 10_000_000}})) == 0
-    over = evaluate_gate(_report(cell), {"instructions": {"cpu": 8_000_000}})
+    over = budget_checks(_report(cell), {"instructions": {"cpu": 8_000_000}})
     assert gate_exit_code(over) == 1 and over[0].actual == 9_000_000
-    unmeasured = evaluate_gate(_report(MEASURED), {"instructions": {"cpu": 8_000_000}})
+    unmeasured = budget_checks(_report(MEASURED), {"instructions": {"cpu": 8_000_000}})
     assert not unmeasured[0].passed and "not measured" in unmeasured[0].detail
 
 
@@ -72,6 +75,7 @@ def test_gate_cli_fails_a_tight_budget_and_writes_junit(tiny_run, tmp_path, reci
     report_dir = tmp_path / "report"
     report_dir.mkdir()
     (report_dir / "report.json").write_text((tiny_run[0] / "report" / "report.json").read_text())
+    shutil.copytree(tiny_run[0] / "model", tmp_path / "model")  # the gate checks the release beside the report
     ok = run_cli("gate", report_dir / "report.json")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     recipe_dict["budgets"] = {"latency_ms": {"x86-64-cpu": {"p50": 0.000001}}, "size_mb": 100}
@@ -80,7 +84,7 @@ def test_gate_cli_fails_a_tight_budget_and_writes_junit(tiny_run, tmp_path, reci
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "latency_ms.p50" in failed.stdout and "FAIL" in failed.stdout
     suite = ET.parse(report_dir / "junit.xml").getroot()
-    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    assert suite.get("failures") == "1" and int(suite.get("tests")) >= 2
     assert "FAIL" in (report_dir / "report.md").read_text()
 
 

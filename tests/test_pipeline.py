@@ -67,7 +67,6 @@ def test_whole_run_under_a_two_process_launch(tmp_path):
     from conftest import tiny_recipe_dict, write_recipe
 
     recipe = tiny_recipe_dict()
-    recipe["teacher"]["finetune"]["epochs"] = 1
     recipe["stages"] = [
         {"distill": {"layers": {"every": 2}, "epochs": 1, "lr": 0.001}},
         {"vocab": {"sources": ["train"]}},

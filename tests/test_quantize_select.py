@@ -117,7 +117,9 @@ def test_every_candidate_is_recorded_and_the_fastest_within_budget_kept(outlier_
     within = [r for r in rows if r["meets_budget"]]
     assert within
     fastest = min(within, key=lambda r: r["latency_ms_p50"])
-    assert result.manifest["choice"]["name"] == fastest["name"]
+    chosen = next(r for r in within if r["name"] == result.manifest["choice"]["name"])
+    # the fastest, or a candidate whose latency ties with it within noise and is no larger
+    assert chosen is fastest or ("tie" in result.manifest["choice"]["reason"] and chosen["size_bytes"] <= fastest["size_bytes"])
     assert result.manifest["metrics"]["size_bytes"] == (ctx.out_dir / "model.onnx").stat().st_size
 
 

@@ -11,7 +11,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.targets import harness
 from edgeslim.targets.profile import load_profile
 from edgeslim.targets.runners import measure
-from edgeslim.targets.runners.local import count_instructions
+from edgeslim.targets.runners.local import INSTRUCTION_TOLERANCE, count_instructions
 from _target_models import token_inputs, token_model
 
 
@@ -136,5 +136,7 @@ def test_instruction_count_covers_the_inference_only(models, cpu):
     # Interpreter start-up and session creation are hundreds of millions of instructions, so a
     # count under 20 M is the inference alone.
     assert isinstance(count, int) and 2 * 15 * 32 * 32 / 8 < count < 20_000_000
-    # a fresh process counts exactly the same (what makes it a figure CI can gate on)
-    assert count_instructions(cpu, models["small"], inputs) == count
+    # a fresh process counts the same within the documented tolerance (docs/devices.md): exact on
+    # some CPUs, a few instructions in 10^4 apart on others (kernels probe allocator state)
+    again = count_instructions(cpu, models["small"], inputs)
+    assert abs(again - count) <= INSTRUCTION_TOLERANCE * count

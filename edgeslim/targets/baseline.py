@@ -46,21 +46,32 @@ def resolve_baseline(path: str | Path) -> Path:
 
 
 def latency_regression(current_ms: list[float], baseline_ms: list[float], *, threshold: float = 0.05,
-                       blocks: int = 10, k: float = 3.0) -> dict[str, Any]:
+                       blocks: int = 10, k: float = 3.0, session_noise: float = 0.0) -> dict[str, Any]:
     """Regression of ``current`` over ``baseline`` from interleaved samples (both in run order).
 
     Returns ``ratio`` (p50 current / p50 baseline), its 95% interval ``low``-``high`` and ``noise``
     (from :func:`edgeslim.stats.ratio_interval`), ``regression`` (ratio - 1) and ``failed``: the
     regression is above the threshold and the whole interval is above 1 (a slowdown inside the noise
-    is a tie, never a failure).
+    is a tie, never a failure). ``session_noise`` widens the interval on both sides: how far two
+    sessions of one model differ (memory placement), which no within-session spread shows.
     """
     n = min(len(current_ms), len(baseline_ms))
     if n < 2 * blocks:
         raise EdgeslimError(f"baseline comparison needs at least {2 * blocks} runs per model, got {n}; raise runs")
     interval = ratio_interval(current_ms, baseline_ms, blocks=blocks, k=k)
+    interval.update(low=interval["low"] - session_noise, high=interval["high"] + session_noise,
+                    noise=interval["noise"] + session_noise, session_noise=session_noise)
     regression = interval["ratio"] - 1.0
     return {**interval, "regression": regression,
             "failed": bool(regression > threshold and interval["low"] > 1.0)}
+
+
+def session_noise(cells: dict[str, dict], key: str) -> float:
+    """How far two sessions of the same model differ (the larger of the two twins' p50 ratios - 1)."""
+    import numpy as np
+
+    return max(abs(float(np.median(cells[name][key]) / np.median(cells[f"{name}-twin"][key])) - 1.0)
+               for name in ("current", "baseline"))
 
 
 def compare_to_baseline(profile: DeviceProfile, current: Path, baseline: Path, inputs: list[dict[str, np.ndarray]], *,
@@ -76,16 +87,20 @@ def compare_to_baseline(profile: DeviceProfile, current: Path, baseline: Path, i
         raise EdgeslimError(f"baseline threshold must be a fraction such as 0.05, got {threshold}")
     if clock not in ("wall", "cpu"):
         raise EdgeslimError(f"baseline clock must be 'wall' or 'cpu', got '{clock}'")
-    cells = measure(profile, {"current": Path(current), "baseline": resolve_baseline(baseline)}, inputs,
-                    warmup=warmup, runs=runs, memory=False, samples=True, instructions=instructions)
+    # each model twice, in two sessions: their difference is the session-to-session noise
+    models = {"current": Path(current), "baseline": resolve_baseline(baseline)}
+    models.update({f"{name}-twin": path for name, path in list(models.items())})
+    cells = measure(profile, models, inputs, warmup=warmup, runs=runs, memory=False, samples=True,
+                    instructions=instructions)
     cur, base = cells["current"], cells["baseline"]
     name = "baseline.latency_p50"
-    if cur["status"] != "measured" or base["status"] != "measured":
-        bad = cur if cur["status"] != "measured" else base
+    bad = next((c for c in cells.values() if c["status"] != "measured"), None)
+    if bad is not None:
         return [Check(name, profile.name, threshold, None, False,
                       f"not measured (status {bad['status']}: {bad.get('reason') or ''})")]
     key, stats = ("samples_ms", "latency_ms") if clock == "wall" else ("cpu_samples_ms", "cpu_ms")
-    verdict = latency_regression(cur[key], base[key], threshold=threshold)
+    verdict = latency_regression(cur[key] + cells["current-twin"][key], base[key] + cells["baseline-twin"][key],
+                                 threshold=threshold, session_noise=session_noise(cells, key))
     checks = [Check(name, profile.name, threshold, round(verdict["regression"], 4), not verdict["failed"],
                     f"{clock} p50 {cur[stats]['p50']:.3f} ms vs baseline {base[stats]['p50']:.3f} ms "
                     f"({verdict['regression']:+.1%}, 95% interval {verdict['low'] - 1:+.1%} to {verdict['high'] - 1:+.1%}; "
