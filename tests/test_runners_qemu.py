@@ -9,7 +9,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.targets import qemu_setup
 from edgeslim.targets.profile import load_profile
 from edgeslim.targets.runners import measure
-from edgeslim.targets.runners.qemu import compare
+from edgeslim.targets.runners.parity import compare
 
 
 @pytest.fixture(scope="module")

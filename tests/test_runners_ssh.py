@@ -131,3 +131,20 @@ def test_device_without_onnxruntime_is_an_error_cell(sshd, models, tmp_path):
         pytest.skip("/usr/bin/python3 has numpy and onnxruntime; no python without them to point at")
     cells = measure(ssh_profile(tmp_path, sshd, python=python), models, token_inputs(1), warmup=1, runs=2)
     assert all(c["status"] == "error" and "No module named" in c["reason"] for c in cells.values())
+
+
+def test_device_outputs_come_back_and_are_scored_for_parity(sshd, models, tmp_path):
+    """With labels and fp32 sources, the device's own outputs are fetched and compared with this
+    host's and with the fp32 model: same kernels here, so they match exactly."""
+    inputs = token_inputs(4)
+    host = measure(load_profile("x86-64-cpu"), {"a": models["a"]}, inputs, warmup=0, runs=1, memory=False)
+    assert host["a"]["status"] == "measured"
+    labels = [0, 1, 0, 1]
+    cells = measure(ssh_profile(tmp_path, sshd), {"a": models["a"]}, inputs, warmup=1, runs=5, memory=False,
+                    references={"a": models["b"]}, labels=labels)
+    cell = cells["a"]
+    assert cell["status"] == "measured", cell
+    assert cell["outputs_match"] and cell["top1_agreement"] == 1.0 and cell["max_abs_diff"] == 0.0
+    assert cell["device_accuracy"] == cell["host_accuracy"] and cell["parity_examples"] == 4
+    # the "fp32 source" here is another model, so both sides differ from it by the same amount
+    assert cell["device_rel_diff_vs_fp32"] == cell["host_rel_diff_vs_fp32"] > 0

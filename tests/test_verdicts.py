@@ -220,7 +220,7 @@ def test_an_emulated_device_that_scores_differently_fails_the_gate(copy_run):
 
 
 def test_task_parity_says_which_side_is_off():
-    from edgeslim.targets.runners.qemu import task_parity
+    from edgeslim.targets.runners.parity import task_parity
 
     source = [np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])]
     host = [np.array([[0.2, 0.9]]), np.array([[0.0, 1.0]])]  # the host side flipped the first example

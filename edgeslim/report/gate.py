@@ -129,9 +129,6 @@ def _unigram_check(role: str, record, floor) -> Check:
                  f"is {verdict} a unigram model of the training text ({limit:.2f})")
 
 
-#: Device access kinds whose cells run the model on other kernels than this host's.
-PARITY_ACCESS = ("qemu-arm", "ssh")
-
 
 def parity_checks(report: dict[str, Any], release, budget: dict[str, Any]) -> list[Check]:
     """Per emulated or remote device: the release's task accuracy on the device's own outputs within
@@ -139,6 +136,8 @@ def parity_checks(report: dict[str, Any], release, budget: dict[str, Any]) -> li
 
     A device whose cells could not be computed fails: a PASS says the release holds on every device
     of the recipe, and nothing showed that it does there."""
+    from edgeslim.targets.runners.parity import PARITY_ACCESS
+
     points = budget.get("accuracy_points", 1.0)
     agreement = budget.get("min_top1_agreement", 0.98)
     checks = []
@@ -147,8 +146,6 @@ def parity_checks(report: dict[str, Any], release, budget: dict[str, Any]) -> li
             continue
         cell = _cell(release, device["name"]) or {}
         if cell.get("device_accuracy") is None or cell.get("top1_agreement") is None:
-            if cell.get("status") == "measured" and device.get("access") == "ssh":
-                continue  # remote latency cells: outputs are not fetched back yet (see docs/devices.md)
             checks.append(Check("parity", device["name"], points, None, False,
                                 f"parity not checked (status {cell.get('status')}: {cell.get('reason') or 'no outputs'})"))
             continue

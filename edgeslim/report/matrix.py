@@ -323,7 +323,9 @@ def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructio
         return measure(profile, {name: art.onnx_path for name, art in onnx_entries}, inputs_of[first],
                        model_inputs={name: inputs_of[name] for name, _ in onnx_entries[1:]}, **settings)
     cells: dict[str, dict] = {}
-    parity = profile.access.kind == "qemu-arm" and recipe.task == "text-classification"
+    from edgeslim.targets.runners.parity import PARITY_ACCESS
+
+    parity = profile.access.kind in PARITY_ACCESS and recipe.task == "text-classification"
     for members in groups.values():
         inputs = inputs_of[members[0][0]]
         if parity:  # task accuracy of the device's own outputs, on more eval examples than timing needs

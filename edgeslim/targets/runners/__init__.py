@@ -56,7 +56,7 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
     order) for noise estimates such as the baseline comparison. ``model_inputs`` gives some models
     their own inputs for the same examples (local and cuda runners: still timed interleaved).
     ``references`` (model -> its fp32 source) and ``labels`` (one per input) make an emulated cell
-    score both sides against the fp32 model and the task (qemu runner).
+    score both sides against the fp32 model and the task (qemu and ssh runners).
     """
     _check_request(models, inputs, warmup, runs, min_time_s)
     kind = profile.access.kind
@@ -80,7 +80,7 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
             from edgeslim.targets.runners import ssh
 
             return ssh.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory, samples=samples,
-                               min_time_s=min_time_s)
+                               min_time_s=min_time_s, references=references, labels=labels)
         from edgeslim.targets import predict
 
         return predict.predict_cells(profile, models, inputs)

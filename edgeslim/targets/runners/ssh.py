@@ -10,6 +10,8 @@ without onnxruntime gives ``error`` cells with the reason; nothing is raised, so
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import shlex
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeslim.targets.profile import Access, DeviceProfile
+from edgeslim.targets.runners import parity
 from edgeslim.targets.runners.job import HARNESS, MACHINE_KEY, cells_for_all, cells_from_result, one_line, write_inputs, write_spec
 
 TIMEOUT_S = 1800
@@ -80,11 +83,20 @@ def _bundle(files: dict[str, Path]) -> bytes:
     return buffer.getvalue()
 
 
+#: Line between the harness's result and the base64 of its saved outputs in the remote command's stdout.
+OUTPUTS_MARK = "--- edgeslim outputs (base64 npz) ---"
+
+
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
             warmup: int, runs: int, memory: bool = True, samples: bool = False,
-            min_time_s: float = 0.0, timeout_s: int = TIMEOUT_S) -> dict[str, dict]:
-    """Measure every model on the device; one ``measured`` cell per model, or ``error`` with the reason."""
+            min_time_s: float = 0.0, timeout_s: int = TIMEOUT_S, references: dict[str, Path] | None = None,
+            labels: list[int] | None = None) -> dict[str, dict]:
+    """Measure every model on the device; one ``measured`` cell per model, or ``error`` with the reason.
+
+    With ``references`` (model -> fp32 source) or ``labels`` the device's outputs come back too and
+    each cell gets the parity figures of :mod:`edgeslim.targets.runners.parity` against this host."""
     access = profile.access
+    with_parity = references is not None or labels is not None
     workdir = f"{access.workdir.rstrip('/')}/run-{uuid.uuid4().hex[:12]}"
     with tempfile.TemporaryDirectory(prefix="edgeslim-ssh-") as tmp:
         local = Path(tmp)
@@ -95,20 +107,34 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
                 files[f"models/{index}/{file.name}"] = file
             remote_models[name] = f"{workdir}/models/{index}/{Path(path).name}"
         spec = write_spec(local / "spec.json", profile, remote_models, f"{workdir}/inputs.npz",
-                          warmup=warmup, runs=runs, memory=memory, samples=samples, min_time_s=min_time_s)
+                          warmup=warmup, runs=runs, memory=memory, samples=samples, min_time_s=min_time_s,
+                          outputs=f"{workdir}/outputs.npz" if with_parity else None)
         files["spec.json"] = spec
         quoted = shlex.quote(workdir)
+        python = shlex.quote(access.python)
+        fetch = (f" && echo && echo {shlex.quote(OUTPUTS_MARK)} && {python} -c "
+                 + shlex.quote("import base64,sys; sys.stdout.write(base64.b64encode(open('outputs.npz','rb').read()).decode())")
+                 if with_parity else "")
+        output = ""
         try:
             remote(access, f"mkdir -p {quoted} && tar -x -C {quoted}", stdin=_bundle(files), timeout_s=timeout_s)
             threads = profile.runtime.threads
             output = remote(access, f"cd {quoted} && OMP_NUM_THREADS={threads} PYTHONHASHSEED=0 "
-                                    f"{shlex.quote(access.python)} harness.py spec.json result.json && cat result.json",
+                                    f"{python} harness.py spec.json result.json && cat result.json{fetch}",
                             timeout_s=timeout_s)
-            result = json.loads(output)
+            text, _, encoded = output.partition(OUTPUTS_MARK)
+            result = json.loads(text)
+            if with_parity:
+                (local / "device.npz").write_bytes(base64.b64decode(encoded.strip()))
+                host_cells, host = parity.host_run(profile, models, references or {}, local / "inputs.npz", local,
+                                                   timeout_s)
+                device_outputs = parity.load_outputs(local / "device.npz")
         except SshError as exc:
             return cells_for_all(models, "error", str(exc))
-        except ValueError:
+        except (ValueError, binascii.Error):
             return cells_for_all(models, "error", f"the device's harness printed no result: {one_line(output)}")
+        except RuntimeError as exc:
+            return cells_for_all(models, "error", f"host run for parity failed: {exc}")
         finally:
             try:
                 remote(access, f"rm -rf {quoted}", timeout_s=60)
@@ -116,6 +142,11 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
                 pass
     cells = cells_from_result(result, "measured")
     device = result.get(MACHINE_KEY, {})
-    for cell in cells.values():
-        cell["device"] = device
+    for name, one in cells.items():
+        one["device"] = device
+        if with_parity and one["status"] == "measured" and host_cells[name]["status"] == "measured":
+            try:
+                one.update(parity.parity_fields(host, device_outputs, name, references or {}, labels))
+            except RuntimeError as exc:
+                one.update(status="error", reason=one_line(str(exc)))
     return cells
