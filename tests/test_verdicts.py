@@ -245,8 +245,8 @@ def test_reduce_range_follows_the_isa(tmp_path, monkeypatch, flags, saturates):
 
     cpuinfo = tmp_path / "cpuinfo"  # what /proc/cpuinfo says on such a host
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    features = harness.cpu_isa(str(cpuinfo))
-    monkeypatch.setattr(harness, "cpu_isa", lambda: features)
+    features = tuple(harness.cpu_isa(str(cpuinfo)))
+    monkeypatch.setattr(quantize_ort, "cpu_features", lambda: features)
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
     assert quantize_ort.int8_saturates_here() is saturates
     assert quantize_ort.resolve_reduce_range(None) is saturates

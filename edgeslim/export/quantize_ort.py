@@ -23,6 +23,7 @@ place, so every quantization mode benefits:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -163,12 +164,32 @@ def int8_saturates_here() -> bool:
     7-bit weights (``reduce_range``), which cannot overflow; VNNI and ARM kernels need nothing."""
     import platform
 
-    from edgeslim.targets.harness import cpu_isa
-
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return False
-    features = set(cpu_isa())
-    return not features & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return not set(cpu_features()) & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> tuple[str, ...]:
+    """The CPU's INT8-relevant features as its CPUID instruction reports them (what onnxruntime's
+    kernel dispatch reads; under an emulator that is the emulated CPU), else ``/proc/cpuinfo``.
+
+    CPUID is read by py-cpuinfo (about a second, once per process). Its flag names are mapped to the
+    kernel's (``avx512vnni`` -> ``avx512_vnni``); it does not report AVX-VNNI, so a CPU with AVX-VNNI but
+    no AVX-512 VNNI is taken as saturating: ``reduce_range`` costs it a little accuracy, never a wrong result."""
+    from edgeslim.targets.harness import ISA_FLAGS, cpu_isa
+
+    try:
+        from cpuinfo.cpuinfo import _get_cpu_info_from_cpuid
+
+        flags = set(_get_cpu_info_from_cpuid().get("flags") or [])
+    except Exception:  # noqa: BLE001 - no CPUID probe here (not x86, no exec memory): the kernel's view
+        flags = set()
+    if not flags:
+        return tuple(cpu_isa())
+    renamed = {"avx512vnni": "avx512_vnni", "amxint8": "amx_int8"}
+    flags = {renamed.get(flag, flag) for flag in flags}
+    return tuple(flag for flag in ISA_FLAGS if flag in flags)
 
 
 def resolve_reduce_range(reduce_range: bool | None) -> bool:

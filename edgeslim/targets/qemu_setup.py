@@ -155,12 +155,24 @@ def _download_and_unpack(apt: list[str], packages: list[str], debs: Path, into: 
 
 
 def _qemu_binary(cache: Path, log) -> Path:
-    found = shutil.which("qemu-aarch64-static")
-    if found:
-        return Path(found)
-    target = cache / "qemu" / "usr" / "bin" / "qemu-aarch64-static"
+    return qemu_user_binary("aarch64", cache, log)
+
+
+def qemu_user_binary(arch: str, cache: Path | None = None, log=print) -> Path:
+    """A qemu user-mode emulator for ``arch`` (``aarch64``, ``x86_64``): ``qemu-ARCH-static`` or
+    ``qemu-ARCH`` on PATH, else the one in Debian's ``qemu-user-static`` package, fetched into the
+    cache with ``apt-get download`` (no root needed)."""
+    cache = Path(cache or default_cache())
+    for name in (f"qemu-{arch}-static", f"qemu-{arch}"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    target = cache / "qemu" / "usr" / "bin" / f"qemu-{arch}-static"
     if target.is_file():
         return target
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise EdgeslimError(f"no qemu-{arch}-static on PATH and no apt-get to fetch it; install QEMU's "
+                            f"user-mode emulators (Debian/Ubuntu: qemu-user-static; Fedora: qemu-user-static-{arch})")
     host_arch = _run(["dpkg", "--print-architecture"], "finding the host architecture").strip()
     log("fetching Debian's qemu-user-static")
     apt = _private_apt(cache, host_arch)
