@@ -263,7 +263,7 @@ class Pipeline:
         """The fp32 teacher ONNX, its plain dynamic INT8 and (causal LMs) plain INT4: every gain is a ratio
         to these, and each is a release candidate the compressed model must not be dominated by."""
         from edgeslim.export.onnx import export_artifact
-        from edgeslim.export.quantize import quantize_dynamic_int8
+        from edgeslim.export.quantize import quantize_dynamic_int8, reduce_range_default
 
         export_config = next((e.config for e in self.recipe.stages if e.name == "export"), None)
 
@@ -279,11 +279,12 @@ class Pipeline:
 
         def quantize_teacher(ctx: StageContext) -> Artifact:
             copy_sidecar_files(fp32.artifact.path, ctx.out_dir)
-            quantize_dynamic_int8(fp32.artifact.onnx_path, ctx.out_dir / "model.onnx")
+            quantize_dynamic_int8(fp32.artifact.onnx_path, ctx.out_dir / "model.onnx", self.recipe.devices)
             return Artifact(ctx.out_dir, "onnx", {})
 
         int8 = self._stage(0, "teacher-int8", self.out_dir / "baselines" / "teacher-int8",
-                           {"baseline": "dynamic-int8"}, fp32.artifact, data, teacher.artifact, quantize_teacher,
+                           {"baseline": "dynamic-int8", "reduce_range": reduce_range_default(self.recipe.devices)},
+                           fp32.artifact, data, teacher.artifact, quantize_teacher,
                            code=code_version(PACKAGE_DIR / "export"))
         baselines = {"teacher-fp32": fp32, "teacher-int8": int8}
         if self.recipe.task == "causal-lm":

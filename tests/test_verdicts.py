@@ -347,3 +347,23 @@ def test_node_placement_counts_the_nodes_each_provider_ran(tiny_run, tmp_path):
     names = {i.name for i in ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()}
     placement = node_placement(model, {"threads": 1}, {k: v for k, v in feed.items() if k in names})
     assert placement["nodes"] > 0 and placement["by_provider"] == {"CPUExecutionProvider": 1.0}
+
+
+def test_reduce_range_follows_the_recipes_devices(monkeypatch):
+    """INT8 built here for a remote AVX2 board needs 7-bit weights even when this host has VNNI."""
+    from edgeslim.export import quantize_ort
+    from edgeslim.targets.profile import load_profile
+
+    monkeypatch.setattr(quantize_ort, "cpu_features", lambda: ("avx2", "avx512f", "avx512_vnni"))
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    local = load_profile("x86-64-cpu")
+    arm = load_profile("raspberry-pi-4")
+
+    def remote_x86(isa):
+        return local.model_copy(update={"access": local.access.model_copy(update={"kind": "ssh", "host": "board"}),
+                                        "target": local.target.model_copy(update={"isa": isa})})
+
+    assert quantize_ort.reduce_range_for([local, arm]) is False
+    assert quantize_ort.reduce_range_for([local, remote_x86(["avx2"])]) is True
+    assert quantize_ort.reduce_range_for([local, remote_x86(["avx2", "avx512_vnni"])]) is False
+    assert quantize_ort.reduce_range_for([remote_x86(None)]) is True  # unknown x86: the safe choice

@@ -170,12 +170,28 @@ class QuantizeConfig(StageConfig, QuantSpec):
         return [QuantSpec(**fields)]
 
 
-def quantize_dynamic_int8(src_onnx: Path, dst_onnx: Path) -> Path:
-    """Plain dynamic INT8 of ``src_onnx`` written to ``dst_onnx`` (the always-present baseline)."""
+def quantize_dynamic_int8(src_onnx: Path, dst_onnx: Path, devices: list[str] | None = None) -> Path:
+    """Plain dynamic INT8 of ``src_onnx`` written to ``dst_onnx`` (the always-present baseline), with
+    7-bit weights where one of ``devices`` (or, with none, this host) would saturate u8s8 kernels."""
     src_onnx = Path(src_onnx)
     if not src_onnx.is_file():
         raise EdgeslimError(f"no ONNX model at {src_onnx}; point to the export stage's model.onnx")
-    return quantize_ort.quantize_dynamic(src_onnx, dst_onnx)
+    return quantize_ort.quantize_dynamic(src_onnx, dst_onnx, reduce_range=reduce_range_default(devices))
+
+
+def reduce_range_default(devices: list[str] | None) -> bool:
+    """``reduce_range`` for INT8 meant for ``devices`` (profile names or files; see
+    :func:`edgeslim.export.quantize_ort.reduce_range_for`)."""
+    from edgeslim.targets.profile import load_profile
+
+    return quantize_ort.reduce_range_for([load_profile(name) for name in devices or []])
+
+
+def for_devices(spec: QuantSpec, devices: list[str] | None) -> QuantSpec:
+    """``spec`` with its ``reduce_range`` decided for the recipe's devices when the recipe left it unset."""
+    if spec.mode not in ("dynamic", "static") or spec.reduce_range is not None:
+        return spec
+    return spec.model_copy(update={"reduce_range": reduce_range_default(devices)})
 
 
 def quantize_with(spec: QuantSpec, src: Path, dst: Path, calibration: list[dict] | None = None,

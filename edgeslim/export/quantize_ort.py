@@ -166,7 +166,7 @@ def int8_saturates_here() -> bool:
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return False
-    return not set(cpu_features()) & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return not set(cpu_features()) & VNNI
 
 
 @functools.lru_cache(maxsize=1)
@@ -195,6 +195,26 @@ def cpu_features() -> tuple[str, ...]:
 def resolve_reduce_range(reduce_range: bool | None) -> bool:
     """``reduce_range`` as given, or (``None``, the default) what this CPU needs (see above)."""
     return int8_saturates_here() if reduce_range is None else bool(reduce_range)
+
+
+VNNI = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def device_saturates(profile) -> bool:
+    """Whether u8s8 INT8 can saturate on a device: an x86 CPU without VNNI. Local and cuda devices are
+    this host; another x86 device counts as saturating unless its profile lists a VNNI feature in
+    ``target.isa`` (7-bit weights cost a little accuracy; a saturating kernel costs far more)."""
+    if profile.target.arch != "x86_64":
+        return False
+    if profile.access.kind in ("local", "cuda"):
+        return int8_saturates_here()
+    return not set(profile.target.isa or ()) & VNNI
+
+
+def reduce_range_for(profiles) -> bool:
+    """The ``reduce_range`` default for a recipe: on when any of its devices (or, with none, this
+    host) would saturate u8s8 INT8 kernels."""
+    return any(device_saturates(p) for p in profiles) if profiles else int8_saturates_here()
 
 
 def quantize_dynamic(

@@ -188,7 +188,7 @@ def unique_name(name: str, taken: set[str]) -> str:
 
 def select(config, artifact: Artifact, ctx, work: Path) -> Outcome:
     """Build, score and time every candidate of ``config``; return the choice (see module doc)."""
-    from edgeslim.export.quantize import quantize_with, torch_source
+    from edgeslim.export.quantize import for_devices, quantize_with, torch_source
 
     src = artifact.onnx_path
     data = ctx.data
@@ -244,7 +244,8 @@ def select(config, artifact: Artifact, ctx, work: Path) -> Outcome:
             ctx.log(f"quantize: candidate {name} failed: {cand.error}")
         return cand
 
-    candidates = [build(spec) for spec in config.specs()]
+    devices = getattr(ctx.recipe, "devices", None)
+    candidates = [build(for_devices(spec, devices)) for spec in config.specs()]
     sensitivity: list[dict[str, Any]] = []
     if (budget is not None and scorer.examples and config.exclude_sensitive and config.max_excluded_nodes > 0
             and not any(c.meets(budget) for c in candidates)):

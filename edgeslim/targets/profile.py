@@ -33,6 +33,9 @@ class Target(_Section):
     cores: int = Field(ge=1)
     memory_mb: int = Field(gt=0)
     gpu: str | None = None
+    isa: list[str] | None = Field(None, description="the CPU's INT8-relevant features (avx2, avx512_vnni, avx_vnni, "
+                                                    "asimddp, i8mm ...); unset: this host's for local and cuda "
+                                                    "devices, unknown otherwise")
 
 
 class Runtime(_Section):
