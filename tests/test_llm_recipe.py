@@ -48,7 +48,7 @@ def llm_run(tmp_path_factory):
 def test_report_has_lm_metrics_for_every_artifact(llm_run):
     out, report = llm_run
     names = [a["name"] for a in report["artifacts"]]
-    assert names[:3] == ["teacher", "teacher-fp32", "teacher-int8"]
+    assert names[:4] == ["teacher", "teacher-fp32", "teacher-int8", "teacher-int4"]
     by_name = {a["name"]: a for a in report["artifacts"]}
     teacher_ppl = by_name["teacher"]["perplexity"]
     assert by_name["teacher-fp32"]["perplexity"] == pytest.approx(teacher_ppl, rel=1e-3)
@@ -82,3 +82,20 @@ def test_shipped_recipes_load(name):
     data_dir = REPO / "recipes" / "smollm2"
     for file in ("corpus.txt", "prompts.txt", "generated.txt"):
         assert len((data_dir / file).read_text(encoding="utf-8").splitlines()) >= 40
+
+
+def test_lm_report_holds_the_int4_baseline_the_floor_and_intervals(llm_run):
+    """The plain INT4 teacher is always in a causal-LM matrix (a release candidate the student must
+    not be dominated by), the unigram floor is recorded, and every perplexity has its interval."""
+    out, report = llm_run
+    by_name = {a["name"]: a for a in report["artifacts"]}
+    int4 = by_name["teacher-int4"]
+    assert int4["size_bytes"] < by_name["teacher-int8"]["size_bytes"] < by_name["teacher-fp32"]["size_bytes"]
+    assert report["floor"]["kind"] == "unigram" and report["floor"]["perplexity"] > 1.0
+    for artifact in report["artifacts"]:
+        low, high = artifact["perplexity_interval"]
+        assert low <= artifact["perplexity"] <= high
+    from edgeslim.report.gate import evaluate_gate
+
+    names = {c.budget for c in evaluate_gate(report)}
+    assert {"floor.teacher", "floor.release", "dominance.teacher-int4"} <= names
