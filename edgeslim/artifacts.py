@@ -63,6 +63,14 @@ def onnx_size_bytes(onnx_file: Path) -> int:
     return total
 
 
+def copy_sidecar_files(src: Path, dst: Path) -> None:
+    """Copy config and tokenizer files (everything but models and the manifest) between artifacts."""
+    for path in Path(src).iterdir():
+        if path.is_file() and path.name != MANIFEST and not path.name.startswith("model.") \
+                and path.suffix not in (".onnx", ".safetensors", ".bin", ".ort", ".data"):
+            shutil.copy2(path, Path(dst) / path.name)
+
+
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

@@ -322,9 +322,9 @@ def _report_inputs(report, model: Path, count: int = 32):
 def _synthetic_inputs(onnx_path: Path, seq_len: int, seed: int):
     """Token inputs for a model outside a recipe: random ids the embedding table holds, batch 1."""
     import numpy as np
-    import onnxruntime as ort
+    from edgeslim.targets.harness import make_session
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = make_session(onnx_path, {"threads": 0})
     rng = np.random.default_rng(seed)
     vocab = _embedding_rows(onnx_path)
     feeds = {}

@@ -1,7 +1,7 @@
 """Runs a recipe's stages in order, with a content-hashed cache, resume and atomic stage outputs.
 
-A stage is a pydantic config class plus one function ``run(config, artifact, ctx) -> Artifact``,
-registered with :func:`register_stage` under its recipe name. The pipeline keys each stage's output
+Stages follow the contract of :mod:`edgeslim.stage` and are looked up in :mod:`edgeslim.stages`;
+the teacher and the baselines are registered stages too. The pipeline keys each stage's output
 by a hash of (stage name, config, input artifact's key, data, edgeslim code) and skips a stage whose
 output folder already holds a finished artifact with that key, so a second run redoes nothing and an
 interrupted run resumes at the stage it was in.
@@ -12,136 +12,32 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from edgeslim.artifacts import (Artifact, MANIFEST, atomic_dir, file_digests, hash_bytes, integrity_problem, read_json,
-                                write_manifest)
+from edgeslim.artifacts import (Artifact, MANIFEST, atomic_dir, file_digests, hash_bytes, integrity_problem,
+                                read_json, write_manifest)
 from edgeslim.errors import EdgeslimError
-
-
-class StageConfig(BaseModel):
-    """Base of every stage's typed config: unknown keys are errors, values are validated on load."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    def check_against(self, model_config: Any, task: str) -> None:
-        """Check values that depend on the teacher (layer indices, vocabulary size, ...).
-
-        Called by ``edgeslim check`` and before a run with the teacher's ``PretrainedConfig`` (or
-        ``None`` when the teacher is built later). Raise ``ValueError`` with a one-line message.
-        """
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """A registered stage: its recipe name, config class, function and artifact kinds."""
-
-    name: str
-    config: type[StageConfig]
-    run: Callable[[StageConfig, Artifact, "StageContext"], Artifact]
-    consumes: str
-    produces: str
-    trains: bool = False
-    before: dict[str, str] = field(default_factory=dict)
-
-
-STAGES: dict[str, StageSpec] = {}
-
-
-def register_stage(name: str, config: type[StageConfig], consumes: str, produces: str, trains: bool = False,
-                   before: dict[str, str] | None = None):
-    """Decorator that registers ``run(config, artifact, ctx) -> Artifact`` as stage ``name``.
-
-    ``trains`` marks a stage that may call the data-parallel training loop: under ``accelerate
-    launch`` every process runs it (the loop needs them all); other stages run on rank 0 only.
-    ``before`` maps stages this one must come before (when both are in a recipe) to the reason.
-    """
-
-    def decorate(func):
-        STAGES[name] = StageSpec(name, config, func, consumes, produces, trains, dict(before or {}))
-        return func
-
-    return decorate
-
-
-def load_stage_modules() -> None:
-    """Import the modules that register stages, so the registry is complete."""
-    import edgeslim.stages  # noqa: F401  (the import registers every built-in stage)
-
-
-def get_stage(name: str) -> StageSpec:
-    load_stage_modules()
-    if name not in STAGES:
-        known = ", ".join(sorted(STAGES))
-        raise EdgeslimError(f"unknown stage '{name}'; known stages: {known}")
-    return STAGES[name]
-
-
-@dataclass
-class StageContext:
-    """What a stage may use besides its config and input artifact.
-
-    ``out_dir`` is the (temporary) folder the stage writes its artifact into; ``teacher`` is the
-    teacher's torch artifact (``None`` while the teacher stage itself runs); ``data`` is the
-    recipe's :class:`edgeslim.data.DataBundle`. ``work_dir`` is a folder that survives a crash of
-    the stage (for training checkpoints, so a rerun resumes); it is deleted once the stage finishes.
-    """
-
-    out_dir: Path
-    recipe: Any
-    data: Any
-    teacher: Artifact | None = None
-    quiet: bool = False
-    seed: int = 0
-    work_dir: Path | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def task(self) -> str:
-        return self.recipe.task
-
-    def progress(self, total: int | None, desc: str, unit: str = "step"):
-        """A progress bar with ETA (tqdm); silent under ``--quiet``."""
-        import sys
-
-        from tqdm.auto import tqdm
-
-        interactive = sys.stderr.isatty()
-        return tqdm(total=total, desc=desc, unit=unit, disable=self.quiet, leave=False, dynamic_ncols=True,
-                    mininterval=0.2 if interactive else 15.0)
-
-    def log(self, message: str) -> None:
-        if not self.quiet:
-            print(f"  {message}", flush=True)
+from edgeslim.stage import StageContext
+from edgeslim.stages import get_stage
 
 
 # --------------------------------------------------------------------------------------------------
 # Running a recipe
 
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def code_version(*folders: Path) -> str:
-    """Hash of the edgeslim source a stage runs: the core modules at the package root plus the
-    stage's own subpackage(s). Changing that code invalidates the stage's cached output; changing,
-    say, the report or the device runners does not throw away an expensive fine-tune."""
+def code_version(module: str, root: Path | None = None) -> str:
+    """Hash of the edgeslim source a stage runs: its module and every edgeslim module that module
+    imports, transitively (:mod:`edgeslim.codegraph`; ``root`` is the package folder, this one by
+    default). Changing that code invalidates the stage's cached output; changing code it never
+    reaches (the report, the device runners) keeps it."""
     from edgeslim import __version__
+    from edgeslim.codegraph import PACKAGE_DIR, closure, modules
 
-    sources = sorted(p for p in PACKAGE_DIR.glob("*.py") if p.name != "cli.py")
-    for folder in folders:
-        sources += sorted(Path(folder).glob("*.py"))
-    return hash_bytes(__version__, *(p.read_bytes() for p in sources))[:16]
-
-
-def _module_folder(func) -> Path:
-    import inspect
-
-    return Path(inspect.getsourcefile(func)).resolve().parent
+    root = Path(root or PACKAGE_DIR)
+    files = modules(root)
+    return hash_bytes(__version__, *(name.encode() + files[name].read_bytes() for name in closure(module, root)))[:16]
 
 
 @dataclass
@@ -232,7 +128,7 @@ class Pipeline:
                 index, entry.name, self.out_dir / "stages" / f"{index:02d}-{entry.name}",
                 entry.config.model_dump(mode="json"), current.artifact, data, teacher.artifact,
                 lambda ctx, spec=spec, entry=entry, current=current: spec.run(entry.config, current.artifact, ctx),
-                code=code_version(_module_folder(spec.run)), all_ranks=spec.trains,
+                code=code_version(spec.run.__module__), all_ranks=spec.trains,
             )
             stages.append(outcome)
             current = outcome
@@ -252,60 +148,40 @@ class Pipeline:
     # The teacher and the two baselines every report holds -------------------------------------
 
     def _teacher(self, data) -> StageOutcome:
-        from edgeslim.teacher import run_teacher
-
+        spec = get_stage("teacher")
         config = self.recipe.teacher.model_dump(mode="json")
         config["task"] = self.recipe.task
-        return self._stage(0, "teacher", self.out_dir / "stages" / "00-teacher", config, None, data, None, run_teacher,
-                           code=code_version(PACKAGE_DIR / "compress"), all_ranks=True)
+        return self._stage(0, "teacher", self.out_dir / "stages" / "00-teacher", config, None, data, None,
+                           lambda ctx: spec.run(self.recipe.teacher, None, ctx), code=code_version(spec.run.__module__),
+                           all_ranks=True)
 
     def _baselines(self, teacher: StageOutcome, data) -> dict[str, StageOutcome]:
-        """The fp32 teacher ONNX, its plain dynamic INT8 and (causal LMs) plain INT4: every gain is a ratio
+        """The fp32 teacher ONNX (the export stage with the recipe's export config, so it is exported,
+        fused and parity-checked exactly like the student), its plain dynamic INT8 and, for causal LMs,
+        its plain INT4 (weight-only RTN, block 32, embedding and head included): every gain is a ratio
         to these, and each is a release candidate the compressed model must not be dominated by."""
-        from edgeslim.export.onnx import export_artifact
-        from edgeslim.export.quantize import quantize_dynamic_int8, reduce_range_default
+        from edgeslim.export.onnx import ExportConfig
+        from edgeslim.export.quantize import PlainQuantizeConfig
 
         export_config = next((e.config for e in self.recipe.stages if e.name == "export"), None)
-
-        def export_teacher(ctx: StageContext) -> Artifact:
-            # exported, fused and parity-checked exactly like the student, with the recipe's export config
-            return export_artifact(teacher.artifact.path, ctx.out_dir, self.recipe.task, config=export_config,
-                                   data=data, log=ctx.log)
-
-        fp32 = self._stage(0, "teacher-fp32", self.out_dir / "baselines" / "teacher-fp32",
-                           {"baseline": "export", "export": export_config.model_dump(mode="json") if export_config else None},
-                           teacher.artifact, data, teacher.artifact, export_teacher,
-                           code=code_version(PACKAGE_DIR / "export"))
-
-        def quantize_teacher(ctx: StageContext) -> Artifact:
-            copy_sidecar_files(fp32.artifact.path, ctx.out_dir)
-            quantize_dynamic_int8(fp32.artifact.onnx_path, ctx.out_dir / "model.onnx", self.recipe.devices)
-            return Artifact(ctx.out_dir, "onnx", {})
-
-        int8 = self._stage(0, "teacher-int8", self.out_dir / "baselines" / "teacher-int8",
-                           {"baseline": "dynamic-int8", "reduce_range": reduce_range_default(self.recipe.devices)},
-                           fp32.artifact, data, teacher.artifact, quantize_teacher,
-                           code=code_version(PACKAGE_DIR / "export"))
-        baselines = {"teacher-fp32": fp32, "teacher-int8": int8}
+        fp32 = self._baseline("teacher-fp32", "export", export_config or ExportConfig(), teacher, teacher, data)
+        baselines = {"teacher-fp32": fp32}
+        plain = {"teacher-int8": PlainQuantizeConfig(mode="dynamic")}
         if self.recipe.task == "causal-lm":
-            baselines["teacher-int4"] = self._int4_baseline(fp32, data, teacher)
+            plain["teacher-int4"] = PlainQuantizeConfig(mode="weight_only", bits=4, block_size=32, accuracy_level=4,
+                                                        quantize_embeddings=True)
+        for name, config in plain.items():
+            baselines[name] = self._baseline(name, "plain-quantize", config, fp32, teacher, data)
         return baselines
 
-    def _int4_baseline(self, fp32: StageOutcome, data, teacher: StageOutcome) -> StageOutcome:
-        """Plain INT4 of the teacher (weight-only RTN, block 32, embedding and head included, no
-        training): what a causal-LM release must beat to be worth its distillation."""
-        from edgeslim.export.quantize import QuantSpec, quantize_with
-
-        spec = QuantSpec(mode="weight_only", bits=4, block_size=32, accuracy_level=4, quantize_embeddings=True)
-
-        def quantize_teacher(ctx: StageContext) -> Artifact:
-            copy_sidecar_files(fp32.artifact.path, ctx.out_dir)
-            quantize_with(spec, fp32.artifact.onnx_path, ctx.out_dir / "model.onnx")
-            return Artifact(ctx.out_dir, "onnx", {})
-
-        return self._stage(0, "teacher-int4", self.out_dir / "baselines" / "teacher-int4",
-                           {"baseline": spec.model_dump(mode="json")}, fp32.artifact, data, teacher.artifact,
-                           quantize_teacher, code=code_version(PACKAGE_DIR / "export"))
+    def _baseline(self, name: str, stage: str, config, source: StageOutcome, teacher: StageOutcome,
+                  data) -> StageOutcome:
+        """One baseline: the registered stage ``stage`` run on ``source``, kept in ``baselines/NAME``."""
+        spec = get_stage(stage)
+        return self._stage(0, name, self.out_dir / "baselines" / name,
+                           {"baseline": stage, stage: config.model_dump(mode="json")}, source.artifact, data,
+                           teacher.artifact, lambda ctx: spec.run(config, source.artifact, ctx),
+                           code=code_version(spec.run.__module__))
 
     # One cached, atomic stage ------------------------------------------------------------------
 
@@ -397,14 +273,6 @@ def _finish_manifest(artifact: Artifact, folder: Path, name: str, key: str, conf
     manifest["files"] = file_digests(folder)  # reuse and the gate check these: a changed file is never trusted
     write_manifest(folder, manifest)
     return artifact
-
-
-def copy_sidecar_files(src: Path, dst: Path) -> None:
-    """Copy config and tokenizer files (everything but models and the manifest) between artifacts."""
-    for path in Path(src).iterdir():
-        if path.is_file() and path.name != MANIFEST and not path.name.startswith("model.") \
-                and path.suffix not in (".onnx", ".safetensors", ".bin", ".ort", ".data"):
-            shutil.copy2(path, Path(dst) / path.name)
 
 
 def publish_release(release: Artifact, out_dir: Path) -> Path:

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.pipeline import StageConfig, get_stage
+from edgeslim.stage import StageConfig
+from edgeslim.stages import get_stage
+from edgeslim.teacher import FinetuneConfig, TeacherConfig, TokenizerTrainConfig  # noqa: F401  (the recipe's teacher section)
 
 Task = Literal["text-classification", "causal-lm"]
 
@@ -27,43 +29,6 @@ class Strict(BaseModel):
     """Recipe sections reject unknown keys, so a typo is an error and not a silently ignored line."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-class FinetuneConfig(Strict):
-    """Fine-tune the teacher on the labeled data (when it has no head for the task, or is built)."""
-
-    epochs: float = Field(1.0, gt=0)
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(16, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-
-
-class TokenizerTrainConfig(Strict):
-    """Train a WordPiece tokenizer on the training texts (for teachers built from a bare config)."""
-
-    vocab_size: int = Field(1000, ge=32)
-
-
-class TeacherConfig(Strict):
-    """Where the teacher comes from: exactly one of ``source`` (path, ``pkg://``, hub id) or ``build``."""
-
-    source: str | None = None
-    gguf_file: str | None = None
-    build: dict[str, Any] | None = None
-    tokenizer: str | None = None
-    train_tokenizer: TokenizerTrainConfig | None = None
-    finetune: FinetuneConfig | None = None
-    trust_remote_code: bool = False
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "TeacherConfig":
-        if (self.source is None) == (self.build is None):
-            raise ValueError("give exactly one of 'source' (a model path or id) or 'build' (a config)")
-        if self.build is not None and "model_type" not in self.build:
-            raise ValueError("'build' needs a 'model_type' (e.g. bert, llama)")
-        if self.build is not None and self.tokenizer is None and self.train_tokenizer is None:
-            raise ValueError("a built teacher needs 'tokenizer' (a path) or 'train_tokenizer'")
-        return self
 
 
 class DataConfig(Strict):

@@ -14,14 +14,49 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, model_validator
+
 from edgeslim.artifacts import Artifact
 from edgeslim.errors import EdgeslimError
-from edgeslim.pipeline import StageConfig, StageContext
+from edgeslim.stage import StageConfig, StageContext, register_stage
 from edgeslim.sources import resolve_model_source
 
 
-class TeacherStageConfig(StageConfig):
-    """The teacher stage takes its settings from the recipe's ``teacher`` section."""
+class FinetuneConfig(StageConfig):
+    """Fine-tune the teacher on the labeled data (when it has no head for the task, or is built)."""
+
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(16, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+
+
+class TokenizerTrainConfig(StageConfig):
+    """Train a WordPiece tokenizer on the training texts (for teachers built from a bare config)."""
+
+    vocab_size: int = Field(1000, ge=32)
+
+
+class TeacherConfig(StageConfig):
+    """Where the teacher comes from: exactly one of ``source`` (path, ``pkg://``, hub id) or ``build``."""
+
+    source: str | None = None
+    gguf_file: str | None = None
+    build: dict[str, Any] | None = None
+    tokenizer: str | None = None
+    train_tokenizer: TokenizerTrainConfig | None = None
+    finetune: FinetuneConfig | None = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherConfig":
+        if (self.source is None) == (self.build is None):
+            raise ValueError("give exactly one of 'source' (a model path or id) or 'build' (a config)")
+        if self.build is not None and "model_type" not in self.build:
+            raise ValueError("'build' needs a 'model_type' (e.g. bert, llama)")
+        if self.build is not None and self.tokenizer is None and self.train_tokenizer is None:
+            raise ValueError("a built teacher needs 'tokenizer' (a path) or 'train_tokenizer'")
+        return self
 
 
 def load_teacher_config(teacher, base_dir: Path | None):
@@ -51,14 +86,16 @@ def _config_from_dict(build: dict[str, Any]):
         raise EdgeslimError(f"teacher.build: {str(exc).splitlines()[0]}") from None
 
 
-def run_teacher(ctx: StageContext) -> Artifact:
-    """Build or load the teacher, fine-tune it when needed, and save it into ``ctx.out_dir``."""
+@register_stage("teacher", config=TeacherConfig, consumes="source", produces="torch", trains=True)
+def run_teacher(config: TeacherConfig, artifact: None, ctx: StageContext) -> Artifact:
+    """Build or load the teacher (``config`` is the recipe's ``teacher`` section; there is no input
+    artifact), fine-tune it when needed, and save it into ``ctx.out_dir``."""
     import torch
 
     from edgeslim.compress.torch_artifacts import count_params
 
     recipe = ctx.recipe
-    teacher = recipe.teacher
+    teacher = config
     if recipe.task == "text-classification" and is_gguf(teacher):
         raise EdgeslimError("a GGUF teacher is a causal LM; set task: causal-lm (or give an HF classifier as teacher.source)")
     torch.manual_seed(recipe.seed)
@@ -82,8 +119,6 @@ def run_teacher(ctx: StageContext) -> Artifact:
 
 
 def _default_finetune():
-    from edgeslim.recipe import FinetuneConfig
-
     return FinetuneConfig()
 
 

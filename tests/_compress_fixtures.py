@@ -11,7 +11,7 @@ from transformers import BertConfig, BertForSequenceClassification, LlamaConfig,
 
 from edgeslim.artifacts import Artifact
 from edgeslim.data import DataBundle, Example
-from edgeslim.pipeline import StageContext
+from edgeslim.stage import StageContext
 
 HEAD = 8  # head_dim of the tiny models
 TINY_CSV = Path(__file__).resolve().parents[1] / "recipes" / "data" / "tiny-sentiment.csv"

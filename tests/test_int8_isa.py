@@ -26,6 +26,7 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np, onnxruntime as ort
 from edgeslim.export import quantize_ort
+from edgeslim.targets import isa
 from edgeslim.export.quantize import quantize_dynamic_int8
 feeds = dict(np.load(sys.argv[2] + "/feeds.npz"))
 
@@ -38,7 +39,7 @@ src = sys.argv[2] + "/model.onnx"
 fp32 = run(src)
 def error(path):
     return float(np.abs(fp32 - run(path)).max() / np.abs(fp32).max())
-out = {"features": list(quantize_ort.cpu_features()), "saturates": quantize_ort.int8_saturates_here()}
+out = {"features": list(isa.cpu_features()), "saturates": isa.int8_saturates_here()}
 for per_channel in (False, True):
     raw = quantize_ort.quantize_dynamic(src, sys.argv[2] + f"/raw{per_channel}.onnx", per_channel=per_channel,
                                         reduce_range=False)

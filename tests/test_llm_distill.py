@@ -20,7 +20,7 @@ from edgeslim.compress.students import build_student
 from edgeslim.data import DataBundle, Example
 from edgeslim.export.onnx import export_onnx
 from edgeslim.export.quantize import QuantSpec, copy_sidecar_files, quantize_with
-from edgeslim.pipeline import StageContext
+from edgeslim.stage import StageContext
 from edgeslim.report.lm_eval import OnnxDecoder, TorchDecoder
 from _llm_models import SENTENCES, tiny_llama_folder
 

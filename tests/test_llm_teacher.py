@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from edgeslim.data import load_data
 from edgeslim.errors import EdgeslimError
-from edgeslim.pipeline import StageContext
+from edgeslim.stage import StageContext
 from edgeslim.recipe import load_recipe
 from edgeslim.teacher import load_gguf_causal_lm, load_gguf_tokenizer, load_teacher_config, run_teacher
 from _llm_models import SENTENCES, tiny_llama, train_tokenizer, write_gguf
@@ -84,7 +84,7 @@ def test_teacher_stage_caches_the_gguf_as_safetensors(tiny, tmp_path):
     out = tmp_path / "teacher"
     out.mkdir()
     data = load_data(recipe.data, recipe.base_dir, recipe.task)
-    artifact = run_teacher(StageContext(out_dir=out, recipe=recipe, data=data, quiet=True))
+    artifact = run_teacher(recipe.teacher, None, StageContext(out_dir=out, recipe=recipe, data=data, quiet=True))
     assert artifact.kind == "torch" and (out / "model.safetensors").is_file()
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     reloaded_tokenizer = AutoTokenizer.from_pretrained(out)
@@ -119,7 +119,7 @@ def test_gguf_bad_inputs(tiny, tmp_path):
         assert fragment in str(info.value) and "\n" not in str(info.value)
     recipe = _recipe(tmp_path, str(path), task="text-classification")
     with pytest.raises(EdgeslimError, match="set task: causal-lm"):
-        run_teacher(StageContext(out_dir=tmp_path, recipe=recipe, data=None, quiet=True))
+        run_teacher(recipe.teacher, None, StageContext(out_dir=tmp_path, recipe=recipe, data=None, quiet=True))
 
 
 @pytest.mark.slow

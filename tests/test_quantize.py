@@ -17,7 +17,7 @@ from _quantize_models import (
 from edgeslim.artifacts import Artifact
 from edgeslim.errors import EdgeslimError
 from edgeslim.export.quantize import QuantizeConfig, quantize_dynamic_int8, run
-from edgeslim.pipeline import STAGES, StageContext
+from edgeslim.stage import STAGES, StageContext
 
 
 @pytest.fixture(scope="module")

@@ -259,7 +259,7 @@ def test_stage_on_causal_lm_scores_next_token_accuracy(decoder, tmp_path):
     from edgeslim.artifacts import Artifact
     from edgeslim.data import DataBundle, Example
     from edgeslim.export.quantize import QuantizeConfig, run
-    from edgeslim.pipeline import StageContext
+    from edgeslim.stage import StageContext
 
     texts = ["the movie was very good", "bad sad movie", "i love the movie", "it is not fine", "the movie is great"]
     data = DataBundle([Example(t) for t in texts], [Example(t) for t in texts], [], 32)

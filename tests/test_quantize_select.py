@@ -15,7 +15,7 @@ from _quantize_models import export_torchscript, onnx_artifact_dir, run_onnx, se
 from edgeslim.artifacts import Artifact
 from edgeslim.export.quantize import QuantizeConfig, QuantSpec, run
 from edgeslim.export.quantize_select import Candidate, accuracy_budget, choose
-from edgeslim.pipeline import StageContext
+from edgeslim.stage import StageContext
 
 WORD_TABLE = "bert.embeddings.word_embeddings.weight"
 

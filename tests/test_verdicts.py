@@ -4,7 +4,6 @@ the gate has a test here that a non-zero exit (or a redone stage) now catches.""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,6 @@ import pytest
 
 from conftest import TINY_DATA, TINY_RECIPE, run_cli, tiny_recipe_dict, write_recipe
 from edgeslim.artifacts import atomic_dir, file_digests, integrity_problem, run_lock
-from edgeslim.errors import EdgeslimError
 from edgeslim.report.gate import evaluate_gate, gate_exit_code
 from edgeslim.report.release import choose_release
 from edgeslim.stats import better_than_rate, binomial_sf, quantile_interval, ratio_interval, wilson_interval
@@ -240,17 +238,17 @@ def test_task_parity_says_which_side_is_off():
     ("avx2 avx_vnni", False),
 ])
 def test_reduce_range_follows_the_isa(tmp_path, monkeypatch, flags, saturates):
-    from edgeslim.export import quantize_ort
+    from edgeslim.targets import isa
     from edgeslim.targets import harness
 
     cpuinfo = tmp_path / "cpuinfo"  # what /proc/cpuinfo says on such a host
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     features = tuple(harness.cpu_isa(str(cpuinfo)))
-    monkeypatch.setattr(quantize_ort, "cpu_features", lambda: features)
+    monkeypatch.setattr(isa, "cpu_features", lambda: features)
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
-    assert quantize_ort.int8_saturates_here() is saturates
-    assert quantize_ort.resolve_reduce_range(None) is saturates
-    assert quantize_ort.resolve_reduce_range(False) is False
+    assert isa.int8_saturates_here() is saturates
+    assert isa.resolve_reduce_range(None) is saturates
+    assert isa.resolve_reduce_range(False) is False
 
 
 def test_cells_state_the_isa_and_providers_they_ran_on(tiny_run):
@@ -351,10 +349,10 @@ def test_node_placement_counts_the_nodes_each_provider_ran(tiny_run, tmp_path):
 
 def test_reduce_range_follows_the_recipes_devices(monkeypatch):
     """INT8 built here for a remote AVX2 board needs 7-bit weights even when this host has VNNI."""
-    from edgeslim.export import quantize_ort
+    from edgeslim.targets import isa
     from edgeslim.targets.profile import load_profile
 
-    monkeypatch.setattr(quantize_ort, "cpu_features", lambda: ("avx2", "avx512f", "avx512_vnni"))
+    monkeypatch.setattr(isa, "cpu_features", lambda: ("avx2", "avx512f", "avx512_vnni"))
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
     local = load_profile("x86-64-cpu")
     arm = load_profile("raspberry-pi-4")
@@ -363,7 +361,7 @@ def test_reduce_range_follows_the_recipes_devices(monkeypatch):
         return local.model_copy(update={"access": local.access.model_copy(update={"kind": "ssh", "host": "board"}),
                                         "target": local.target.model_copy(update={"isa": isa})})
 
-    assert quantize_ort.reduce_range_for([local, arm]) is False
-    assert quantize_ort.reduce_range_for([local, remote_x86(["avx2"])]) is True
-    assert quantize_ort.reduce_range_for([local, remote_x86(["avx2", "avx512_vnni"])]) is False
-    assert quantize_ort.reduce_range_for([remote_x86(None)]) is True  # unknown x86: the safe choice
+    assert isa.reduce_range_for([local, arm]) is False
+    assert isa.reduce_range_for([local, remote_x86(["avx2"])]) is True
+    assert isa.reduce_range_for([local, remote_x86(["avx2", "avx512_vnni"])]) is False
+    assert isa.reduce_range_for([remote_x86(None)]) is True  # unknown x86: the safe choice

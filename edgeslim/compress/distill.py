@@ -36,7 +36,7 @@ from edgeslim.compress.trainer import (
     train,
 )
 from edgeslim.errors import EdgeslimError
-from edgeslim.pipeline import StageConfig, StageContext, register_stage
+from edgeslim.stage import StageConfig, StageContext, register_stage
 
 LayerMapping = dict[int, int] | Literal["auto"]
 

@@ -31,7 +31,7 @@ from edgeslim.artifacts import Artifact
 from edgeslim.compress import hf_fixups as fx
 from edgeslim.compress.torch_artifacts import Recovery, auto_class, count_params, read_vocab_map, recover, save_torch
 from edgeslim.errors import EdgeslimError
-from edgeslim.pipeline import StageConfig, StageContext, register_stage
+from edgeslim.stage import StageConfig, StageContext, register_stage
 
 LOWRANK_KEY = "edgeslim_lowrank"
 Target = Literal["ffn", "attention_output", "attention_qkv"]

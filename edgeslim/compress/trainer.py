@@ -13,9 +13,7 @@ same loop data-parallel on several GPUs or nodes (each process takes every n-th 
 from __future__ import annotations
 
 import inspect
-import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -24,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeslim.artifacts import atomic_dir, atomic_write_json
 from edgeslim.compress.losses import IGNORE_INDEX, soft_kl, token_divergence
+from edgeslim.compress.train_state import (  # noqa: F401  (process_state and clear_checkpoints: used from here too)
+    BestWeights, clear_checkpoints, process_state, resume, save_checkpoint)
 
 Example = dict[str, Any]
 Batch = dict[str, torch.Tensor]
@@ -228,15 +227,6 @@ def _lr_at(step: int, steps: int, cfg: TrainConfig) -> float:
     return cfg.lr * max(0.0, (steps - step) / max(1, steps - warmup))
 
 
-def process_state():
-    """This process's place in an ``accelerate launch``/``torchrun`` job (one process when run plainly).
-
-    Created with ``cpu=True`` when there is no GPU, so several CPU processes form a gloo group."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 def _make_accelerator():
     """One CPU process by default; under ``accelerate launch`` the launcher's devices and processes.
 
@@ -247,79 +237,6 @@ def _make_accelerator():
     process_state()  # the shared state must know about CPU process groups before Accelerator reads it
     return Accelerator(cpu=not torch.cuda.is_available(),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-
-
-LOOP_STATE = "loop_state.json"
-LAST = "last"
-BEST = "best"
-
-
-def _latest_checkpoint(root: Path | None) -> Path | None:
-    if root is None or not (root / LAST / LOOP_STATE).exists():
-        return None
-    return root / LAST
-
-
-def _save_checkpoint(accelerator, root: Path, state: dict[str, Any]) -> None:
-    """Write the last checkpoint atomically: a kill during the write leaves the previous one.
-
-    Every process joins ``save_state`` (each saves its own RNG state); the main process then
-    renames the finished folder into place.
-    """
-    tmp, last = root / ".last.tmp", root / LAST
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / LOOP_STATE, state)
-        old = root / ".last.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if last.exists():
-            last.rename(old)
-        tmp.rename(last)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-class BestWeights:
-    """The best evaluated student weights: in ``checkpoint_dir/best`` (so a resumed run still has
-    them) or, without a checkpoint folder, in memory."""
-
-    def __init__(self, root: Path | None):
-        self.root = root
-        self.state: dict[str, torch.Tensor] | None = None
-
-    def keep(self, model: Trainable, is_main: bool) -> None:
-        state = {k: v.detach().cpu().clone() for k, v in model.student.state_dict().items()}
-        if self.root is None:
-            self.state = state
-        elif is_main:
-            from safetensors.torch import save_file
-
-            with atomic_dir(self.root / BEST) as tmp:
-                save_file(_untie(state), str(tmp / "student.safetensors"))
-
-    def restore(self, model: Trainable) -> None:
-        if self.root is None:
-            model.student.load_state_dict(self.state)
-            return
-        from safetensors.torch import load_file
-
-        model.student.load_state_dict(load_file(str(self.root / BEST / "student.safetensors")), strict=False)
-
-
-def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share memory (tied embeddings): give each its own copy."""
-    seen: set[int] = set()
-    out = {}
-    for key, value in state.items():
-        ptr = value.data_ptr()
-        out[key] = value.clone() if ptr in seen else value
-        seen.add(ptr)
-    return out
 
 
 def train(
@@ -352,7 +269,7 @@ def train(
     eval_every = cfg.eval_every or per_epoch
     metric = cfg.metric
     evaluate_fn = evaluate_fn or (lambda m: evaluate(m, eval_rows or [], cfg.batch_size, pad_token_id))
-    loop, resumed_from = _resume(accelerator, cfg.checkpoint_dir, log)
+    loop, resumed_from = resume(accelerator, cfg.checkpoint_dir, log)
 
     keeper = BestWeights(cfg.checkpoint_dir)
     bar = progress(steps, "train") if progress else None
@@ -388,7 +305,7 @@ def train(
                 metric = metric or next(iter(metrics))
                 _record_eval(loop, metrics, metric, parts, inner, cfg, accelerator, keeper)
         if cfg.checkpoint_dir is not None and cfg.checkpoint_every and loop["step"] % cfg.checkpoint_every == 0:
-            _save_checkpoint(accelerator, cfg.checkpoint_dir, loop)
+            save_checkpoint(accelerator, cfg.checkpoint_dir, loop)
     if bar is not None:
         bar.close()
 
@@ -414,19 +331,6 @@ def _model_and_optimizer(student: nn.Module, aux: nn.Module | None, cfg: TrainCo
     return model, torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _resume(accelerator, root: Path | None, log) -> tuple[dict[str, Any], int | None]:
-    """The loop's state: fresh, or restored (with weights, optimizer and RNG) from the last checkpoint."""
-    checkpoint = _latest_checkpoint(root)
-    if checkpoint is None:
-        return {"step": 0, "best_metric": None, "best_step": None, "bad_evals": 0, "history": [],
-                "stopped_early": False}, None
-    accelerator.load_state(str(checkpoint))
-    loop = json.loads((checkpoint / LOOP_STATE).read_text())
-    if log:
-        log(f"resuming training from step {loop['step']} ({checkpoint})")
-    return loop, loop["step"]
-
-
 def _metrics_at(history: list[dict[str, float]], step: int) -> dict[str, float]:
     """The evaluation recorded at ``step`` (eval metrics only), or {} when there was none."""
     for entry in reversed(history):
@@ -449,15 +353,6 @@ def _record_eval(loop, metrics, metric, parts, inner, cfg, accelerator, keeper: 
         loop["bad_evals"] += 1
         if cfg.early_stopping_patience is not None and loop["bad_evals"] >= cfg.early_stopping_patience:
             loop["stopped_early"] = True
-
-
-def clear_checkpoints(root: Path | None) -> None:
-    """Remove a finished run's checkpoints (the stage's output artifact is what is kept).
-
-    Under a multi-process launch the folder is shared: only rank 0 removes it, and ``train`` has
-    already waited for every rank, so no rank is still reading or writing it."""
-    if root is not None and process_state().is_main_process:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------- helpers other stages reuse

@@ -35,7 +35,7 @@ from edgeslim.artifacts import Artifact
 from edgeslim.compress.lowrank import load_checked
 from edgeslim.compress.torch_artifacts import Recovery, count_params, read_vocab_map, recover, save_torch
 from edgeslim.errors import EdgeslimError
-from edgeslim.pipeline import StageConfig, StageContext, register_stage
+from edgeslim.stage import StageConfig, StageContext, register_stage
 
 SUPPORTED_MODELS = ("WordPiece", "BPE", "Unigram")
 

@@ -23,7 +23,8 @@ from pydantic import Field
 from edgeslim.artifacts import ONNX_FILE, Artifact, onnx_size_bytes
 from edgeslim.errors import EdgeslimError
 from edgeslim.export import parity as par
-from edgeslim.pipeline import StageConfig, copy_sidecar_files, register_stage
+from edgeslim.artifacts import copy_sidecar_files
+from edgeslim.stage import StageConfig, register_stage
 
 DEFAULT_OPSET = 18
 # Fusions and onnxslim rewrite the model in one protobuf, which cannot exceed 2 GB.

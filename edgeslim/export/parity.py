@@ -208,21 +208,17 @@ class ParityReport:
 
 
 def new_session(onnx_path: Path):
-    """A CPU onnxruntime session for ``onnx_path``."""
-    import onnxruntime as ort
+    """A CPU onnxruntime session for ``onnx_path`` (onnxruntime's own thread count)."""
+    from edgeslim.targets.harness import make_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return make_session(onnx_path, {"threads": 0})
 
 
 def new_session_from_proto(model_proto):
     """A CPU onnxruntime session for an in-memory ONNX model (raises if onnxruntime rejects it)."""
-    import onnxruntime as ort
+    from edgeslim.targets.harness import make_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return make_session(model_proto.SerializeToString(), {"threads": 0})
 
 
 def check_parity(onnx_path: Path, model, cases: Sequence[ParityCase], atol: float = 1e-3, rtol: float = 1e-3,

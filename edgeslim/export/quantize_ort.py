@@ -23,13 +23,14 @@ place, so every quantization mode benefits:
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
+
+from edgeslim.targets.isa import resolve_reduce_range
 
 class _NoPreprocessAdvice(logging.Filter):
     """Drops onnxruntime's "Please consider (to run) pre-processing" warning: pre-processing is skipped
@@ -79,7 +80,7 @@ def load_for_quantization(src_onnx: Path) -> onnx.ModelProto:
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every node output, as onnxruntime resolves it when it loads the graph (no run)."""
-    import onnxruntime as ort
+    from edgeslim.targets.harness import make_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -90,11 +91,8 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
             if name and name not in listed:
                 probe.graph.output.append(onnx.ValueInfoProto(name=name))
                 listed.add(name)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = make_session(probe.SerializeToString(), {"threads": 0, "graph_optimization_level": "disable"})
     except Exception:  # a graph onnxruntime cannot load: quantize without type hints
         return {}
     types = {}
@@ -156,65 +154,6 @@ def static_op_types(quantize_embeddings: bool) -> list[str]:
     """Static INT8 quantizes the weight-bearing ops only: quantizing every Add/Softmax/LayerNorm
     output of a transformer costs accuracy and, on CPU, gains nothing."""
     return ["MatMul", "Gemm"] + (["Gather"] if quantize_embeddings else [])
-
-
-def int8_saturates_here() -> bool:
-    """Whether onnxruntime's u8s8 INT8 kernels can saturate on this CPU: x86 without VNNI (AVX2 and
-    AVX-512 without it add pairs of u8 x s8 products in 16 bits). onnxruntime's guidance there is
-    7-bit weights (``reduce_range``), which cannot overflow; VNNI and ARM kernels need nothing."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    return not set(cpu_features()) & VNNI
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_features() -> tuple[str, ...]:
-    """The CPU's INT8-relevant features as its CPUID instruction reports them (what onnxruntime's
-    kernel dispatch reads; under an emulator that is the emulated CPU), else ``/proc/cpuinfo``.
-
-    CPUID is read by py-cpuinfo (about a second, once per process). Its flag names are mapped to the
-    kernel's (``avx512vnni`` -> ``avx512_vnni``); it does not report AVX-VNNI, so a CPU with AVX-VNNI but
-    no AVX-512 VNNI is taken as saturating: ``reduce_range`` costs it a little accuracy, never a wrong result."""
-    from edgeslim.targets.harness import ISA_FLAGS, cpu_isa
-
-    try:
-        from cpuinfo.cpuinfo import _get_cpu_info_from_cpuid
-
-        flags = set(_get_cpu_info_from_cpuid().get("flags") or [])
-    except Exception:  # noqa: BLE001 - no CPUID probe here (not x86, no exec memory): the kernel's view
-        flags = set()
-    if not flags:
-        return tuple(cpu_isa())
-    renamed = {"avx512vnni": "avx512_vnni", "amxint8": "amx_int8"}
-    flags = {renamed.get(flag, flag) for flag in flags}
-    return tuple(flag for flag in ISA_FLAGS if flag in flags)
-
-
-def resolve_reduce_range(reduce_range: bool | None) -> bool:
-    """``reduce_range`` as given, or (``None``, the default) what this CPU needs (see above)."""
-    return int8_saturates_here() if reduce_range is None else bool(reduce_range)
-
-
-VNNI = {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
-def device_saturates(profile) -> bool:
-    """Whether u8s8 INT8 can saturate on a device: an x86 CPU without VNNI. Local and cuda devices are
-    this host; another x86 device counts as saturating unless its profile lists a VNNI feature in
-    ``target.isa`` (7-bit weights cost a little accuracy; a saturating kernel costs far more)."""
-    if profile.target.arch != "x86_64":
-        return False
-    if profile.access.kind in ("local", "cuda"):
-        return int8_saturates_here()
-    return not set(profile.target.isa or ()) & VNNI
-
-
-def reduce_range_for(profiles) -> bool:
-    """The ``reduce_range`` default for a recipe: on when any of its devices (or, with none, this
-    host) would saturate u8s8 INT8 kernels."""
-    return any(device_saturates(p) for p in profiles) if profiles else int8_saturates_here()
 
 
 def quantize_dynamic(

@@ -19,6 +19,7 @@ import numpy as np
 from edgeslim.artifacts import Artifact
 from edgeslim.errors import EdgeslimError, describe
 from edgeslim.export import quantize_measure as qm
+from edgeslim.export.quantize_spec import for_devices, quantize_with, torch_source
 
 # Operator types whose weights each mode quantizes (the units of sensitivity and exclusion).
 WEIGHT_OPS = {
@@ -188,8 +189,6 @@ def unique_name(name: str, taken: set[str]) -> str:
 
 def select(config, artifact: Artifact, ctx, work: Path) -> Outcome:
     """Build, score and time every candidate of ``config``; return the choice (see module doc)."""
-    from edgeslim.export.quantize import for_devices, quantize_with, torch_source
-
     src = artifact.onnx_path
     data = ctx.data
     task = getattr(ctx.recipe, "task", "text-classification")
@@ -288,8 +287,6 @@ def spec_weight_ops(spec) -> tuple[str, ...]:
 
 def rank_nodes(spec, src: Path, work: Path, scorer: Scorer, calibration, torch_dir, ctx) -> list[dict[str, Any]]:
     """Output error each weight node adds when it alone is quantized, largest first."""
-    from edgeslim.export.quantize import quantize_with
-
     nodes = [n for n in qm.weight_nodes(src, spec_weight_ops(spec)) if n not in spec.nodes_to_exclude]
     feeds = calibration(spec.calibration_samples) if spec.needs_calibration else None
     rows = []

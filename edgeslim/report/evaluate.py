@@ -18,19 +18,47 @@ import numpy as np
 
 def onnx_session(onnx_path: Path, threads: int = 1):
     """A CPU onnxruntime session with a fixed thread count (reproducible numbers)."""
-    import onnxruntime as ort
+    from edgeslim.targets.harness import make_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return make_session(onnx_path, {"threads": threads})
+
+
+def complete_feeds(sess, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feed`` restricted to the graph's inputs, with what a KV-cache decoder also needs filled in.
+
+    A ``text-generation-with-past`` export takes ``position_ids`` and ``past_key_values.*``; an empty
+    past (sequence length 0) makes one call score the whole text.
+    """
+    batch, length = feed["input_ids"].shape
+    out = {}
+    for meta in sess.get_inputs():
+        if meta.name in feed:
+            out[meta.name] = feed[meta.name]
+        elif meta.name == "position_ids":
+            out[meta.name] = np.tile(np.arange(length, dtype=np.int64), (batch, 1))
+        elif meta.name.startswith("past_key_values") or meta.name.startswith("past_"):
+            dims = [d if isinstance(d, int) else 0 for d in meta.shape]
+            dims[0] = batch
+            dtype = np.float16 if "float16" in meta.type else np.float32
+            out[meta.name] = np.zeros(dims, dtype=dtype)
+        elif meta.name == "token_type_ids":
+            out[meta.name] = np.zeros_like(feed["input_ids"])
+        else:
+            raise ValueError(f"the model needs input {meta.name!r}, which edgeslim cannot fill in")
+    return out
+
+
+def encode(tokenizer, texts: list[str], max_length: int = 128) -> list[dict[str, np.ndarray]]:
+    """Each text tokenized alone (batch 1, its real length), as int64 arrays."""
+    feeds = []
+    for text in texts:
+        enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="np")
+        feeds.append({k: np.asarray(v, dtype=np.int64) for k, v in enc.items()})
+    return feeds
 
 
 def onnx_logits(onnx_path: Path, tokenizer, texts: list[str], max_length: int) -> np.ndarray:
     """Classifier logits of an ONNX model for ``texts``: one text per call at its real length."""
-    from edgeslim.export.quantize_measure import complete_feeds
-
     session = onnx_session(onnx_path)
     output = session.get_outputs()[0].name
     rows = []

@@ -40,16 +40,12 @@ class OnnxDecoder:
     """One onnxruntime session of an exported decoder, fed batch 1 with or without a KV cache."""
 
     def __init__(self, onnx_path: Path, threads: int = 0):
-        import onnxruntime as ort
+        from edgeslim.targets.harness import make_session
 
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise EdgeslimError(f"no ONNX model at {onnx_path}; point to an export stage's model.onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = make_session(onnx_path, {"threads": int(threads)})
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "input_ids" not in inputs:
             raise EdgeslimError(f"{onnx_path.name} has no input_ids input; it is not an exported causal LM")
@@ -261,7 +257,7 @@ def score_causal_lm(artifact, texts: list[str], prompts: list[str], max_length: 
 def _params(artifact, model) -> int:
     if isinstance(model, TorchDecoder):
         return model.params()
-    from edgeslim.report.matrix import onnx_params
+    from edgeslim.report.params import onnx_params
 
     return onnx_params(artifact.onnx_path)
 

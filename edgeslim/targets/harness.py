@@ -84,25 +84,31 @@ def load_inputs(path):
     return [feeds[i] for i in sorted(feeds)]
 
 
-def make_session(model_path, spec):
-    """An ``InferenceSession`` configured exactly as the device profile's runtime section says."""
+def make_session(model, spec):
+    """An ``InferenceSession`` of ``model`` (a path, or serialized ONNX bytes) configured exactly as
+    ``spec`` says (the device profile's runtime section; see :func:`session_options`). Every
+    onnxruntime session edgeslim creates is made here."""
     import onnxruntime as ort
 
     options = session_options(spec)
     providers = spec.get("providers") or ["CPUExecutionProvider"]
     provider_options = spec.get("provider_options") or {}
     return ort.InferenceSession(
-        model_path,
+        model if isinstance(model, bytes) else str(model),
         sess_options=options,
         providers=[(p, provider_options.get(p, {})) for p in providers],
     )
 
 
 def session_options(spec):
-    """``SessionOptions`` from a spec's threads, graph optimization level and session config entries."""
+    """``SessionOptions`` from a spec: ``threads`` (0 = onnxruntime's choice), ``inter_op_threads``,
+    ``graph_optimization_level``, ``session_options`` (config entries), and for edgeslim's own uses
+    ``profile_prefix`` (profile every node), ``optimized_model`` (write the optimized graph there)
+    and ``custom_ops`` (shared libraries of custom operators, e.g. onnxruntime-extensions)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.log_severity_level = int(spec.get("log_severity", 3))
     options.intra_op_num_threads = int(spec.get("threads", 1))
     options.inter_op_num_threads = int(spec.get("inter_op_threads", 1))
     level = spec.get("graph_optimization_level", "all")
@@ -114,6 +120,13 @@ def session_options(spec):
     }[level]
     for key, value in (spec.get("session_options") or {}).items():
         options.add_session_config_entry(key, str(value))
+    if spec.get("profile_prefix"):
+        options.enable_profiling = True
+        options.profile_file_prefix = spec["profile_prefix"]
+    if spec.get("optimized_model"):
+        options.optimized_model_filepath = spec["optimized_model"]
+    for library in spec.get("custom_ops") or []:
+        options.register_custom_ops_library(library)
     return options
 
 
@@ -246,17 +259,8 @@ def node_placement(model_path, spec, feed):
     one inference (``{"nodes": n, "by_provider": {provider: share}}``): whether a GPU really ran it."""
     import tempfile
 
-    profiled = dict(spec, session_options=dict(spec.get("session_options") or {}))
     with tempfile.TemporaryDirectory(prefix="edgeslim-profile-") as tmp:
-        options = session_options(profiled)
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tmp, "profile")
-        import onnxruntime as ort
-
-        providers = spec.get("providers") or ["CPUExecutionProvider"]
-        provider_options = spec.get("provider_options") or {}
-        session = ort.InferenceSession(model_path, sess_options=options,
-                                       providers=[(p, provider_options.get(p, {})) for p in providers])
+        session = make_session(model_path, dict(spec, profile_prefix=os.path.join(tmp, "profile")))
         session.run(None, feed)
         with open(session.end_profiling(), encoding="utf-8") as handle:
             events = json.load(handle)

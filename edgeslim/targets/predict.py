@@ -85,15 +85,9 @@ def _weight_bytes(graph) -> dict[str, float]:
     return {node.name: sum(sizes.get(name, 0.0) for name in node.input) for node in graph.node if node.name}
 
 
-def _session_options(level: str, tmp: str):
-    from edgeslim.targets.harness import session_options
-
-    options = session_options({"threads": 1, "graph_optimization_level": level})
-    options.log_severity_level = 3
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(tmp, "profile")
-    options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-    return options
+def _profiling_spec(level: str, tmp: str) -> dict:
+    return {"threads": 1, "graph_optimization_level": level, "profile_prefix": os.path.join(tmp, "profile"),
+            "optimized_model": os.path.join(tmp, "optimized.onnx")}
 
 
 def profile_nodes(model: Path, inputs: list[dict[str, np.ndarray]], level: str = "all",
@@ -106,7 +100,7 @@ def profile_nodes(model: Path, inputs: list[dict[str, np.ndarray]], level: str =
     A gather reads only the rows it outputs, so its table does not count as bytes moved.
     """
     import onnx
-    import onnxruntime as ort
+    from edgeslim.targets.harness import make_session
 
     with tempfile.TemporaryDirectory(prefix="edgeslim-predict-") as tmp:
         proto = onnx.load(str(model))
@@ -115,7 +109,7 @@ def profile_nodes(model: Path, inputs: list[dict[str, np.ndarray]], level: str =
         named = os.path.join(tmp, "named.onnx")
         onnx.save(proto, named)
         del proto
-        session = ort.InferenceSession(named, sess_options=_session_options(level, tmp), providers=["CPUExecutionProvider"])
+        session = make_session(named, _profiling_spec(level, tmp))
         wanted = [i.name for i in session.get_inputs()]
         used = inputs[:max_inputs]
         for example in used:

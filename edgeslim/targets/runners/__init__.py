@@ -81,9 +81,9 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
 
             return ssh.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory, samples=samples,
                                min_time_s=min_time_s, references=references, labels=labels)
-        from edgeslim.targets import predict
+        from edgeslim.targets.predict import predict_cells
 
-        return predict.predict_cells(profile, models, inputs)
+        return predict_cells(profile, models, inputs)
     except EdgeslimError:
         raise
     except Exception as exc:  # a device problem must not stop the matrix

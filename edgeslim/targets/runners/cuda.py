@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeslim.targets.profile import DeviceProfile
-from edgeslim.targets.runners import local
+import edgeslim.targets.runners.local as local
 from edgeslim.targets.runners.job import cells_for_all
 
 CUDA = "CUDAExecutionProvider"

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.targets import qemu_setup
+import edgeslim.targets.qemu_setup as qemu_setup
 from edgeslim.targets.profile import DeviceProfile
-from edgeslim.targets.runners import parity
+import edgeslim.targets.runners.parity as parity
 from edgeslim.targets.runners.job import HARNESS, MACHINE_KEY, cell, cells_for_all, cells_from_result, one_line, write_inputs, write_spec
 from edgeslim.targets.runners.local import run_harness
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeslim.targets.profile import Access, DeviceProfile
-from edgeslim.targets.runners import parity
+import edgeslim.targets.runners.parity as parity
 from edgeslim.targets.runners.job import HARNESS, MACHINE_KEY, cells_for_all, cells_from_result, one_line, write_inputs, write_spec
 
 TIMEOUT_S = 1800
