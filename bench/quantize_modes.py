@@ -72,8 +72,8 @@ def demo_model(cache: Path, data, epochs: float) -> tuple[Path, Path]:
 
 
 def main() -> None:
-    from edgeslim.export import quantize_measure as qm
-    from edgeslim.export.quantize import QuantSpec, quantize_with
+    from edgeslim.quantize import measure as qm
+    from edgeslim.quantize.specs import make_spec, quantize_with
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--onnx", type=Path, help="an ONNX artifact folder to benchmark instead of the demo's model")
@@ -100,7 +100,7 @@ def main() -> None:
     rows = {"fp32": {"path": src, "seconds": 0.0}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.modes:
-            spec = QuantSpec(name=name, **MODES[name])
+            spec = make_spec(name=name, **MODES[name])
             if spec.mode == "neural_compressor" and torch_dir is None:
                 print(f"{name}: skipped (needs --torch)")
                 continue

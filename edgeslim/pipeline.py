@@ -161,7 +161,7 @@ class Pipeline:
         its plain INT4 (weight-only RTN, block 32, embedding and head included): every gain is a ratio
         to these, and each is a release candidate the compressed model must not be dominated by."""
         from edgeslim.export.onnx import ExportConfig
-        from edgeslim.export.quantize import PlainQuantizeConfig
+        from edgeslim.quantize.stage import PlainQuantizeConfig
 
         export_config = next((e.config for e in self.recipe.stages if e.name == "export"), None)
         fp32 = self._baseline("teacher-fp32", "export", export_config or ExportConfig(), teacher, teacher, data)

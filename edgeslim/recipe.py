@@ -160,7 +160,7 @@ def _parse_stage(index: int, item: Any) -> StageEntry:
         config = spec.config.model_validate(raw_config or {})
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise StageError((index, name, *first["loc"]), _clean_message(first)) from None
+        raise StageError((index, name, *spec.config.error_location(tuple(first["loc"]))), _clean_message(first)) from None
     return StageEntry(name=name, config=config)
 
 

@@ -40,6 +40,12 @@ class StageConfig(BaseModel):
         ``None`` when the teacher is built later). Raise ``ValueError`` with a one-line message.
         """
 
+    @classmethod
+    def error_location(cls, loc: tuple) -> tuple:
+        """The recipe key path of a validation error at ``loc`` (a config whose fields do not mirror
+        its recipe keys one to one maps them back here)."""
+        return loc
+
 
 @dataclass(frozen=True)
 class StageSpec:

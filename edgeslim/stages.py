@@ -9,7 +9,7 @@ import edgeslim.compress.prune  # noqa: F401  prune
 import edgeslim.compress.vocab  # noqa: F401  vocab
 import edgeslim.export.mobile  # noqa: F401  bundle
 import edgeslim.export.onnx  # noqa: F401  export
-import edgeslim.export.quantize  # noqa: F401  quantize
+import edgeslim.quantize.stage  # noqa: F401  quantize
 import edgeslim.teacher  # noqa: F401  teacher
 from edgeslim.errors import EdgeslimError
 from edgeslim.stage import STAGES, StageSpec

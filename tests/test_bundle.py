@@ -222,12 +222,12 @@ def test_bad_bundle_inputs_raise_one_line_errors(tmp_path, bundle):
 def test_ort_file_onnxruntime_cannot_read_is_left_out_with_a_reason(tmp_path):
     """A 4-bit embedding (GatherBlockQuantized, UINT4 tensor) converts to an ORT file that
     onnxruntime itself refuses to load: the bundle is still built, without model.ort, saying why."""
-    from edgeslim.export.quantize import QuantSpec, quantize_with
+    from edgeslim.quantize.specs import make_spec, quantize_with
 
     model_dir = tiny_llama(tmp_path / "llama")
     export_model(model_dir, tmp_path / "onnx", "causal-lm", ExportConfig(decode_steps=1))
     copy_model_folder(tmp_path / "onnx", tmp_path / "int4")
-    quantize_with(QuantSpec(mode="weight_only", bits=4, block_size=32, quantize_embeddings=True),
+    quantize_with(make_spec(mode="weight_only", bits=4, block_size=32, quantize_embeddings=True),
                   tmp_path / "onnx" / "model.onnx", tmp_path / "int4" / "model.onnx")
     entries = build_bundle(tmp_path / "int4", tmp_path / "bundle", "causal-lm", BundleConfig(mobile_check=False))
     assert entries["ort"]["written"] is False and "cannot load the ORT file" in entries["ort"]["reason"]

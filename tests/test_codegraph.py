@@ -37,7 +37,7 @@ def test_a_stage_key_follows_every_module_its_module_imports(tmp_path):
     lowrank = root / "compress" / "lowrank.py"  # another folder, imported by export
     lowrank.write_text(lowrank.read_text() + "\n# edited\n")
     assert code_version(export, root) != before
-    assert code_version("edgeslim.teacher", root) != code_version("edgeslim.export.quantize", root)
+    assert code_version("edgeslim.teacher", root) != code_version("edgeslim.quantize.stage", root)
 
 
 def test_the_teacher_and_the_baselines_are_registered_stages():

@@ -25,9 +25,9 @@ CHECK = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np, onnxruntime as ort
-from edgeslim.export import quantize_ort
+from edgeslim.quantize import ort as quantize_ort
 from edgeslim.targets import isa
-from edgeslim.export.quantize import quantize_dynamic_int8
+from edgeslim.quantize.stage import quantize_dynamic_int8
 feeds = dict(np.load(sys.argv[2] + "/feeds.npz"))
 
 def run(path):

@@ -19,7 +19,8 @@ from edgeslim.compress.distill import DistillConfig, run as run_distill
 from edgeslim.compress.students import build_student
 from edgeslim.data import DataBundle, Example
 from edgeslim.export.onnx import export_onnx
-from edgeslim.export.quantize import QuantSpec, copy_sidecar_files, quantize_with
+from edgeslim.artifacts import copy_sidecar_files
+from edgeslim.quantize.specs import make_spec, quantize_with
 from edgeslim.stage import StageContext
 from edgeslim.report.lm_eval import OnnxDecoder, TorchDecoder
 from _llm_models import SENTENCES, tiny_llama_folder
@@ -90,7 +91,7 @@ def test_distilled_student_exports_quantizes_and_decodes(teacher, tmp_path):
     export_onnx(art.path, tmp_path / "onnx", "causal-lm")
     (tmp_path / "int4").mkdir()
     copy_sidecar_files(tmp_path / "onnx", tmp_path / "int4")
-    quantize_with(QuantSpec(mode="weight_only", bits=4, block_size=32), tmp_path / "onnx" / "model.onnx",
+    quantize_with(make_spec(mode="weight_only", bits=4, block_size=32), tmp_path / "onnx" / "model.onnx",
                   tmp_path / "int4" / "model.onnx")
     import onnx
 

@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from edgeslim.artifacts import Artifact
 from edgeslim.errors import EdgeslimError
 from edgeslim.export.onnx import export_onnx
-from edgeslim.export.quantize import QuantSpec, copy_sidecar_files, quantize_with
+from edgeslim.artifacts import copy_sidecar_files
+from edgeslim.quantize.specs import make_spec, quantize_with
 from edgeslim.report.lm_eval import OnnxDecoder, measure_decode, score_causal_lm
 from _llm_models import SENTENCES, tiny_llama_folder
 
@@ -32,7 +33,7 @@ def models(tmp_path_factory):
     int4_dir = root / "int4"
     int4_dir.mkdir()
     copy_sidecar_files(onnx_dir, int4_dir)
-    quantize_with(QuantSpec(mode="weight_only", bits=4, block_size=32), onnx_dir / "model.onnx", int4_dir / "model.onnx")
+    quantize_with(make_spec(mode="weight_only", bits=4, block_size=32), onnx_dir / "model.onnx", int4_dir / "model.onnx")
     return {"torch": Artifact(torch_dir, "torch", {}), "onnx": Artifact(onnx_dir, "onnx", {}),
             "int4": Artifact(int4_dir, "onnx", {})}
 
@@ -150,7 +151,7 @@ def test_bad_inputs_are_one_line_errors(models, tmp_path):
 
 def test_teacher_int8_baseline_works_on_a_kv_cache_decoder(models, tmp_path):
     """The pipeline's teacher-int8 baseline (plain dynamic INT8) on a causal LM exported with a cache."""
-    from edgeslim.export.quantize import quantize_dynamic_int8
+    from edgeslim.quantize.stage import quantize_dynamic_int8
 
     copy_sidecar_files(models["onnx"].path, tmp_path)
     quantize_dynamic_int8(models["onnx"].onnx_path, tmp_path / "model.onnx")

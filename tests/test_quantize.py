@@ -16,7 +16,7 @@ from _quantize_models import (
 )
 from edgeslim.artifacts import Artifact
 from edgeslim.errors import EdgeslimError
-from edgeslim.export.quantize import QuantizeConfig, quantize_dynamic_int8, run
+from edgeslim.quantize.stage import QuantizeConfig, quantize_dynamic_int8, run
 from edgeslim.stage import STAGES, StageContext
 
 
@@ -198,6 +198,9 @@ stages:
     ("      mode: dynamic\n      autotune: true", "autotune is neural-compressor's"),
     ("      mode: weight_only\n      algorithm: hqq\n      symmetric: true", "hqq is asymmetric only"),
     ("      mode: weight_only\n      algorithm: gptq", "use mode: neural_compressor with algorithm: gptq"),
+    ("      mode: dynamic\n      block_size: 64", "'block_size' is a key of mode weight_only / neural_compressor, not of mode dynamic"),
+    ("      candidates:\n        - {mode: static, symmetric: true}", "'symmetric' is a key of mode weight_only"),
+    ("      mode: weight_only\n      bitz: 4", "quantize.bitz: unknown key"),
 ])
 def test_bad_values_fail_at_check_time_with_one_line(tmp_path, body, message):
     from edgeslim.recipe import load_recipe
@@ -223,7 +226,7 @@ def test_valid_quantize_recipe_loads(tmp_path):
 
 
 def test_chosen_model_with_external_data_is_placed_under_the_artifact_name(bert, tmp_path):
-    from edgeslim.export.quantize import place_model
+    from edgeslim.quantize.stage import place_model
 
     model = onnx.load(str(bert.onnx))
     (tmp_path / "cand").mkdir()
@@ -241,7 +244,7 @@ def test_chosen_model_with_external_data_is_placed_under_the_artifact_name(bert,
 
 def test_trap_static_on_fused_graph_gets_types_from_onnxruntime(bert, tmp_path):
     """Static QDQ skips every tensor it cannot type; past fused contrib ops ONNX inference types none."""
-    from edgeslim.export.quantize_ort import quantize_static
+    from edgeslim.quantize.ort import quantize_static
 
     fused = fuse_o2(bert.onnx, tmp_path / "o2.onnx")
     dst = quantize_static(fused, tmp_path / "q.onnx", [example_inputs(1, 10, seed=i) for i in range(4)])
@@ -252,3 +255,17 @@ def test_trap_static_on_fused_graph_gets_types_from_onnxruntime(bert, tmp_path):
     assert len(float_matmuls) == 6 and len(weight_matmuls) == 6  # output dense, FFN in and out, per layer
     assert all(n.input[0] in dequantized for n in weight_matmuls)  # activations quantized too
     assert run_onnx(dst, example_inputs()).shape == (2, 2)  # closeness: test_quantize_modes (trained model)
+
+
+def test_each_mode_is_its_own_config_class():
+    from edgeslim.quantize.specs import DynamicSpec, NeuralCompressorSpec, StaticSpec, WeightOnlySpec, make_spec
+
+    kinds = {"dynamic": DynamicSpec, "static": StaticSpec, "weight_only": WeightOnlySpec,
+             "neural_compressor": NeuralCompressorSpec}
+    for mode, cls in kinds.items():
+        spec = make_spec(mode=mode)
+        assert type(spec) is cls and spec.mode == mode and spec.weight_ops()
+    assert make_spec().label() == "dynamic-int8" and make_spec(mode="weight_only").label() == "weight_only-rtn-int4-b32"
+    assert "Gather" not in make_spec(mode="weight_only").weight_ops()  # weight-only leaves embeddings by default
+    assert make_spec(mode="static").needs_calibration and not make_spec(mode="weight_only").needs_calibration
+    assert make_spec(mode="neural_compressor", algorithm="gptq").needs_calibration

@@ -12,8 +12,8 @@ import pytest
 from onnx import numpy_helper
 
 from _quantize_models import export_torchscript, fuse_o2, run_onnx, sentiment_data, tiny_llama_onnx, trained_tiny_bert
-from edgeslim.export.quantize import QuantSpec, quantize_with
-from edgeslim.export import quantize_inc
+from edgeslim.quantize.specs import make_spec, quantize_with
+from edgeslim.quantize import inc as quantize_inc
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def nbits_weight_ratio(float_file: Path, quant_file: Path) -> tuple[float, float
 @pytest.mark.parametrize("calibration,fmt", [("minmax", "qdq"), ("entropy", "qdq"), ("percentile", "qdq"),
                                              ("minmax", "qoperator")])
 def test_static_int8_every_method_and_format(encoder, tmp_path, calibration, fmt):
-    spec = QuantSpec(mode="static", calibration=calibration, format=fmt, calibration_samples=16)
+    spec = make_spec(mode="static", calibration=calibration, format=fmt, calibration_samples=16)
     dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx", calibration=encoder.calibration)
     outputs = [run_onnx(dst, f) for f in encoder.feeds]
     # Stated bound: static INT8 keeps logits within 15% of their range and every prediction.
@@ -114,9 +114,9 @@ def test_static_int8_every_method_and_format(encoder, tmp_path, calibration, fmt
 
 
 def test_static_quantizes_embeddings_only_when_asked(encoder, tmp_path):
-    with_emb = quantize_with(QuantSpec(mode="static", calibration_samples=8), encoder.onnx, tmp_path / "a.onnx",
+    with_emb = quantize_with(make_spec(mode="static", calibration_samples=8), encoder.onnx, tmp_path / "a.onnx",
                              calibration=encoder.calibration)
-    without = quantize_with(QuantSpec(mode="static", calibration_samples=8, quantize_embeddings=False), encoder.onnx,
+    without = quantize_with(make_spec(mode="static", calibration_samples=8, quantize_embeddings=False), encoder.onnx,
                             tmp_path / "b.onnx", calibration=encoder.calibration)
     word_table = "bert.embeddings.word_embeddings.weight"
     assert any(i.name == word_table + "_quantized" and i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
@@ -126,7 +126,7 @@ def test_static_quantizes_embeddings_only_when_asked(encoder, tmp_path):
 
 
 def test_dynamic_int8_quantizes_embedding_gather(encoder, tmp_path):
-    dst = quantize_with(QuantSpec(mode="dynamic", per_channel=True), encoder.onnx, tmp_path / "q.onnx")
+    dst = quantize_with(make_spec(mode="dynamic", per_channel=True), encoder.onnx, tmp_path / "q.onnx")
     table = {i.name: i for i in onnx.load(str(dst)).graph.initializer}
     assert table["bert.embeddings.word_embeddings.weight_quantized"].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
     outputs = [run_onnx(dst, f) for f in encoder.feeds]
@@ -141,8 +141,8 @@ def test_dynamic_int8_quantizes_embedding_gather(encoder, tmp_path):
     ("rtn", 4, False, 32), ("rtn", 4, True, 64), ("rtn", 8, False, 32), ("hqq", 4, False, 32),
 ])
 def test_weight_only_encoder(encoder, tmp_path, algorithm, bits, symmetric, block):
-    spec = QuantSpec(mode="weight_only", algorithm=algorithm, bits=bits, symmetric=symmetric, block_size=block,
-                     accuracy_level=4 if bits == 4 else None, calibration_samples=16)
+    spec = make_spec(mode="weight_only", algorithm=algorithm, bits=bits, symmetric=symmetric, block_size=block,
+                     accuracy_level=4 if bits == 4 else None)
     dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx", calibration=encoder.calibration)
     assert ops(dst).count("MatMulNBits") == 12
     outputs = [run_onnx(dst, f) for f in encoder.feeds]
@@ -154,7 +154,7 @@ def test_weight_only_encoder(encoder, tmp_path, algorithm, bits, symmetric, bloc
 
 
 def test_weight_only_gather_block_quantized(encoder, tmp_path):
-    spec = QuantSpec(mode="weight_only", algorithm="rtn", quantize_embeddings=True, block_size=32)
+    spec = make_spec(mode="weight_only", algorithm="rtn", quantize_embeddings=True, block_size=32)
     dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx")
     assert ops(dst).count("GatherBlockQuantized") >= 1
     outputs = [run_onnx(dst, f) for f in encoder.feeds]
@@ -165,10 +165,10 @@ def test_weight_only_gather_block_quantized(encoder, tmp_path):
 
 
 @pytest.mark.parametrize("spec", [
-    QuantSpec(mode="dynamic"),
-    QuantSpec(mode="static", calibration_samples=4),
-    QuantSpec(mode="weight_only", algorithm="rtn", block_size=32),
-    QuantSpec(mode="weight_only", algorithm="hqq", block_size=32),
+    make_spec(mode="dynamic"),
+    make_spec(mode="static", calibration_samples=4),
+    make_spec(mode="weight_only", algorithm="rtn", block_size=32),
+    make_spec(mode="weight_only", algorithm="hqq", block_size=32),
 ], ids=lambda s: s.label())
 def test_causal_lm_with_kv_cache(decoder, tmp_path, spec):
     dst = quantize_with(spec, decoder.onnx, tmp_path / "q.onnx", calibration=decoder.feeds)
@@ -187,7 +187,7 @@ def test_causal_lm_with_kv_cache(decoder, tmp_path, spec):
 
 @pytest.mark.parametrize("algorithm,symmetric", [("rtn", True), ("gptq", False), ("awq", False)])
 def test_neural_compressor_encoder_reaches_onnx_as_4bit(encoder, tmp_path, algorithm, symmetric):
-    spec = QuantSpec(mode="neural_compressor", algorithm=algorithm, symmetric=symmetric, block_size=32)
+    spec = make_spec(mode="neural_compressor", algorithm=algorithm, symmetric=symmetric, block_size=32)
     feeds = encoder.calibration[:2]  # AWQ's scale search and GPTQ's Hessians dominate the test time
     dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx", calibration=feeds, torch_dir=encoder.hf)
     assert ops(dst).count("MatMulNBits") == 12
@@ -201,7 +201,7 @@ def test_neural_compressor_encoder_reaches_onnx_as_4bit(encoder, tmp_path, algor
 
 def test_neural_compressor_causal_lm(decoder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = QuantSpec(mode="neural_compressor", algorithm="rtn", block_size=32)
+    spec = make_spec(mode="neural_compressor", algorithm="rtn", block_size=32)
     dst = quantize_with(spec, decoder.onnx, tmp_path / "q.onnx", calibration=decoder.feeds,
                         torch_dir=decoder.folder.parent / "hf")
     assert ops(dst).count("MatMulNBits") >= 2 * 7
@@ -243,7 +243,7 @@ def test_neural_compressor_autotune_keeps_accuracy(encoder, tmp_path):
         calls.append(1)
         return quantize_inc.torch_accuracy(model, tokenizer, examples)
 
-    spec = QuantSpec(mode="neural_compressor", algorithm="rtn", autotune=True, block_size=32)
+    spec = make_spec(mode="neural_compressor", algorithm="rtn", autotune=True, block_size=32)
     assert spec.label() == "neural_compressor-autotune-int4-b32"
     dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx", calibration=encoder.calibration[:4],
                         torch_dir=encoder.hf, evaluate=evaluate, tolerable_loss=0.05)
@@ -258,7 +258,7 @@ def test_stage_on_causal_lm_scores_next_token_accuracy(decoder, tmp_path):
 
     from edgeslim.artifacts import Artifact
     from edgeslim.data import DataBundle, Example
-    from edgeslim.export.quantize import QuantizeConfig, run
+    from edgeslim.quantize.stage import QuantizeConfig, run
     from edgeslim.stage import StageContext
 
     texts = ["the movie was very good", "bad sad movie", "i love the movie", "it is not fine", "the movie is great"]
@@ -267,7 +267,7 @@ def test_stage_on_causal_lm_scores_next_token_accuracy(decoder, tmp_path):
     out.mkdir()
     recipe = types.SimpleNamespace(task="causal-lm", budgets=types.SimpleNamespace(accuracy_drop=None))
     ctx = StageContext(out_dir=out, recipe=recipe, data=data, quiet=True)
-    config = QuantizeConfig(candidates=[QuantSpec(mode="dynamic"), QuantSpec(mode="weight_only", block_size=32)],
+    config = QuantizeConfig(candidates=[make_spec(mode="dynamic"), make_spec(mode="weight_only", block_size=32)],
                             max_accuracy_drop=1.0, latency_runs=3)
     result = run(config, Artifact(decoder.folder, "onnx", {}), ctx)
     # Next-token accuracy of the fp32 model, computed here: arg-max at each position vs the next token.
@@ -289,7 +289,7 @@ def test_entropy_calibration_is_not_minmax(encoder, tmp_path):
     """quantize_static would hand its entropy calibrator 128 bins for 128 levels (= MinMax ranges)."""
     scales = {}
     for method in ("minmax", "entropy"):
-        dst = quantize_with(QuantSpec(mode="static", calibration=method, calibration_samples=16), encoder.onnx,
+        dst = quantize_with(make_spec(mode="static", calibration=method, calibration_samples=16), encoder.onnx,
                             tmp_path / f"{method}.onnx", calibration=encoder.calibration)
         scales[method] = {i.name: float(numpy_helper.to_array(i)) for i in onnx.load(str(dst)).graph.initializer
                           if i.name.endswith("_output_0_scale")}
@@ -299,7 +299,7 @@ def test_entropy_calibration_is_not_minmax(encoder, tmp_path):
     assert all(scales["entropy"][k] <= scales["minmax"][k] * 1.001 for k in scales["minmax"])  # ... and widens none
 
 
-@pytest.mark.parametrize("spec", [QuantSpec(mode="dynamic"), QuantSpec(mode="static", calibration_samples=16)],
+@pytest.mark.parametrize("spec", [make_spec(mode="dynamic"), make_spec(mode="static", calibration_samples=16)],
                          ids=lambda s: s.label())
 def test_int8_on_the_fused_graph_the_export_stage_ships(encoder, tmp_path, spec):
     """The export stage applies onnxruntime's transformer fusions (Attention, SkipLayerNormalization)."""

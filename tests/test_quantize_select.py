@@ -13,8 +13,9 @@ import torch
 
 from _quantize_models import export_torchscript, onnx_artifact_dir, run_onnx, sentiment_data, trained_tiny_bert
 from edgeslim.artifacts import Artifact
-from edgeslim.export.quantize import QuantizeConfig, QuantSpec, run
-from edgeslim.export.quantize_select import Candidate, accuracy_budget, choose
+from edgeslim.quantize.specs import make_spec
+from edgeslim.quantize.stage import QuantizeConfig, run
+from edgeslim.quantize.select import Candidate, accuracy_budget, choose
 from edgeslim.stage import StageContext
 
 WORD_TABLE = "bert.embeddings.word_embeddings.weight"
@@ -85,7 +86,7 @@ def test_budget_forces_exclusion_of_the_most_sensitive_nodes(outlier_model, tmp_
 
 def test_best_effort_is_saved_with_the_gap_when_no_candidate_meets_budget(outlier_model, tmp_path):
     ctx = context(tmp_path / "out", outlier_model.data, budget=0.05)  # the recipe-level budget
-    config = QuantizeConfig(candidates=[QuantSpec(mode="dynamic"), QuantSpec(mode="dynamic", per_channel=True)],
+    config = QuantizeConfig(candidates=[make_spec(mode="dynamic"), make_spec(mode="dynamic", per_channel=True)],
                             exclude_sensitive=False)
     result = run(config, Artifact(outlier_model.export, "onnx", {}), ctx)
     choice = result.manifest["choice"]
@@ -103,9 +104,9 @@ def test_best_effort_is_saved_with_the_gap_when_no_candidate_meets_budget(outlie
 def test_every_candidate_is_recorded_and_the_fastest_within_budget_kept(outlier_model, tmp_path):
     ctx = context(tmp_path / "out", outlier_model.data)
     config = QuantizeConfig(
-        candidates=[QuantSpec(mode="dynamic", quantize_embeddings=False),
-                    QuantSpec(mode="static", quantize_embeddings=False, calibration_samples=8),
-                    QuantSpec(mode="weight_only", algorithm="rtn", block_size=32)],
+        candidates=[make_spec(mode="dynamic", quantize_embeddings=False),
+                    make_spec(mode="static", quantize_embeddings=False, calibration_samples=8),
+                    make_spec(mode="weight_only", algorithm="rtn", block_size=32)],
         max_accuracy_drop=0.05, latency_runs=5,
     )
     result = run(config, Artifact(outlier_model.export, "onnx", {}), ctx)
@@ -124,7 +125,7 @@ def test_every_candidate_is_recorded_and_the_fastest_within_budget_kept(outlier_
 
 
 def candidate(name: str, drop: float, latency: float, size: int = 100) -> Candidate:
-    return Candidate(name, QuantSpec(), Path(f"{name}.onnx"), accuracy=0.9 - drop, drop=drop, latency_ms=latency,
+    return Candidate(name, make_spec(), Path(f"{name}.onnx"), accuracy=0.9 - drop, drop=drop, latency_ms=latency,
                      size_bytes=size)
 
 
@@ -149,7 +150,7 @@ def test_stage_budget_overrides_the_recipe_budget():
 
 
 def test_drops_count_from_the_teacher_only_for_the_recipe_budget():
-    from edgeslim.export.quantize_select import drop_reference
+    from edgeslim.quantize.select import drop_reference
 
     assert drop_reference(QuantizeConfig(), 0.80, 0.85, whole_split=True) == (0.85, "teacher")
     assert drop_reference(QuantizeConfig(max_accuracy_drop=0.01), 0.80, 0.85, whole_split=True) == (0.80, "input")

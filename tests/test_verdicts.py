@@ -288,13 +288,13 @@ def test_an_absolute_budget_passes_only_under_the_intervals_upper_end():
 
 
 def test_quantize_candidates_that_tie_go_to_the_smaller_file():
-    from edgeslim.export.quantize import QuantSpec
-    from edgeslim.export.quantize_select import Candidate, choose
+    from edgeslim.quantize.specs import make_spec
+    from edgeslim.quantize.select import Candidate, choose
 
     fast_big, slow_small = _interleaved(1.0, seed=1)
-    big = Candidate("int4", QuantSpec(mode="weight_only"), None, accuracy=0.9, drop=0.0, size_bytes=3_000_000,
+    big = Candidate("int4", make_spec(mode="weight_only"), None, accuracy=0.9, drop=0.0, size_bytes=3_000_000,
                     latency_ms=float(np.median(fast_big)), latency_samples=fast_big)
-    small = Candidate("int8", QuantSpec(), None, accuracy=0.9, drop=0.0, size_bytes=1_000_000,
+    small = Candidate("int8", make_spec(), None, accuracy=0.9, drop=0.0, size_bytes=1_000_000,
                       latency_ms=float(np.median(slow_small)), latency_samples=slow_small)
     chosen, reason = choose([big, small], budget=0.01, baseline=0.9)
     assert chosen is small and "tie" in reason

@@ -18,16 +18,9 @@ import numpy as np
 
 from edgeslim.artifacts import Artifact
 from edgeslim.errors import EdgeslimError, describe
-from edgeslim.export import quantize_measure as qm
-from edgeslim.export.quantize_spec import for_devices, quantize_with, torch_source
+from edgeslim.quantize import measure as qm
+from edgeslim.quantize.specs import for_devices
 
-# Operator types whose weights each mode quantizes (the units of sensitivity and exclusion).
-WEIGHT_OPS = {
-    "dynamic": ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization"),
-    "static": ("MatMul", "Gemm", "Gather"),
-    "weight_only": ("MatMul", "Gather"),
-}
-EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
 # A drop this close to the budget counts as within it (accuracy is a ratio of integers).
 TOLERANCE = 1e-9
 
@@ -207,7 +200,7 @@ def select(config, artifact: Artifact, ctx, work: Path) -> Outcome:
     taken: set[str] = set()
     torch_evaluator = None
     if scorer.examples:
-        from edgeslim.export.quantize_inc import torch_accuracy
+        from edgeslim.quantize.inc import torch_accuracy
 
         def torch_evaluator(model):
             return torch_accuracy(model, tokenizer, scorer.examples, max_length)
@@ -228,7 +221,7 @@ def select(config, artifact: Artifact, ctx, work: Path) -> Outcome:
         ctx.log(f"quantize: candidate {name}")
         try:
             feeds = calibration(spec.calibration_samples) if spec.needs_calibration else None
-            quantize_with(spec, src, cand.path, calibration=feeds, torch_dir=torch_dir, extra_exclude=extra_exclude,
+            spec.quantize(src, cand.path, calibration=feeds, torch_dir=torch_dir, extra_exclude=extra_exclude,
                           evaluate=torch_evaluator, tolerable_loss=tolerable_loss)
             cand.size_bytes = qm.size_bytes(cand.path)
             cand.accuracy = scorer.accuracy(cand.path)
@@ -280,21 +273,16 @@ def excludable(spec) -> bool:
     return spec.mode != "neural_compressor"
 
 
-def spec_weight_ops(spec) -> tuple[str, ...]:
-    ops = WEIGHT_OPS[spec.mode]
-    return ops if spec.embeddings else tuple(op for op in ops if op not in EMBEDDING_OPS)
-
-
 def rank_nodes(spec, src: Path, work: Path, scorer: Scorer, calibration, torch_dir, ctx) -> list[dict[str, Any]]:
     """Output error each weight node adds when it alone is quantized, largest first."""
-    nodes = [n for n in qm.weight_nodes(src, spec_weight_ops(spec)) if n not in spec.nodes_to_exclude]
+    nodes = [n for n in qm.weight_nodes(src, spec.weight_ops()) if n not in spec.nodes_to_exclude]
     feeds = calibration(spec.calibration_samples) if spec.needs_calibration else None
     rows = []
     probe = work / "sensitivity-probe.onnx"
     with ctx.progress(len(nodes), "quantize: node sensitivity", unit="node") as bar:
         for node in nodes:
             others = [n for n in nodes if n != node]
-            quantize_with(spec, src, probe, calibration=feeds, torch_dir=torch_dir, extra_exclude=others)
+            spec.quantize(src, probe, calibration=feeds, torch_dir=torch_dir, extra_exclude=others)
             rows.append({"node": node, "output_error": scorer.output_error(probe)})
             bar.update(1)
     probe.unlink(missing_ok=True)
@@ -354,3 +342,9 @@ def choose(built: list[Candidate], budget: float | None, baseline: float | None)
     best = min(built, key=lambda c: (c.drop if c.drop is not None else float("inf"), speed(c)))
     return best, (f"no candidate meets the accuracy budget {budget:.4f}; kept the most accurate "
                   f"(drop {best.drop:.4f}, {best.drop - budget:.4f} over budget)")
+
+
+def torch_source(artifact: Artifact) -> Path | None:
+    """The torch model folder the ONNX artifact was exported from (the pipeline records it)."""
+    path = (artifact.manifest.get("input") or {}).get("path")
+    return Path(path) if path and Path(path).is_dir() else None

@@ -338,7 +338,7 @@ def quantize_weight_only(
     ``rtn`` rounds each block of ``block_size`` weights to the nearest level; ``hqq`` optimizes the
     scales and zero points (half-quadratic, no data). onnxruntime's bundled GPTQ is not offered: on
     this stack it writes exactly RTN's bytes, and on fused graphs an invalid model (see
-    :mod:`edgeslim.export.quantize_inc` for a GPTQ that works). ``quantize_embeddings`` also turns ``Gather`` into
+    :mod:`edgeslim.quantize.inc` for a GPTQ that works). ``quantize_embeddings`` also turns ``Gather`` into
     ``GatherBlockQuantized`` (rtn only). A tied LM head is quantized too (see
     :func:`untie_head_for_quantization`).
     """

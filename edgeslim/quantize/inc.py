@@ -23,7 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.export.quantize_ort import load_for_quantization, save_onnx
+from edgeslim.quantize.ort import load_for_quantization, save_onnx
 
 TORCH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

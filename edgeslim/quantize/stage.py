@@ -14,30 +14,57 @@ The output folder has the input's layout: ``model.onnx`` plus every other file o
 
 The ``plain-quantize`` stage applies one spec as given (no scoring, no choice): the pipeline runs
 it for the teacher's INT8 (and, for LMs, INT4) baselines. The specs and the quantizers are in
-:mod:`edgeslim.export.quantize_spec`; the choice among candidates in
-:mod:`edgeslim.export.quantize_select`.
+:mod:`edgeslim.quantize.specs`; the choice among candidates in :mod:`edgeslim.quantize.select`.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgeslim.artifacts import ONNX_FILE, Artifact, copy_sidecar_files
 from edgeslim.errors import EdgeslimError
-from edgeslim.export.quantize_select import select
-from edgeslim.export.quantize_spec import (  # noqa: F401  (the stage's public names, importable from here)
-    ALGORITHMS, FORMATS, MODES, QuantSpec, check_spec, for_devices, place_model, quantize_dynamic_int8, quantize_with,
-    reduce_range_default, torch_source)
+from edgeslim.quantize.select import select
+from edgeslim.quantize.specs import (  # noqa: F401  (the stage's public names, importable from here)
+    MODES, SPEC_KEYS, QuantSpec, SpecBase, for_devices, make_spec, quantize_dynamic_int8, quantize_with)
 from edgeslim.stage import StageConfig, StageContext, register_stage
 
 
-class QuantizeConfig(StageConfig, QuantSpec):
+class SpecKeys(StageConfig):
+    """A stage config whose recipe keys may also describe one candidate flat (``mode: weight_only``,
+    ``bits: 4``): those keys are gathered into ``spec`` before validation."""
+
+    spec: QuantSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_spec_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        own = set(cls.model_fields) - {"spec"}
+        flat = {key: value for key, value in data.items() if key in SPEC_KEYS and key not in own}
+        if not flat:
+            return data
+        return {**{k: v for k, v in data.items() if k not in flat}, "spec": flat}
+
+    @classmethod
+    def error_location(cls, loc: tuple) -> tuple:
+        """Where a recipe error is: the flat key, not the internal ``spec`` field or the mode's tag."""
+        return tuple(part for part in loc if part != "spec" and part not in MODES)
+
+    def the_spec(self) -> SpecBase:
+        return self.spec if self.spec is not None else make_spec()
+
+
+class QuantizeConfig(SpecKeys):
     """Recipe keys of the ``quantize`` stage.
 
-    The keys of :class:`QuantSpec` describe the single candidate used when ``candidates`` is empty.
+    The keys of a spec (:mod:`edgeslim.quantize.specs`) describe the single candidate used when
+    ``candidates`` is empty.
     ``max_accuracy_drop`` (absolute, e.g. 0.01, counted from the input model's accuracy) overrides the
     recipe's ``budgets.accuracy_drop`` (counted from the teacher's eval accuracy when known);
     ``exclude_sensitive`` lets the stage leave up to ``max_excluded_nodes`` of the most sensitive
@@ -53,12 +80,21 @@ class QuantizeConfig(StageConfig, QuantSpec):
     sensitivity_samples: int = Field(16, ge=1)
     latency_runs: int = Field(20, ge=1)
 
-    def specs(self) -> list[QuantSpec]:
-        """The candidates to try: the listed ones, or the single one the top-level keys describe."""
-        if self.candidates:
-            return list(self.candidates)
-        fields = {k: getattr(self, k) for k in QuantSpec.model_fields}
-        return [QuantSpec(**fields)]
+    def specs(self) -> list[SpecBase]:
+        """The candidates to try: the listed ones, or the single one the flat keys describe."""
+        return list(self.candidates) if self.candidates else [self.the_spec()]
+
+
+def place_model(src: Path, dst: Path) -> None:
+    """Put the chosen ONNX file at ``dst``; a model with external data is re-saved so it points at
+    ``<dst name>.data`` instead of the candidate's file name."""
+    if not any(src.parent.glob(src.name + ".data")) and not any(src.parent.glob(src.name + "_data")):
+        shutil.copy2(src, dst)
+        return
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=True)
+    onnx.save_model(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
 
 
 @register_stage("quantize", config=QuantizeConfig, consumes="onnx", produces="onnx")
@@ -75,16 +111,15 @@ def run(config: QuantizeConfig, artifact: Artifact, ctx: StageContext) -> Artifa
     return Artifact(out_dir, "onnx", outcome.manifest())
 
 
-class PlainQuantizeConfig(StageConfig, QuantSpec):
-    """One way to quantize (the keys of :class:`QuantSpec`), applied as given: no scoring, no choice."""
+class PlainQuantizeConfig(SpecKeys):
+    """One way to quantize (the flat keys of a spec), applied as given: no scoring, no choice."""
 
 
 @register_stage("plain-quantize", config=PlainQuantizeConfig, consumes="onnx", produces="onnx")
 def run_plain(config: PlainQuantizeConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
     """Quantize ``artifact`` exactly as ``config`` says (the teacher's INT8 and INT4 baselines), with
     ``reduce_range`` decided for the recipe's devices when unset."""
-    spec = for_devices(QuantSpec(**{key: getattr(config, key) for key in QuantSpec.model_fields}),
-                       getattr(ctx.recipe, "devices", None))
+    spec = for_devices(config.the_spec(), getattr(ctx.recipe, "devices", None))
     copy_sidecar_files(artifact.path, ctx.out_dir)
-    quantize_with(spec, artifact.onnx_path, Path(ctx.out_dir) / ONNX_FILE)
+    spec.quantize(artifact.onnx_path, Path(ctx.out_dir) / ONNX_FILE)
     return Artifact(Path(ctx.out_dir), "onnx", {"quantization": spec.model_dump(mode="json", exclude_none=True)})
