@@ -11,7 +11,8 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.targets import harness
 from edgeslim.targets.profile import load_profile
 from edgeslim.targets.runners import measure
-from edgeslim.targets.runners.local import INSTRUCTION_TOLERANCE, count_instructions
+from edgeslim.targets.instructions import INSTRUCTION_TOLERANCE
+from edgeslim.targets.runners.local import count_instructions
 from _target_models import token_inputs, token_model
 
 

@@ -82,3 +82,18 @@ def test_compare_flags_a_changed_prediction():
     bad = compare(reference, flipped, "m")
     assert not bad["outputs_match"] and bad["top1_agreement"] == 0.5
     assert bad["max_abs_diff"] == pytest.approx(2.0) and bad["max_rel_diff"] == pytest.approx(2.0 / 3.0)
+
+
+def test_decoders_are_emulated_too_and_their_greedy_tokens_compared(qemu_env, tmp_path_factory):
+    """A causal LM goes through the same runner in decode mode: the aarch64 kernels generate greedily
+    from the same prompts, and the cell says whether the tokens match x86 (no latency claim)."""
+    from _quantize_models import tiny_llama_onnx
+
+    folder = tiny_llama_onnx(tmp_path_factory.mktemp("qemu-llm"))
+    prompts = [{"input_ids": np.array([[2, 5, 9, 11]], dtype=np.int64)},
+               {"input_ids": np.array([[2, 7, 8]], dtype=np.int64)}]
+    cell = measure(load_profile("raspberry-pi-4"), {"lm": folder / "model.onnx"}, prompts, warmup=0, runs=1,
+                   mode="decode", new_tokens=4)["lm"]
+    assert cell["status"] == "emulated", cell
+    assert cell["parity_examples"] == 2 and cell["top1_agreement"] == 1.0 and cell["outputs_match"]
+    assert "greedy tokens match x86" in cell["reason"] and cell["latency_ms"] is None

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -148,3 +149,17 @@ def test_device_outputs_come_back_and_are_scored_for_parity(sshd, models, tmp_pa
     assert cell["device_accuracy"] == cell["host_accuracy"] and cell["parity_examples"] == 4
     # the "fp32 source" here is another model, so both sides differ from it by the same amount
     assert cell["device_rel_diff_vs_fp32"] == cell["host_rel_diff_vs_fp32"] > 0
+
+
+def test_a_decoder_is_timed_on_the_device_like_an_encoder(sshd, tmp_path_factory, tmp_path):
+    """Decode mode over ssh: prefill latency and tokens/s measured on the device, and the device's
+    greedy tokens compared with this host's."""
+    from _quantize_models import tiny_llama_onnx
+
+    folder = tiny_llama_onnx(tmp_path_factory.mktemp("ssh-llm"))
+    prompts = [{"input_ids": np.array([[2, 5, 9, 11]], dtype=np.int64)}]
+    cell = measure(ssh_profile(tmp_path, sshd), {"lm": folder / "model.onnx"}, prompts, warmup=1, runs=3,
+                   memory=False, mode="decode", new_tokens=4, references={})["lm"]
+    assert cell["status"] == "measured", cell
+    assert cell["latency_ms"]["n"] == 3 and cell["decode_tokens_per_s"] > 0
+    assert cell["top1_agreement"] == 1.0 and cell["device"]["arch"] == "x86_64"

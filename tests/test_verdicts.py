@@ -365,3 +365,14 @@ def test_reduce_range_follows_the_recipes_devices(monkeypatch):
     assert isa.reduce_range_for([local, remote_x86(["avx2"])]) is True
     assert isa.reduce_range_for([local, remote_x86(["avx2", "avx512_vnni"])]) is False
     assert isa.reduce_range_for([remote_x86(None)]) is True  # unknown x86: the safe choice
+
+
+def test_an_emulated_decoder_is_gated_on_its_greedy_tokens(copy_run):
+    report = _report(copy_run)
+    report["devices"].append({"name": "arm-board", "access": "qemu-arm", "threads": 1, "description": ""})
+    cell = {"status": "emulated", "latency_ms": None, "top1_agreement": 0.9, "parity_examples": 8}
+    _record(report, report["release"])["devices"]["arm-board"] = cell
+    check = [c for c in evaluate_gate(report) if c.budget == "parity"][0]
+    assert not check.passed and "greedy tokens agree with x86 at 90.0%" in check.detail
+    cell["top1_agreement"] = 1.0
+    assert [c for c in evaluate_gate(report) if c.budget == "parity"][0].passed

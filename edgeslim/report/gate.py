@@ -145,6 +145,12 @@ def parity_checks(report: dict[str, Any], release, budget: dict[str, Any]) -> li
         if not isinstance(device, dict) or device.get("access") not in PARITY_ACCESS:
             continue
         cell = _cell(release, device["name"]) or {}
+        if cell.get("device_accuracy") is None and cell.get("top1_agreement") is not None:  # a decoder
+            top1 = cell["top1_agreement"]
+            checks.append(Check("parity", device["name"], agreement, round(top1, 4), top1 >= agreement,
+                                f"greedy tokens agree with x86 at {top1:.1%} of positions (min {agreement:.0%}) "
+                                f"over {cell.get('parity_examples')} prompts"))
+            continue
         if cell.get("device_accuracy") is None or cell.get("top1_agreement") is None:
             checks.append(Check("parity", device["name"], points, None, False,
                                 f"parity not checked (status {cell.get('status')}: {cell.get('reason') or 'no outputs'})"))

@@ -265,8 +265,9 @@ DETERMINISTIC_ACCESS = ("qemu-arm", "none")
 
 
 def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructions: bool = False,
-                    cache_dir: Path | None = None) -> dict[str, dict]:
-    """Cells for every ONNX artifact on one device.
+                    cache_dir: Path | None = None, mode: str = "latency") -> dict[str, dict]:
+    """Cells for every ONNX artifact on one device (``mode`` decode: causal-LM decoders generating
+    from prompts, timed by the same runners).
 
     Each model gets the same eval texts tokenized by its own tokenizer. On this machine (local and
     cuda runners) every model is timed interleaved in one process, so the ratios between them (and
@@ -283,10 +284,12 @@ def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructio
         groups.setdefault(_tokenizer_fingerprint(artifact.path), []).append((name, artifact))
     inputs_of = {}
     for members in groups.values():
-        feeds = data.encode_each(AutoTokenizer.from_pretrained(members[0][1].path), "eval", recipe.measure.samples)
+        tokenizer = AutoTokenizer.from_pretrained(members[0][1].path)
+        feeds = (prompt_inputs(tokenizer, data, recipe) if mode == "decode"
+                 else data.encode_each(tokenizer, "eval", recipe.measure.samples))
         inputs_of.update({name: feeds for name, _ in members})
     settings = {"warmup": recipe.measure.warmup, "runs": recipe.measure.runs, "instructions": instructions,
-                "samples": True}
+                "samples": True, "mode": mode, "new_tokens": DECODE_TOKENS}
     if profile.access.kind in INTERLEAVED_ACCESS:
         if not quiet:
             print(f"measuring {len(onnx_entries)} model(s) on {profile.name} ({profile.access.kind}), interleaved",
@@ -297,10 +300,12 @@ def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructio
     cells: dict[str, dict] = {}
     from edgeslim.targets.runners.parity import PARITY_ACCESS
 
-    parity = profile.access.kind in PARITY_ACCESS and recipe.task == "text-classification"
+    parity = profile.access.kind in PARITY_ACCESS
     for members in groups.values():
         inputs = inputs_of[members[0][0]]
-        if parity:  # task accuracy of the device's own outputs, on more eval examples than timing needs
+        if parity and mode == "decode":  # the device's greedy tokens against this host's
+            settings.update(references={})
+        elif parity:  # task accuracy of the device's own outputs, on more eval examples than timing needs
             count = recipe.measure.parity_samples
             inputs = data.encode_each(AutoTokenizer.from_pretrained(members[0][1].path), "eval", count)
             settings.update(labels=[ex.label for ex in data.eval[:count]],
@@ -354,26 +359,22 @@ def lm_prompts(texts: list[str], count: int) -> list[str]:
     return prompts
 
 
+#: Greedy tokens each decoder generates per prompt when timed.
+DECODE_TOKENS = 20
+
+
 def _measure_decoder(profile, onnx_entries, data, recipe, quiet: bool, instructions: bool = False,
                      cache_dir: Path | None = None) -> dict[str, dict]:
-    """Causal LMs: prefill latency and decode tokens/s, measured on this host for local profiles."""
-    from transformers import AutoTokenizer
+    """Causal LMs: prefill latency and decode tokens/s on any device a runner reaches (the harness's
+    decode mode), and on emulated devices whether the greedy tokens match this host's."""
+    return _measure_device(profile, onnx_entries, data, recipe, quiet, cache_dir=cache_dir, mode="decode")
 
-    from edgeslim.report.lm_eval import measure_decode
 
-    if profile.access.kind != "local":
-        reason = f"decoder latency is measured by the local runner only (device access: {profile.access.kind})"
-        return {name: {"status": "skipped", "latency_ms": None, "throughput": None, "peak_memory_mb": None,
-                       "reason": reason} for name, _ in onnx_entries}
+def prompt_inputs(tokenizer, data, recipe) -> list[dict[str, np.ndarray]]:
+    """The decode prompts (:func:`lm_prompts` of the eval texts) as ``input_ids``, batch 1."""
     prompts = lm_prompts([ex.text for ex in data.eval], recipe.measure.samples)
-    cells = {}
-    for name, artifact in onnx_entries:
-        if not quiet:
-            print(f"measuring decode of {name} on {profile.name}", flush=True)
-        tokenizer = AutoTokenizer.from_pretrained(artifact.path)
-        cells[name] = measure_decode(artifact.onnx_path, tokenizer, prompts, threads=profile.runtime.threads,
-                                     new_tokens=20, warmup=recipe.measure.warmup, runs=recipe.measure.runs)
-    return cells
+    return [{"input_ids": np.asarray(tokenizer(p, truncation=True, max_length=recipe.data.max_length,
+                                               return_tensors="np")["input_ids"], dtype=np.int64)} for p in prompts]
 
 
 def _tokenizer_fingerprint(folder: Path) -> str:

@@ -1,32 +1,17 @@
 """The measuring process: runs ONNX models with onnxruntime and reports latency, memory and outputs.
 
-This file is deliberately self-contained (standard library, numpy and onnxruntime only) because the
-ssh and qemu runners copy it, alone, to the device or the emulated sysroot and run it there with that
-machine's Python. It is driven by a JSON spec and writes a JSON result::
+Self-contained (standard library, numpy and onnxruntime only): the ssh and qemu runners copy it, alone,
+to the device or the emulated sysroot and run ``python harness.py SPEC.json RESULT.json`` there.
 
-    python harness.py SPEC.json RESULT.json
-
-Spec keys: ``models`` ({name: onnx path}), ``inputs`` (an ``.npz`` whose keys are
-``"<index>/<input name>"``), ``model_inputs`` (optional {name: ``.npz``} for models that take
-other token ids for the same texts, e.g. a trimmed vocabulary), ``warmup``, ``runs`` (timed rounds, at least), ``min_time_s`` (keep
-adding rounds until the timed part lasted this long, so fast models get enough samples for stable
-tail percentiles), ``threads``, ``inter_op_threads``, ``providers``,
-``provider_options``, ``session_options``, ``graph_optimization_level``, ``affinity`` (CPU ids or
-null), ``memory`` (bool), ``outputs`` (an ``.npz`` path to save each model's outputs to, or null),
-``mode`` (``"latency"``, ``"memory"`` or ``"count"``). The result maps each model name to its figures
-(or ``{"error": ...}``) and ``"__machine__"`` to the architecture and versions it ran on.
-
-Latency mode times every model on the same inputs, interleaved round-robin with the model order
-rotated every round, so a load spike on a shared machine hits all models alike and their ratios stay
-fair. Besides wall-clock latency it records the CPU time of the calling thread per inference
-(``cpu_ms``): with one intra-op thread that is the inference's own compute, unaffected by time spent
-preempted on a loaded machine. Peak memory is measured per model in a fresh child process (``memory`` mode) as the rise of the
-process's peak resident set over its size just before the session was created: the model's own
-weights, arena and activations, not the interpreter's.
-
-Count mode runs ``runs`` inferences of one model, each between calls to two libc marker functions,
-so ``valgrind --tool=callgrind --zero-before=getloadavg --dump-before=ctermid`` dumps the
-instructions of each inference alone, not interpreter start-up or session creation.
+Spec keys: ``models`` ({name: onnx path}); ``inputs`` (``.npz`` of ``"<index>/<input name>"``) and
+``model_inputs`` ({name: ``.npz``} for models with their own token ids for the same texts); ``warmup``,
+``runs``, ``min_time_s``; the session's ``threads``, ``inter_op_threads``, ``providers``,
+``provider_options``, ``session_options``, ``graph_optimization_level``; ``affinity``; ``memory``;
+``outputs`` (``.npz`` to save outputs to); ``samples``; ``node_placement``; ``new_tokens``; and ``mode``:
+``latency`` (:func:`run_latency`: interleaved timing), ``decode`` (:func:`run_decode`: greedy
+generation of decoders) or ``memory`` (:func:`measure_memory`, in a fresh child per model); the
+instruction count has its own driver beside this file (``instructions.py``). The result maps each model name to its figures (or
+``{"error": ...}``) and ``"__machine__"`` to the architecture, ISA and versions it ran on.
 """
 
 from __future__ import annotations
@@ -184,9 +169,14 @@ def measure_memory(spec, model_path, inputs):
 
     base_kb = _status_kb("VmRSS")
     session = make_session(model_path, spec)
-    feeds = feeds_for(session, inputs)
-    for i in range(max(2, min(int(spec.get("warmup", 1)), 5))):
-        session.run(None, feeds[i % len(feeds)])
+    if spec.get("parent_mode") == "decode":  # a decoder: the prompt's prefill, through its KV cache
+        decoder = Decoder(session)
+        for i in range(max(2, min(int(spec.get("warmup", 1)), 5))):
+            decoder.prefill(inputs[i % len(inputs)]["input_ids"])
+    else:
+        feeds = feeds_for(session, inputs)
+        for i in range(max(2, min(int(spec.get("warmup", 1)), 5))):
+            session.run(None, feeds[i % len(feeds)])
     peak_kb = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if base_kb is None:
         base_kb = 0
@@ -273,41 +263,120 @@ def node_placement(model_path, spec, feed):
     return {"nodes": total, "by_provider": {p: round(c / total, 4) for p, c in sorted(counts.items())} if total else {}}
 
 
-def aligned(array, alignment=4096):
-    """A copy of ``array`` whose data starts on an ``alignment`` boundary.
+class Decoder:
+    """Greedy generation with one session of an exported decoder, batch 1: Optimum's
+    ``text-generation-with-past`` layout (``input_ids``, ``attention_mask``, ``position_ids``,
+    ``past_key_values.N.key|value`` in; ``logits`` and ``present.N.key|value`` out), or a graph without
+    cache inputs, which is then re-run on the whole sequence at each step."""
 
-    Kernels copy and read inputs with alignment-dependent head and tail loops; page-aligned inputs
-    make their instruction counts the same in every process.
-    """
-    array = np.ascontiguousarray(array)
-    raw = np.empty(array.nbytes + alignment, dtype=np.uint8)
-    start = (-raw.ctypes.data) % alignment
-    out = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
-    out[...] = array
-    return out
+    def __init__(self, session):
+        self.session = session
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.input_names = set(inputs)
+        self.past = [name for name in inputs if name.startswith("past_key_values")]
+        self.outputs = [o.name for o in session.get_outputs()]
+        self.empty_past = {}
+        for name in self.past:
+            dims = inputs[name].shape
+            if not isinstance(dims[1], int) or not isinstance(dims[3], int):
+                raise ValueError("the ONNX decoder's past_key_values inputs have no fixed head count/size; re-export it")
+            dtype = np.float16 if "float16" in inputs[name].type else np.float32
+            self.empty_past[name] = np.zeros((1, dims[1], 0, dims[3]), dtype=dtype)
+
+    @property
+    def has_cache(self):
+        return bool(self.past)
+
+    def forward(self, ids, cache, total):
+        """Logits of the positions in ``ids`` ([1, n]) after ``total - n`` cached tokens, and the new cache."""
+        n = ids.shape[1]
+        feeds = {"input_ids": ids.astype(np.int64)}
+        if "attention_mask" in self.input_names:
+            feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
+        if "position_ids" in self.input_names:
+            feeds["position_ids"] = np.arange(total - n, total, dtype=np.int64)[None, :]
+        if self.past:
+            feeds.update(cache if cache is not None else self.empty_past)
+        named = dict(zip(self.outputs, self.session.run(None, feeds)))
+        present = {name.replace("present", "past_key_values", 1): value
+                   for name, value in named.items() if name.startswith("present")}
+        return named["logits"], present
+
+    def prefill(self, prompt_ids):
+        """Run the prompt; return (first greedy token, state for :meth:`step`)."""
+        logits, cache = self.forward(prompt_ids, None, prompt_ids.shape[1])
+        return int(np.argmax(logits[0, -1])), (prompt_ids, cache)
+
+    def step(self, token, state):
+        """Feed one token (through the cache, or the whole sequence without one); next greedy token."""
+        ids, cache = state
+        ids = np.concatenate([ids, np.array([[token]], dtype=np.int64)], axis=1)
+        if self.has_cache:
+            logits, cache = self.forward(ids[:, -1:], cache, ids.shape[1])
+        else:
+            logits, cache = self.forward(ids, None, ids.shape[1])
+        return int(np.argmax(logits[0, -1])), (ids, cache)
+
+    def greedy(self, prompt_ids, new_tokens):
+        token, state = self.prefill(prompt_ids)
+        tokens = [token]
+        while len(tokens) < new_tokens:
+            token, state = self.step(token, state)
+            tokens.append(token)
+        return tokens
 
 
-def run_count(spec):
-    """Run ``runs`` inferences of the single model, each between two marker calls callgrind acts on.
-
-    ``getloadavg`` and ``ctermid`` are libc functions that neither Python nor onnxruntime calls
-    while running a model: callgrind zeroes its counters on entering the first and dumps them on
-    entering the second, so each dump holds one inference alone. They are reached through ``os``
-    (CPython calls them directly), not ctypes, because callgrind does not see calls made through
-    libffi as calls.
-    """
-    inputs = load_inputs(spec["inputs"])
-    (name, path), = spec["models"].items()
-    session = make_session(path, spec)
-    feeds = [{key: aligned(value) for key, value in feed.items()} for feed in feeds_for(session, inputs)]
-    for w in range(max(2 * len(feeds), int(spec.get("warmup", 1)))):  # every input shape seen twice
-        session.run(None, feeds[w % len(feeds)])
-    for r in range(int(spec["runs"])):
-        feed = feeds[r % len(feeds)]
-        os.getloadavg()
-        session.run(None, feed)
-        os.ctermid()
-    return {name: {"runs": int(spec["runs"])}}
+def run_decode(spec):
+    """Interleaved greedy generation of every decoder model on the prompts (each input's ``input_ids``):
+    per model the prefill latency (prompt -> first token), decode ms per token, tokens/s, and with
+    ``outputs`` the greedy tokens of each prompt (``model/i/tokens``) for parity checks."""
+    pin(spec.get("affinity"))
+    shared = load_inputs(spec["inputs"])
+    own = spec.get("model_inputs") or {}
+    new_tokens = int(spec.get("new_tokens", 20))
+    decoders, prompts, result, saved = {}, {}, {}, {}
+    for name, path in spec["models"].items():
+        try:
+            decoders[name] = Decoder(make_session(path, spec))
+            prompts[name] = [feed["input_ids"] for feed in (load_inputs(own[name]) if name in own else shared)]
+            for i, ids in enumerate(prompts[name]):
+                tokens = decoders[name].greedy(ids, new_tokens)
+                if spec.get("outputs"):
+                    saved[f"{name}/{i}/tokens"] = np.asarray(tokens, dtype=np.int64)
+        except Exception as exc:  # one broken model must not stop the others being measured
+            decoders.pop(name, None)
+            result[name] = {"error": _one_line(exc)}
+    names = list(decoders)
+    prefill = {name: [] for name in names}
+    per_token = {name: [] for name in names}
+    warmup, runs = int(spec.get("warmup", 0)), int(spec.get("runs", 0))
+    clock = time.perf_counter_ns
+    for r in range(warmup + runs):
+        shift = r % max(len(names), 1)
+        for name in names[shift:] + names[:shift]:
+            ids = prompts[name][r % len(prompts[name])]
+            start = clock()
+            token, state = decoders[name].prefill(ids)
+            after_prefill = clock()
+            for _ in range(new_tokens - 1):
+                token, state = decoders[name].step(token, state)
+            end = clock()
+            if r >= warmup:
+                prefill[name].append((after_prefill - start) / 1e6)
+                per_token[name].append((end - after_prefill) / 1e6 / max(new_tokens - 1, 1))
+    if spec.get("outputs"):
+        np.savez(spec["outputs"], **saved)
+    for name in names:
+        cell = {"latency_ms": None, "throughput": None, "providers": decoders[name].session.get_providers(),
+                "new_tokens": new_tokens}
+        if prefill[name]:
+            total_ms = [p + t * (new_tokens - 1) for p, t in zip(prefill[name], per_token[name])]
+            cell.update(latency_ms=percentiles(prefill[name]), throughput=1000.0 / float(np.mean(total_ms)),
+                        decode_tokens_per_s=1000.0 / float(np.mean(per_token[name])))
+            if spec.get("samples"):
+                cell["samples_ms"] = per_token[name]
+        result[name] = cell
+    return result
 
 
 def main(argv):
@@ -315,8 +384,12 @@ def main(argv):
     with open(spec_path, encoding="utf-8") as handle:
         spec = json.load(handle)
     mode = spec.get("mode", "latency")
-    if mode == "count":
-        result = run_count(spec)
+    if mode == "decode":
+        result = run_decode(spec)
+        if spec.get("memory"):
+            for name, path in spec["models"].items():
+                if "error" not in result[name]:
+                    result[name]["peak_memory_mb"] = memory_in_child(spec, name, path, spec_path)
     elif mode == "memory":
         pin(spec.get("affinity"))
         (name, path), = spec["models"].items()
@@ -335,7 +408,7 @@ def main(argv):
 
 def memory_in_child(spec, name, path, spec_path):
     """Run ``memory`` mode for one model in a fresh interpreter, so models never share a peak."""
-    child_spec = dict(spec, mode="memory", models={name: path}, outputs=None,
+    child_spec = dict(spec, mode="memory", parent_mode=spec.get("mode", "latency"), models={name: path}, outputs=None,
                       inputs=(spec.get("model_inputs") or {}).get(name, spec["inputs"]))
     base = os.path.splitext(spec_path)[0] + f".mem-{abs(hash(name))}"
     with open(base + ".json", "w", encoding="utf-8") as handle:

@@ -45,7 +45,8 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
             warmup: int = 10, runs: int = 100, instructions: bool = False, memory: bool = True,
             samples: bool = False, min_time_s: float = 0.0,
             model_inputs: dict[str, list[dict[str, np.ndarray]]] | None = None,
-            references: dict[str, Path] | None = None, labels: list[int] | None = None) -> dict[str, dict]:
+            references: dict[str, Path] | None = None, labels: list[int] | None = None,
+            mode: str = "latency", new_tokens: int = 20) -> dict[str, dict]:
     """Measure ``models`` (name -> ONNX file) on ``profile`` with the same ``inputs``; one cell per model.
 
     At least ``runs`` timed inferences per model after ``warmup`` untimed ones, more until the timed
@@ -56,31 +57,40 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
     order) for noise estimates such as the baseline comparison. ``model_inputs`` gives some models
     their own inputs for the same examples (local and cuda runners: still timed interleaved).
     ``references`` (model -> its fp32 source) and ``labels`` (one per input) make an emulated cell
-    score both sides against the fp32 model and the task (qemu and ssh runners).
+    score both sides against the fp32 model and the task (qemu and ssh runners). ``mode="decode"``
+    generates ``new_tokens`` greedy tokens per input (causal-LM decoders; each input is a prompt's
+    ``input_ids``): prefill latency, decode ms per token and tokens/s, and on emulated devices whether
+    the greedy tokens match this host's.
     """
     _check_request(models, inputs, warmup, runs, min_time_s)
+    if mode not in ("latency", "decode"):
+        raise EdgeslimError(f"measure mode must be 'latency' or 'decode', not {mode!r}")
     kind = profile.access.kind
+    work = {"mode": mode, "new_tokens": new_tokens}
     try:
         if kind == "local":
             from edgeslim.targets.runners import local
 
             return local.measure(profile, models, inputs, warmup=warmup, runs=runs,
-                                 instructions=instructions, memory=memory, samples=samples,
-                                 min_time_s=min_time_s, model_inputs=model_inputs)
+                                 instructions=instructions and mode == "latency", memory=memory, samples=samples,
+                                 min_time_s=min_time_s, model_inputs=model_inputs, **work)
         if kind == "cuda":
             from edgeslim.targets.runners import cuda
 
             return cuda.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory, samples=samples,
-                                min_time_s=min_time_s, model_inputs=model_inputs)
+                                min_time_s=min_time_s, model_inputs=model_inputs, **work)
         if kind == "qemu-arm":
             from edgeslim.targets.runners import qemu
 
-            return qemu.measure(profile, models, inputs, references=references, labels=labels)
+            return qemu.measure(profile, models, inputs, references=references, labels=labels, **work)
         if kind == "ssh":
             from edgeslim.targets.runners import ssh
 
             return ssh.measure(profile, models, inputs, warmup=warmup, runs=runs, memory=memory, samples=samples,
-                               min_time_s=min_time_s, references=references, labels=labels)
+                               min_time_s=min_time_s, references=references, labels=labels, **work)
+        if mode == "decode":
+            return cells_for_all(models, "skipped", "no latency prediction for decoders yet: measure on the device "
+                                                    "(local, ssh) or emulate it (qemu-arm)")
         from edgeslim.targets.predict import predict_cells
 
         return predict_cells(profile, models, inputs)

@@ -34,10 +34,10 @@ def unavailable_reason() -> str | None:
 
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
             warmup: int, runs: int, memory: bool = True, samples: bool = False,
-            min_time_s: float = 0.0, model_inputs=None) -> dict[str, dict]:
+            min_time_s: float = 0.0, model_inputs=None, mode: str = "latency", new_tokens: int = 20) -> dict[str, dict]:
     reason = unavailable_reason()
     if reason is not None:
         return cells_for_all(models, "skipped", reason)
     return local.measure(profile, models, inputs, warmup=warmup, runs=runs, providers=[CUDA, "CPUExecutionProvider"],
                          memory=memory, samples=samples, min_time_s=min_time_s, model_inputs=model_inputs,
-                         node_placement=True)
+                         node_placement=mode == "latency", mode=mode, new_tokens=new_tokens)

@@ -46,7 +46,7 @@ def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], input
                warmup: int, runs: int, mode: str = "latency", memory: bool = True,
                outputs: str | None = None, providers: list[str] | None = None, samples: bool = False,
                min_time_s: float = 0.0, model_inputs: dict[str, str] | None = None,
-               node_placement: bool = False) -> Path:
+               node_placement: bool = False, new_tokens: int = 20) -> Path:
     """The harness's JSON spec, taking the runtime settings from the profile."""
     runtime = profile.runtime
     spec = {
@@ -68,6 +68,7 @@ def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], input
         "samples": samples,
         "model_inputs": model_inputs or {},
         "node_placement": node_placement,
+        "new_tokens": int(new_tokens),
     }
     Path(path).write_text(json.dumps(spec), encoding="utf-8")
     return Path(path)
@@ -84,7 +85,7 @@ def cells_from_result(result: dict[str, dict], status: str) -> dict[str, dict]:
             cells[name] = cell("error", reason=entry["error"])
         else:
             extra = {key: entry[key] for key in ("cpu_ms", "samples_ms", "cpu_samples_ms", "providers",
-                                                 "node_placement") if key in entry}
+                                                 "node_placement", "decode_tokens_per_s", "new_tokens") if key in entry}
             extra["isa"] = {"arch": machine.get("arch"), "features": machine.get("isa")}
             cells[name] = cell(status, latency_ms=entry.get("latency_ms"), throughput=entry.get("throughput"),
                                peak_memory_mb=entry.get("peak_memory_mb"), **extra)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -22,16 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeslim.targets.instructions import COUNTER, engine_instructions
 from edgeslim.targets.profile import DeviceProfile
 from edgeslim.targets.runners.job import HARNESS, cells_for_all, cells_from_result, one_line, write_inputs, write_spec
 
 TIMEOUT_S = 1800
 #: Inputs the instruction count runs over (callgrind is ~50x slower than native).
 COUNT_INPUTS = 4
-#: How far two counts of the same model and inputs may differ across processes and hosts, relative:
-#: identical on some CPUs, up to ~1.4e-4 apart on others (AVX2 EPYC: 74,157 vs 74,166; 1,427 of
-#: 10.57M). Gates on instruction counts must allow at least this much.
-INSTRUCTION_TOLERANCE = 0.002
 
 
 def harness_env(profile: DeviceProfile) -> dict[str, str]:
@@ -60,7 +56,7 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
             instructions: bool = False, memory: bool = True, samples: bool = False,
             min_time_s: float = 0.0, timeout_s: int = TIMEOUT_S,
             model_inputs: dict[str, list[dict[str, np.ndarray]]] | None = None,
-            node_placement: bool = False) -> dict[str, dict]:
+            node_placement: bool = False, mode: str = "latency", new_tokens: int = 20) -> dict[str, dict]:
     """Measure every model on this machine; one cell per model. ``model_inputs`` gives a model its
     own inputs (the same texts under its own tokenizer), so every model is still timed interleaved;
     ``node_placement`` records the share of nodes each provider ran (one profiled inference)."""
@@ -72,7 +68,8 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
                for i, (name, feeds) in enumerate(model_inputs.items())}
         spec = write_spec(work / "spec.json", profile, {n: str(Path(p).resolve()) for n, p in models.items()},
                           str(inputs_path), warmup=warmup, runs=runs, memory=memory, providers=providers,
-                          samples=samples, min_time_s=min_time_s, model_inputs=own, node_placement=node_placement)
+                          samples=samples, min_time_s=min_time_s, model_inputs=own, node_placement=node_placement,
+                          mode=mode, new_tokens=new_tokens)
         try:
             result = run_harness([sys.executable, str(HARNESS), str(spec), "result.json"], work,
                                  harness_env(profile), timeout_s)
@@ -99,17 +96,11 @@ def prove_providers(cells: dict[str, dict], wanted: str, status: str) -> None:
                               "the figures would be another device's")
 
 
-#: Shared objects whose instructions count as the inference engine's: onnxruntime's own libraries
-#: and the C++ runtime it calls. The interpreter and the C library's allocator are left out: their
-#: counts depend on heap state that differs from process to process.
-ENGINE_OBJECTS = ("/onnxruntime/", "libonnxruntime", "libstdc++", "libgcc_s", "libgomp", "libm.so")
-
-
 def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[str, np.ndarray]], *,
                        cycles: int = 3, timeout_s: int = TIMEOUT_S) -> int | None:
     """Instructions onnxruntime executes per inference, under callgrind; None without valgrind.
 
-    Each inference is dumped on its own (see the harness's count mode) and counted in
+    Each inference is dumped on its own (see :mod:`edgeslim.targets.instructions`) and counted in
     ``ENGINE_OBJECTS``, main thread only, on one intra-op thread whatever the profile says (thread
     pools and helper threads vary with scheduling). The figure is the mean over ``inputs`` of each
     input's *median* over ``cycles`` passes (after one extra inference whose dump also holds
@@ -126,10 +117,10 @@ def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[st
         work = Path(tmp)
         inputs_path = write_inputs(work / "inputs.npz", inputs)
         spec = write_spec(work / "spec.json", single, {"model": str(model.resolve())}, str(inputs_path),
-                          warmup=1, runs=runs + 1, mode="count", memory=False)
+                          warmup=1, runs=runs + 1, memory=False)
         command = [valgrind, "--tool=callgrind", "--separate-threads=yes", "--zero-before=getloadavg",
                    "--dump-before=ctermid", f"--callgrind-out-file={work / 'callgrind.out'}",
-                   sys.executable, str(HARNESS), str(spec), "result.json"]
+                   sys.executable, str(COUNTER), str(spec), "result.json"]
         setarch = shutil.which("setarch")
         if setarch:  # no address randomisation: pointer-keyed hash tables then probe the same way every run
             command = [setarch, platform.machine(), "--addr-no-randomize"] + command
@@ -141,31 +132,3 @@ def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[st
         counts = [engine_instructions(dump) for dump in dumps]
     per_input = [statistics.median(counts[i::len(inputs)]) for i in range(len(inputs))]
     return round(sum(per_input) / len(per_input))
-
-
-def engine_instructions(path: Path) -> int:
-    """Instructions (Ir, self cost) a callgrind dump attributes to ``ENGINE_OBJECTS``.
-
-    Reads the callgrind format: ``ob=`` sets the object of the following functions; a cost line
-    right after ``calls=`` is a call's inclusive cost (already counted in the callee) and is skipped.
-    """
-    names: dict[str, str] = {}
-    current = None
-    after_call = False
-    total = 0
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if line.startswith(("ob=", "cob=")):
-                match = re.match(r"c?ob=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
-                if match.group(2):
-                    names[match.group(1)] = match.group(2)
-                if line.startswith("ob="):
-                    current = names.get(match.group(1), "")
-            elif line.startswith("calls="):
-                after_call = True
-            elif line[:1].isdigit() or line[:1] in "+-*":
-                if after_call:
-                    after_call = False
-                elif current and any(part in current for part in ENGINE_OBJECTS):
-                    total += int(line.split()[-1])
-    return total

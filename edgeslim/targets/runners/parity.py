@@ -86,23 +86,45 @@ def task_parity(host: list[np.ndarray], device: list[np.ndarray], source: list[n
 
 
 def host_run(profile: DeviceProfile, models: dict[str, Path], references: dict[str, Path], inputs_path: Path,
-             work: Path, timeout_s: int) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+             work: Path, timeout_s: int, mode: str = "latency",
+             new_tokens: int = 20) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """The models and their fp32 sources run once on this host with the device's settings but one
-    thread; returns (cells by model, saved outputs). Raises RuntimeError with one line."""
+    thread (``mode`` decode: their greedy tokens); returns (cells by model, saved outputs). Raises
+    RuntimeError with one line."""
     single = profile.model_copy(update={"runtime": profile.runtime.model_copy(
         update={"threads": 1, "inter_op_threads": 1, "cpu_affinity": None})})
     resolved = {n: str(Path(p).resolve()) for n, p in models.items()}
     resolved.update({SOURCE_PREFIX + n: str(Path(p).resolve()) for n, p in references.items()})
     spec = write_spec(work / "host.json", single, resolved, str(inputs_path), warmup=0, runs=1, memory=False,
-                      outputs=str(work / "host.npz"), providers=["CPUExecutionProvider"])
+                      outputs=str(work / "host.npz"), providers=["CPUExecutionProvider"], mode=mode,
+                      new_tokens=new_tokens)
     result = run_harness([sys.executable, str(HARNESS), str(spec), "host-result.json"], work, harness_env(single),
                          timeout_s, result_name="host-result.json")
     return cells_from_result(result, "measured"), load_outputs(work / "host.npz")
 
 
+def token_parity(host: dict[str, np.ndarray], device: dict[str, np.ndarray], model: str) -> dict:
+    """Greedy tokens of a decoder on both sides: ``top1_agreement`` is the fraction of positions with
+    the same token (a difference early in a generation changes everything after it, so this is
+    strict), ``outputs_match`` whether every generation is identical."""
+    keys = sorted(k for k in host if k.startswith(model + "/") and k.endswith("/tokens"))
+    if not keys or any(k not in device for k in keys):
+        raise RuntimeError(f"the device produced no tokens for '{model}'")
+    same = total = 0
+    for key in keys:
+        ours, theirs = np.asarray(host[key]), np.asarray(device[key])
+        same += int(np.sum(ours == theirs)) if ours.shape == theirs.shape else 0
+        total += ours.size
+    agreement = same / total if total else 1.0
+    return {"top1_agreement": agreement, "outputs_match": agreement == 1.0, "parity_examples": len(keys)}
+
+
 def parity_fields(host: dict[str, np.ndarray], device: dict[str, np.ndarray], model: str,
                   references: dict[str, Path], labels: list[int] | None) -> dict:
-    """Every parity figure of ``model``: the output comparison plus task and fp32-source parity."""
+    """Every parity figure of ``model``: the output comparison plus task and fp32-source parity (for
+    decoders, the agreement of their greedy tokens)."""
+    if any(key.startswith(model + "/") and key.endswith("/tokens") for key in host):
+        return token_parity(host, device, model)
     figures = compare(host, device, model)
     source = first_outputs(host, SOURCE_PREFIX + model) if model in references else None
     figures.update(task_parity(first_outputs(host, model), first_outputs(device, model), source, labels))

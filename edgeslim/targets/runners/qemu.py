@@ -31,7 +31,7 @@ TIMEOUT_S = 1800
 
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
             timeout_s: int = TIMEOUT_S, log=None, references: dict[str, Path] | None = None,
-            labels: list[int] | None = None) -> dict[str, dict]:
+            labels: list[int] | None = None, mode: str = "latency", new_tokens: int = 20) -> dict[str, dict]:
     """One ``emulated`` cell per model (``skipped`` when emulation cannot be set up here).
 
     ``references`` (model -> its fp32 source ONNX) are run on the host only, so both sides are
@@ -50,9 +50,10 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
         inputs_path = write_inputs(work / "inputs.npz", inputs)
         resolved = {n: str(Path(p).resolve()) for n, p in models.items()}
         spec = write_spec(work / "emulated.json", single, resolved, str(inputs_path), warmup=0, runs=1,
-                          memory=False, outputs=str(work / "emulated.npz"))
+                          memory=False, outputs=str(work / "emulated.npz"), mode=mode, new_tokens=new_tokens)
         try:
-            host_cells, host = parity.host_run(profile, models, references, inputs_path, work, timeout_s)
+            host_cells, host = parity.host_run(profile, models, references, inputs_path, work, timeout_s, mode,
+                                               new_tokens)
             result = run_harness(env.command(cpu, str(HARNESS), str(spec), "emulated-result.json"), work, env.env(),
                                  timeout_s, result_name="emulated-result.json")
         except RuntimeError as exc:
@@ -74,11 +75,14 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
             cells[name] = cell("error", reason=one_line(str(exc)))
             continue
         verdict = "match" if figures["outputs_match"] else "DIFFER from"
-        cells[name] = cell("emulated", reason=(f"aarch64 kernels under qemu -cpu {cpu}: outputs {verdict} x86 "
-                                               f"(max rel diff {figures['max_rel_diff']:.2e}, top-1 agreement "
-                                               f"{figures['top1_agreement']:.0%}); no latency claim"),
+        diff = f"max rel diff {figures['max_rel_diff']:.2e}, " if "max_rel_diff" in figures else ""
+        what = "greedy tokens" if mode == "decode" else "outputs"
+        cells[name] = cell("emulated", reason=(f"aarch64 kernels under qemu -cpu {cpu}: {what} {verdict} x86 "
+                                               f"({diff}top-1 agreement {figures['top1_agreement']:.0%}); "
+                                               "no latency claim"),
                            qemu_cpu=cpu, isa=emulated_cells[name].get("isa"), **figures)
-    _add_prediction(profile, models, inputs, cells)
+    if mode == "latency":
+        _add_prediction(profile, models, inputs, cells)
     return cells
 
 

@@ -90,7 +90,7 @@ OUTPUTS_MARK = "--- edgeslim outputs (base64 npz) ---"
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
             warmup: int, runs: int, memory: bool = True, samples: bool = False,
             min_time_s: float = 0.0, timeout_s: int = TIMEOUT_S, references: dict[str, Path] | None = None,
-            labels: list[int] | None = None) -> dict[str, dict]:
+            labels: list[int] | None = None, mode: str = "latency", new_tokens: int = 20) -> dict[str, dict]:
     """Measure every model on the device; one ``measured`` cell per model, or ``error`` with the reason.
 
     With ``references`` (model -> fp32 source) or ``labels`` the device's outputs come back too and
@@ -108,7 +108,7 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
             remote_models[name] = f"{workdir}/models/{index}/{Path(path).name}"
         spec = write_spec(local / "spec.json", profile, remote_models, f"{workdir}/inputs.npz",
                           warmup=warmup, runs=runs, memory=memory, samples=samples, min_time_s=min_time_s,
-                          outputs=f"{workdir}/outputs.npz" if with_parity else None)
+                          outputs=f"{workdir}/outputs.npz" if with_parity else None, mode=mode, new_tokens=new_tokens)
         files["spec.json"] = spec
         quoted = shlex.quote(workdir)
         python = shlex.quote(access.python)
@@ -127,7 +127,7 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
             if with_parity:
                 (local / "device.npz").write_bytes(base64.b64decode(encoded.strip()))
                 host_cells, host = parity.host_run(profile, models, references or {}, local / "inputs.npz", local,
-                                                   timeout_s)
+                                                   timeout_s, mode, new_tokens)
                 device_outputs = parity.load_outputs(local / "device.npz")
         except SshError as exc:
             return cells_for_all(models, "error", str(exc))
