@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from edgeslim.errors import EdgeslimError
+from edgeslim.errors import EdgeslimError, first_line
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a gate verdict: never exit 1, which means "a budget failed"
         if args.debug:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc) if str(exc).strip() else ""
         print(f"edgeslim: internal error: {type(exc).__name__}: {first} (a bug; rerun with --debug for the traceback)",
               file=sys.stderr)
         return EXIT_INTERNAL_ERROR

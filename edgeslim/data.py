@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeslim.artifacts import hash_bytes, hash_file
-from edgeslim.errors import EdgeslimError
+from edgeslim.errors import EdgeslimError, first_line
 from edgeslim.sources import resolve_path
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
@@ -129,8 +129,7 @@ def _read_frame(path: Path, fmt: str, config):
             f"offset {exc.start}); set data.encoding to the file's encoding, e.g. latin-1"
         ) from None
     except (ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgeslimError(f"data.source '{path.name}' could not be read as {fmt}: {first_line}") from None
+        raise EdgeslimError(f"data.source '{path.name}' could not be read as {fmt}: {first_line(exc)}") from None
 
 
 def _columns(frame, config, path: Path, task: str):

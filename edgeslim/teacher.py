@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from edgeslim.artifacts import Artifact
-from edgeslim.errors import EdgeslimError
+from edgeslim.errors import EdgeslimError, first_line
 from edgeslim.stage import StageConfig, StageContext, register_stage
 from edgeslim.sources import resolve_model_source
 
@@ -71,7 +71,7 @@ def load_teacher_config(teacher, base_dir: Path | None):
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=teacher.trust_remote_code)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         raise EdgeslimError(f"teacher.source '{teacher.source}' is not a loadable model: {first}") from None
 
 
@@ -83,7 +83,7 @@ def _config_from_dict(build: dict[str, Any]):
     try:
         return AutoConfig.for_model(model_type, **fields)
     except ValueError as exc:
-        raise EdgeslimError(f"teacher.build: {str(exc).splitlines()[0]}") from None
+        raise EdgeslimError(f"teacher.build: {first_line(exc)}") from None
 
 
 @register_stage("teacher", config=TeacherConfig, consumes="source", produces="torch", trains=True)
@@ -136,7 +136,7 @@ def _load_tokenizer(teacher, recipe, ctx: StageContext):
     try:
         return AutoTokenizer.from_pretrained(location, trust_remote_code=teacher.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise EdgeslimError(f"teacher tokenizer '{source}' could not be loaded: {str(exc).splitlines()[0]}") from None
+        raise EdgeslimError(f"teacher tokenizer '{source}' could not be loaded: {first_line(exc)}") from None
 
 
 def train_wordpiece(texts: list[str], vocab_size: int, workdir: Path):
@@ -217,7 +217,7 @@ def gguf_metadata(path: str | Path) -> dict[str, Any]:
     try:
         reader = GGUFReader(str(path))
     except (ValueError, OSError) as exc:
-        raise EdgeslimError(f"'{Path(path).name}' is not a readable GGUF file: {str(exc).splitlines()[0]}") from None
+        raise EdgeslimError(f"'{Path(path).name}' is not a readable GGUF file: {first_line(exc)}") from None
     skip = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
     fields = {}
     for key, field in reader.fields.items():

@@ -35,7 +35,7 @@ from edgeslim.compress.trainer import (
     reindex,
     train,
 )
-from edgeslim.errors import EdgeslimError
+from edgeslim.errors import EdgeslimError, first_line
 from edgeslim.stage import StageConfig, StageContext, register_stage
 
 LayerMapping = dict[int, int] | Literal["auto"]
@@ -375,7 +375,7 @@ def make_student(config: DistillConfig, source: nn.Module, ctx: StageContext) ->
     try:
         student = build_student(source, _layers_value(config.layers), path, auto_class(ctx.task), **width)
     except (ValueError, OSError) as exc:
-        raise EdgeslimError(f"distill: {str(exc).splitlines()[0]}") from None
+        raise EdgeslimError(f"distill: {first_line(exc)}") from None
     if _needs_eager(config) and student.config._attn_implementation != "eager":
         student.set_attn_implementation("eager")  # attention maps are only returned by eager attention
     return student

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field
 
 from edgeslim.artifacts import ONNX_FILE, Artifact, atomic_write_json, atomic_write_text, onnx_size_bytes, read_json
-from edgeslim.errors import EdgeslimError, describe
+from edgeslim.errors import EdgeslimError, describe, first_line
 from edgeslim.export.onnx import padding_tokenizer
 from edgeslim.artifacts import copy_sidecar_files
 from edgeslim.export.mobile_check import mobile_usability
@@ -154,7 +154,7 @@ def convert_to_ort(onnx_path: Path, out_dir: Path, target_platform: str = "arm")
                 convert_onnx_models_to_ort(tmp_dir / ONNX_FILE, output_dir=converted,
                                            optimization_styles=[OptimizationStyle.Fixed], target_platform=target_platform)
         except Exception as err:  # the converter raises bare RuntimeErrors from onnxruntime
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise EdgeslimError(f"onnxruntime could not convert the model to ORT format: {first[:200]}; set bundle.ort_format: false") from err
         finally:
             quiet_logger.setLevel(level)

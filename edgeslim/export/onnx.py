@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 
 from edgeslim.artifacts import ONNX_FILE, Artifact, onnx_size_bytes
-from edgeslim.errors import EdgeslimError
+from edgeslim.errors import EdgeslimError, first_line
 from edgeslim.export import parity as par
 from edgeslim.artifacts import copy_sidecar_files
 from edgeslim.stage import StageConfig, register_stage
@@ -187,7 +187,7 @@ def load_for_export(model_dir: Path, task: str):
         model = load_factorized(model_dir, task, dtype=torch.float32)
         tokenizer = padding_tokenizer(AutoTokenizer.from_pretrained(model_dir))
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise EdgeslimError(f"cannot load the torch model in {model_dir} for {task}: {first}") from err
     return model, tokenizer
 
@@ -270,7 +270,7 @@ def _dynamo_export(model, tokenizer, onnx_path: Path, task: str, opset: int) -> 
                                     opset_version=opset, dynamo=True, external_data=False, verbose=False)
         program.save(str(onnx_path))
     except Exception as err:  # torch.onnx raises many types; the user can only change the exporter/opset
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise EdgeslimError(f"torch.onnx could not export {model.config.model_type}: {first[:200]}; try another export.opset") from err
 
 

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeslim.errors import EdgeslimError
+from edgeslim.errors import EdgeslimError, first_line
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ class TorchDecoder:
         try:
             self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise EdgeslimError(f"cannot load the causal LM in {model_dir}: {first}") from None
 
     def greedy(self, prompt_ids: np.ndarray, new_tokens: int) -> list[int]:
@@ -173,7 +173,7 @@ def load_tokenizer(folder: Path):
     try:
         return AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise EdgeslimError(f"no usable tokenizer in {folder}: {first}") from None
 
 

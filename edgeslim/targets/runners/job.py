@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeslim.errors import last_line as one_line  # noqa: F401  (the runners' name for it)
 from edgeslim.targets.harness import MACHINE_KEY
 from edgeslim.targets.profile import DeviceProfile
 
@@ -26,13 +27,6 @@ def cell(status: str, *, latency_ms: dict | None = None, throughput: float | Non
 def cells_for_all(models: dict[str, Path], status: str, reason: str) -> dict[str, dict]:
     """The same non-measured cell for every model (device unreachable, provider missing, ...)."""
     return {name: cell(status, reason=reason) for name in models}
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """Squash a (possibly multi-line) error into one line for a cell's ``reason``."""
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    line = lines[-1] if lines else "no output"
-    return line[:limit]
 
 
 def write_inputs(path: Path, inputs: list[dict[str, np.ndarray]]) -> Path:
