@@ -129,6 +129,7 @@ def cmd_run(args) -> int:
     recipe = load_recipe(args.recipe)
     check_recipe(recipe)
     out_dir = args.out or Path("runs") / recipe.name
+    check_output_folder(out_dir)
     pipeline = Pipeline(recipe, out_dir, quiet=args.quiet, force=args.force)
     if not pipeline.role.is_main:  # under accelerate launch: rank 0 holds the folder, measures, reports and gates
         pipeline.run()
@@ -167,6 +168,25 @@ def _run_locked(recipe, pipeline, out_dir: Path, args) -> int:
     return gate_exit_code(checks)
 
 
+def check_output_folder(out_dir: Path) -> None:
+    """``--out`` must be a folder edgeslim can create and write: not a file, not under a file, not
+    on a read-only filesystem (each an :class:`EdgeslimError` naming the path)."""
+    out_dir = Path(out_dir)
+    for parent in [out_dir, *out_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise EdgeslimError(f"--out '{out_dir}': '{parent}' is a file, not a folder; give a folder path")
+        if parent.exists():
+            break
+    existing = next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    try:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"no write permission in {existing}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeslimError(f"--out '{out_dir}': cannot create or write it ({first_line(exc)}); "
+                            "give a writable folder") from None
+
+
 def _chosen_release(recipe, report, outcome):
     """Apply the recipe's ``release`` rule to the report; return the artifact to publish."""
     from edgeslim.report.matrix import artifact_entries, release_files
@@ -198,7 +218,7 @@ def cmd_gate(args) -> int:
     from edgeslim.report.render import write_all
 
     report = load_report(args.report)
-    verify_release(report, args.report)
+    model_dir = verify_release(report, args.report)
     budgets = None
     if args.recipe:
         from edgeslim.recipe import load_recipe
@@ -208,10 +228,8 @@ def cmd_gate(args) -> int:
         recipe = load_recipe(args.recipe)
         budgets = merged_budgets(recipe, [load_profile(d["name"]) for d in report["devices"]])
     checks = evaluate_gate(report, budgets)
-    if args.baseline:
-        from edgeslim.report.gate import find_artifact
-
-        release = Path(find_artifact(report, report["release"])["path"]) / "model.onnx"
+    if args.baseline:  # the published release, just verified against the report's hashes
+        release = model_dir / "model.onnx"
         checks += _baseline_checks(args, release, _report_inputs(report, release))
     folder = args.report if args.report.is_dir() else args.report.parent
     write_all(report, checks, folder)
@@ -267,10 +285,13 @@ def cmd_bench(args) -> int:
     from edgeslim.targets.profile import load_profile
     from edgeslim.targets.runners import measure
 
+    if args.seq_len < 1:
+        raise EdgeslimError(f"--seq-len must be at least 1, not {args.seq_len}")
+    if args.runs < 1 or args.warmup < 0:
+        raise EdgeslimError(f"--runs must be at least 1 and --warmup at least 0 (got {args.runs} and {args.warmup})")
     models = {}
     for path in args.models:
-        if not path.is_file():
-            raise EdgeslimError(f"model '{path}' does not exist")
+        check_onnx_file(path)
         models[path.stem if path.stem not in models else str(path)] = path
     inputs = [_synthetic_inputs(next(iter(models.values())), args.seq_len, seed) for seed in range(8)]
     rows = [["model", "device", "status", "p50 ms", "p90 ms", "p99 ms", "reason"]]
@@ -291,6 +312,21 @@ def cmd_bench(args) -> int:
     checks = _baseline_checks(args, next(iter(models.values())), inputs)
     print(format_checks(checks))
     return gate_exit_code(checks)
+
+
+def check_onnx_file(path: Path) -> None:
+    """``path`` must be an ONNX model file onnx can parse (not a folder, a CSV, a truncated file)."""
+    import onnx
+
+    if path.is_dir():
+        raise EdgeslimError(f"model '{path}' is a folder; give its .onnx file (e.g. {path / 'model.onnx'})")
+    if not path.is_file():
+        raise EdgeslimError(f"model '{path}' does not exist")
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others for a non-model
+        raise EdgeslimError(f"'{path}' is not a readable ONNX model ({first_line(exc)}); give an .onnx file "
+                            "written by an exporter") from None
 
 
 def _baseline_checks(args, current: Path, inputs):

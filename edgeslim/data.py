@@ -86,6 +86,9 @@ class DataBundle:
 def load_data(config, base_dir: Path | None, task: str) -> DataBundle:
     """Read the recipe's ``data`` section into a :class:`DataBundle` (errors say what to change)."""
     path = resolve_path(config.source, base_dir)
+    if path.is_dir():
+        raise EdgeslimError(f"data.source '{config.source}' is a folder ({path}); give the data file inside it "
+                            "(csv, jsonl, parquet or text)")
     if not path.is_file():
         raise EdgeslimError(f"data.source '{config.source}' does not exist (resolved to {path})")
     fmt = config.format or FORMATS.get(path.suffix.lower())
@@ -118,7 +121,7 @@ def _read_frame(path: Path, fmt: str, config):
             sep = "\t" if path.suffix.lower() == ".tsv" else ","
             return pd.read_csv(path, encoding=config.encoding, sep=sep)
         if fmt == "jsonl":
-            return pd.read_json(path, lines=True, encoding=config.encoding)
+            return pd.DataFrame(_jsonl_rows(path, config.encoding))
         if fmt == "parquet":
             return pd.read_parquet(path)
         lines = path.read_text(encoding=config.encoding).splitlines()
@@ -130,6 +133,27 @@ def _read_frame(path: Path, fmt: str, config):
         ) from None
     except (ValueError, OSError) as exc:
         raise EdgeslimError(f"data.source '{path.name}' could not be read as {fmt}: {first_line(exc)}") from None
+
+
+def _jsonl_rows(path: Path, encoding: str) -> list[dict]:
+    """The objects of a JSON-lines file; a broken line is named by its line number."""
+    import json
+
+    rows = []
+    with open(path, encoding=encoding) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EdgeslimError(f"data.source '{path.name}': line {number} is not valid JSON ({exc.msg}); "
+                                    "fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise EdgeslimError(f"data.source '{path.name}': line {number} is not a JSON object; each line must "
+                                    "be one {\"text\": ..., \"label\": ...} object")
+            rows.append(row)
+    return rows
 
 
 def _columns(frame, config, path: Path, task: str):

@@ -159,8 +159,9 @@ def _parse_stage(index: int, item: Any) -> StageEntry:
     try:
         config = spec.config.model_validate(raw_config or {})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise StageError((index, name, *spec.config.error_location(tuple(first["loc"]))), _clean_message(first)) from None
+        first = best_error(exc.errors())
+        loc = recipe_loc(spec.config.error_location(tuple(first["loc"])))
+        raise StageError((index, name, *loc), _clean_message(first)) from None
     return StageEntry(name=name, config=config)
 
 
@@ -183,7 +184,16 @@ def load_recipe(path: str | Path) -> Recipe:
         raise EdgeslimError(_format_error(recipe_path, lines, exc)) from None
     recipe.base_dir = recipe_path.parent
     recipe.path = recipe_path
+    recipe.devices = [_device_path(device, recipe.base_dir) for device in recipe.devices]
     return recipe
+
+
+def _device_path(device: str, base_dir: Path) -> str:
+    """A device profile file named in a recipe resolves against the recipe's folder (built-in names
+    and absolute paths stay as they are)."""
+    if device.endswith((".yaml", ".yml")) and not Path(device).is_absolute() and (base_dir / device).is_file():
+        return str(base_dir / device)
+    return device
 
 
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
@@ -196,9 +206,26 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise EdgeslimError(f"{where}: YAML syntax error: {problem}") from None
+    _refuse_duplicate_keys(node, path)
     lines: dict[tuple, int] = {}
     _index_lines(node, (), lines)
     return data, lines
+
+
+def _refuse_duplicate_keys(node: Any, path: Path) -> None:
+    """YAML lets a later key silently replace an earlier one in the same mapping; a recipe may not."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                raise EdgeslimError(f"{path}:{line}: key '{key_node.value}' appears twice in the same section (first on "
+                                    f"line {seen[key_node.value]}); keep one")
+            seen[key_node.value] = line
+            _refuse_duplicate_keys(value_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            _refuse_duplicate_keys(child, path)
 
 
 def _index_lines(node: Any, prefix: tuple, lines: dict[tuple, int]) -> None:
@@ -215,9 +242,22 @@ def _index_lines(node: Any, prefix: tuple, lines: dict[tuple, int]) -> None:
             _index_lines(child, prefix + (index,), lines)
 
 
+def best_error(errors: list[dict]) -> dict:
+    """The error to show of several (a value that matched no member of a union gives one per member):
+    an unknown key first (usually a typo), else the first."""
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+
+
+def recipe_loc(loc: tuple) -> tuple:
+    """``loc`` without pydantic's own segments (union members' class or type names such as ``Every``
+    or ``list[int]``), so the path shows only keys the user wrote."""
+    return tuple(part for part in loc if isinstance(part, int) or not (
+        part[:1].isupper() or "[" in part or part in ("int", "str", "float", "bool", "list", "dict")))
+
+
 def _format_error(path: Path, lines: dict[tuple, int], exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    loc = tuple(first["loc"])
+    first = best_error(exc.errors())
+    loc = recipe_loc(tuple(first["loc"]))
     message = _clean_message(first)
     ctx_error = (first.get("ctx") or {}).get("error")
     if isinstance(ctx_error, StageError):
@@ -268,8 +308,12 @@ def check_recipe(recipe: Recipe) -> list[str]:
     from edgeslim.teacher import load_teacher_config
 
     notes = []
-    for device in recipe.devices:
-        load_profile(device)
+    names = {load_profile(device).name for device in recipe.devices}
+    for section in ("latency_ms", "peak_memory_mb", "instructions"):
+        for device in getattr(recipe.budgets, section):
+            if device not in names:
+                raise EdgeslimError(f"{recipe.path}: budgets.{section}.{device}: '{device}' is not one of the recipe's "
+                                    f"devices ({', '.join(sorted(names))}); add it to devices or drop the budget")
     teacher_config = load_teacher_config(recipe.teacher, recipe.base_dir)
     data = load_data(recipe.data, recipe.base_dir, recipe.task)
     notes.append(f"data: {len(data.train)} train / {len(data.eval)} eval examples"

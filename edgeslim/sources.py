@@ -24,7 +24,9 @@ def resolve_pkg(uri: str) -> Path:
     if not package:
         raise EdgeslimError(f"'{uri}' names no package; write pkg://PACKAGE/PATH")
     root = _package_root(package)
-    target = root / inner if inner else root
+    target = (root / inner).resolve() if inner else root
+    if target != root.resolve() and root.resolve() not in target.parents:
+        raise EdgeslimError(f"'{uri}' points outside package '{package}'; pkg:// paths stay inside their package")
     if not target.exists():
         raise EdgeslimError(
             f"'{uri}': package '{package}' is installed but has no '{inner}' (looked in {root})"

@@ -25,7 +25,7 @@ from edgeslim.sources import resolve_model_source
 class FinetuneConfig(StageConfig):
     """Fine-tune the teacher on the labeled data (when it has no head for the task, or is built)."""
 
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, le=1000, description="passes over the training split (at most 1000)")
     lr: float = Field(5e-5, gt=0)
     batch_size: int = Field(16, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -68,11 +68,19 @@ def load_teacher_config(teacher, base_dir: Path | None):
     source = resolve_model_source(teacher.source, base_dir)
     if is_gguf(teacher):
         return load_gguf_config(*gguf_location(source, teacher.gguf_file))
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise EdgeslimError(f"teacher.source '{teacher.source}' is a folder without config.json; give a model "
+                            "folder written by save_pretrained (config.json plus weights)")
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=teacher.trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, AttributeError) as exc:
         first = first_line(exc)
         raise EdgeslimError(f"teacher.source '{teacher.source}' is not a loadable model: {first}") from None
+
+
+#: Sizes a built teacher's config must give as positive whole numbers, when it gives them.
+BUILD_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+               "max_position_embeddings", "vocab_size", "n_embd", "n_layer", "n_head")
 
 
 def _config_from_dict(build: dict[str, Any]):
@@ -80,10 +88,19 @@ def _config_from_dict(build: dict[str, Any]):
 
     fields = dict(build)
     model_type = fields.pop("model_type")
+    for key in BUILD_SIZES:
+        value = fields.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EdgeslimError(f"teacher.build.{key} must be a positive whole number, not {value!r}")
     try:
-        return AutoConfig.for_model(model_type, **fields)
+        config = AutoConfig.for_model(model_type, **fields)
     except ValueError as exc:
         raise EdgeslimError(f"teacher.build: {first_line(exc)}") from None
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and heads and hidden % heads:
+        raise EdgeslimError(f"teacher.build: hidden_size {hidden} is not a multiple of num_attention_heads {heads}; "
+                            "change one so each head gets a whole number of dimensions")
+    return config
 
 
 @register_stage("teacher", config=TeacherConfig, consumes="source", produces="torch", trains=True)
@@ -175,14 +192,18 @@ def _load_model(teacher, recipe, ctx: StageContext, tokenizer):
     if is_gguf(teacher):
         return load_gguf_causal_lm(source, teacher.gguf_file), False
     config = load_teacher_config(teacher, recipe.base_dir)
-    if not classification:
-        return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=teacher.trust_remote_code), False
-    has_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-    same_labels = has_head and config.num_labels == len(ctx.data.labels)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source, trust_remote_code=teacher.trust_remote_code, ignore_mismatched_sizes=not same_labels,
-        **label_fields,
-    )
+    try:
+        if not classification:
+            return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=teacher.trust_remote_code), False
+        has_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+        same_labels = has_head and config.num_labels == len(ctx.data.labels)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, trust_remote_code=teacher.trust_remote_code, ignore_mismatched_sizes=not same_labels,
+            **label_fields,
+        )
+    except OSError as exc:  # no weights, or weights transformers refuses (a pickle .bin without safetensors)
+        raise EdgeslimError(f"teacher.source '{teacher.source}': its weights cannot be loaded ({first_line(exc)}); "
+                            "give safetensors weights (save_pretrained(..., safe_serialization=True))") from None
     return model, not same_labels
 
 

@@ -425,4 +425,29 @@ def load_report(path: Path) -> dict[str, Any]:
         raise EdgeslimError(f"'{path}' is not an edgeslim report (no schema_version/artifacts)")
     if report["schema_version"] != SCHEMA_VERSION:
         raise EdgeslimError(f"'{path}' has report schema {report['schema_version']}; this edgeslim reads {SCHEMA_VERSION}")
+    problem = report_shape_problem(report)
+    if problem:
+        raise EdgeslimError(f"'{path}' is not a complete edgeslim report: {problem}; rerun 'edgeslim run' to write one")
     return report
+
+
+def report_shape_problem(report: dict[str, Any]) -> str | None:
+    """What makes ``report`` unusable for the gate and the renderers, or ``None``: the keys they read,
+    with the types they expect."""
+    artifacts = report["artifacts"]
+    if not all(isinstance(a, dict) and isinstance(a.get("name"), str) for a in artifacts):
+        return "every entry of 'artifacts' must be an object with a 'name'"
+    names = {a["name"] for a in artifacts}
+    for key in ("teacher", "release"):
+        if not isinstance(report.get(key), str):
+            return f"'{key}' is missing (it names an artifact)"
+        if report[key] not in names:
+            return f"'{key}' names '{report[key]}', which is not among its artifacts"
+    if not isinstance(report.get("devices", []), list) or not all(
+            isinstance(d, dict) and isinstance(d.get("name"), str) for d in report.get("devices", [])):
+        return "'devices' must be a list of objects with a 'name'"
+    if not all(isinstance(a.get("devices", {}), dict) for a in artifacts):
+        return "each artifact's 'devices' must map device names to cells"
+    if not isinstance(report.get("budgets", {}) or {}, dict):
+        return "'budgets' must be an object"
+    return None
