@@ -157,15 +157,32 @@ def _load_tokenizer(teacher, recipe, ctx: StageContext):
 
 
 def train_wordpiece(texts: list[str], vocab_size: int, workdir: Path):
-    """A lower-cased BERT WordPiece tokenizer trained on ``texts`` (for teachers built from a config)."""
-    from tokenizers import BertWordPieceTokenizer
+    """A lower-cased BERT WordPiece tokenizer for ``texts`` (teachers built from a config), built the
+    same way every time: the special tokens, every character of the texts (alone and as a ``##``
+    continuation), then the most frequent words (count, then spelling) up to ``vocab_size``.
+
+    Not the ``tokenizers`` trainer: it lists its alphabet from a hash set and breaks ties between
+    merges of equal count arbitrarily, so two trainings on the same text gave different vocabularies
+    and every artifact of a run from scratch differed. Words outside the vocabulary are split into
+    characters, which a model built from scratch learns as well as any subword.
+    """
+    from collections import Counter
+
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
     from transformers import BertTokenizerFast
 
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1)
+    normalizer, splitter = BertNormalizer(lowercase=True), BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({char for word in counts for char in word})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + char for char in chars]
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    vocab += words[: max(0, vocab_size - len(vocab))]
     scratch = Path(workdir) / "_tokenizer"
     scratch.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(scratch))
+    (scratch / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(scratch / "vocab.txt"), do_lower_case=True)
     tokenizer.model_max_length = 512
     import shutil
