@@ -43,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     common.add_argument("--quiet", action="store_true", help="no progress bars (for CI logs)")
+    common.add_argument("--allow-network", action="store_true",
+                        help="let a teacher or tokenizer given as a hub id be downloaded (off by default: "
+                             "edgeslim works offline); an unreachable hub then fails within about 30 s")
     parser = argparse.ArgumentParser(prog="edgeslim", parents=[common],
                                      description="Distil, compress, export and gate transformers for edge devices.")
+    from edgeslim import __version__
+
+    parser.add_argument("--version", action="version", version=f"edgeslim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", parents=[common], help="run a recipe end to end and gate the release")
@@ -56,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     check = sub.add_parser("check", parents=[common], help="validate a recipe without running it")
-    check.add_argument("recipe")
+    check.add_argument("recipe", help="recipe YAML file or built-in recipe name")
     check.set_defaults(handler=cmd_check)
 
     gate = sub.add_parser("gate", parents=[common], help="check a report's release against budgets (exit 0/1/2)")
@@ -66,25 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     gate.set_defaults(handler=cmd_gate)
 
     report = sub.add_parser("report", parents=[common], help="re-render report.md/html/junit.xml from report.json")
-    report.add_argument("report", type=Path)
+    report.add_argument("report", type=Path, help="report.json (or its folder)")
     report.set_defaults(handler=cmd_report)
 
     devices = sub.add_parser("devices", parents=[common], help="list or show device profiles")
-    devices.add_argument("action", choices=["list", "show"])
-    devices.add_argument("name", nargs="?")
+    devices.add_argument("action", choices=["list", "show"], help="list the built-in profiles, or show one")
+    devices.add_argument("name", nargs="?", help="profile name or YAML file (for show)")
     devices.set_defaults(handler=cmd_devices)
 
     recipes = sub.add_parser("recipes", parents=[common], help="list or show built-in recipes")
-    recipes.add_argument("action", choices=["list", "show"])
-    recipes.add_argument("name", nargs="?")
+    recipes.add_argument("action", choices=["list", "show"], help="list the built-in recipes, or show one")
+    recipes.add_argument("name", nargs="?", help="recipe name (for show)")
     recipes.set_defaults(handler=cmd_recipes)
 
     bench = sub.add_parser("bench", parents=[common], help="measure ONNX model(s) on devices, outside a recipe")
     bench.add_argument("models", nargs="+", type=Path, help="ONNX files")
     bench.add_argument("--device", action="append", default=None, help="device profile (repeatable)")
-    bench.add_argument("--runs", type=int, default=100)
-    bench.add_argument("--warmup", type=int, default=10)
+    bench.add_argument("--runs", type=int, default=100, help="timed inferences per model (default 100)")
+    bench.add_argument("--warmup", type=int, default=10, help="untimed inferences first (default 10)")
     bench.add_argument("--seq-len", type=int, default=32, help="sequence length of the synthetic inputs")
+    bench.add_argument("--instructions", action="store_true",
+                       help="add callgrind's instruction count per inference (local devices; needs valgrind)")
+    bench.add_argument("--json", type=Path, dest="json_out",
+                       help="also write the cells to this file, in report.json's cell format")
     _baseline_arguments(bench)
     bench.set_defaults(handler=cmd_bench)
     return parser
@@ -98,11 +108,19 @@ def _baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline-device", default="x86-64-cpu", help="device profile for the comparison")
     parser.add_argument("--baseline-clock", choices=["wall", "cpu"], default="wall",
                         help="compare wall-clock time, or the thread's CPU time (steadier on shared CI machines)")
+    parser.add_argument("--baseline-instructions", action="store_true",
+                        help="also compare callgrind instruction counts per inference (needs valgrind; a "
+                             "local device): fails above 1%% more, well outside the counts' 0.2%% tolerance")
 
 
 def _quiet_libraries(args) -> None:
     """Keep library chatter (hub warnings, exporter logs) out of the user's terminal."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if getattr(args, "allow_network", False):
+        os.environ["HF_HUB_OFFLINE"] = "0"
+        os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")  # bounded: a dead hub fails, never hangs
+        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "20")
+    else:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     if not getattr(args, "debug", False):
         import logging
@@ -113,9 +131,11 @@ def _quiet_libraries(args) -> None:
         # pytree deprecations) say nothing a user can act on; --debug shows them.
         logging.basicConfig(level=logging.ERROR)
         # torch resets its own "torch" logger when imported; its children keep the level set here
-        for name in ("transformers", "torchao", "torch", "torch.utils._pytree", "onnxruntime", "optimum", "root"):
+        for name in ("transformers", "torchao", "torch", "torch.utils._pytree", "onnxruntime", "optimum", "root",
+                     "huggingface_hub"):
             logging.getLogger(name).setLevel(logging.ERROR)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,6 +301,8 @@ def cmd_recipes(args) -> int:
 
 def cmd_bench(args) -> int:
 
+    from edgeslim.artifacts import atomic_write_json
+    from edgeslim.report.matrix import add_latency_intervals
     from edgeslim.report.render import text_table
     from edgeslim.targets.profile import load_profile
     from edgeslim.targets.runners import measure
@@ -294,15 +316,23 @@ def cmd_bench(args) -> int:
         check_onnx_file(path)
         models[path.stem if path.stem not in models else str(path)] = path
     inputs = [_synthetic_inputs(next(iter(models.values())), args.seq_len, seed) for seed in range(8)]
-    rows = [["model", "device", "status", "p50 ms", "p90 ms", "p99 ms", "reason"]]
+    rows = [["model", "device", "status", "p50 ms", "p90 ms", "p99 ms", "instructions", "reason"]]
+    everything: dict[str, dict[str, dict]] = {name: {} for name in models}
     for device in args.device or ["x86-64-cpu"]:
         profile = load_profile(device)
-        cells = measure(profile, models, inputs, warmup=args.warmup, runs=args.runs)
+        cells = measure(profile, models, inputs, warmup=args.warmup, runs=args.runs, instructions=args.instructions,
+                        samples=True)
         for name, cell in cells.items():
+            add_latency_intervals(cell)
+            everything[name][profile.name] = cell
             lat = cell.get("latency_ms") or {}
+            count = cell.get("instructions")
             rows.append([name, device, cell["status"]] + [f"{lat[q]:.3f}" if lat else "-" for q in ("p50", "p90", "p99")]
-                        + [cell.get("reason") or ""])
+                        + [f"{count:,}" if count else "-", cell.get("reason") or ""])
     print(text_table(rows))
+    if args.json_out:
+        atomic_write_json(args.json_out, {"models": {name: str(path) for name, path in models.items()},
+                                          "seq_len": args.seq_len, "cells": everything})
     if not args.baseline:
         return EXIT_OK
     from edgeslim.report.gate import format_checks, gate_exit_code
@@ -337,7 +367,8 @@ def _baseline_checks(args, current: Path, inputs):
     if not args.baseline.exists():
         raise EdgeslimError(f"baseline '{args.baseline}' does not exist")
     return compare_to_baseline(load_profile(args.baseline_device), current, args.baseline, inputs,
-                               threshold=args.baseline_threshold, clock=args.baseline_clock)
+                               threshold=args.baseline_threshold, clock=args.baseline_clock,
+                               instructions=args.baseline_instructions)
 
 
 def _report_inputs(report, model: Path, count: int = 32):

@@ -74,8 +74,22 @@ def load_teacher_config(teacher, base_dir: Path | None):
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=teacher.trust_remote_code)
     except (OSError, ValueError, AttributeError) as exc:
-        first = first_line(exc)
-        raise EdgeslimError(f"teacher.source '{teacher.source}' is not a loadable model: {first}") from None
+        raise EdgeslimError(hub_hint(teacher.source, source) or
+                            f"teacher.source '{teacher.source}' is not a loadable model: {first_line(exc)}") from None
+
+
+def hub_hint(value: str, resolved: str) -> str | None:
+    """The message for a hub id that could not be fetched: offline (the default) or hub unreachable."""
+    import os
+
+    if Path(resolved).exists():
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return (f"teacher.source '{value}' is a hub id, and edgeslim works offline; pass --allow-network to "
+                "download it, or give a local model folder")
+    return (f"teacher.source '{value}': the hub could not be reached or has no such model "
+            f"({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}); check the id and the network, "
+            "or give a local model folder")
 
 
 #: Sizes a built teacher's config must give as positive whole numbers, when it gives them.

@@ -103,6 +103,8 @@ CASES = {
     "data source is a folder": (lambda t: _recipe(t, _set("data", "source", str(t))), "is a folder"),
     "broken jsonl line": (lambda t: _recipe(t, _set("data", "source", str(_file(
         t, "d.jsonl", b'{"text": "a", "label": "positive"}\n{"text": "b", "label": \n')))), "line 2 is not valid JSON"),
+    "hub id while offline": (lambda t: _recipe(t, lambda r: (r["teacher"].clear(), r["teacher"].update(
+        source="someorg/somemodel"))), "is a hub id, and edgeslim works offline; pass --allow-network"),
     "labels absent from the data": (lambda t: _recipe(t, lambda r: r["data"].update(
         labels=["negative", "neutral", "positive", "sarcastic"])), "which no row of column 'label' has"),
 }
@@ -136,3 +138,28 @@ def test_a_device_file_in_a_recipe_resolves_against_the_recipes_folder(tmp_path)
     assert loaded.devices == [str(folder / "devices" / "board.yaml")]
     assert any("devices" in note for note in check_recipe(loaded))
     shutil.rmtree(folder)
+
+
+def test_an_unreachable_hub_with_the_network_allowed_is_one_line(tmp_path, monkeypatch):
+    """--allow-network lets a hub id be fetched; a hub that does not answer (here a closed port on
+    127.0.0.1) ends in one line, exit 2, after huggingface_hub's bounded retries."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    args = _recipe(tmp_path, lambda r: (r["teacher"].clear(), r["teacher"].update(source="someorg/somemodel")))
+    result = run_cli(*args, "--allow-network")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "the hub could not be reached or has no such model (http://127.0.0.1:9)" in lines[0]
+
+
+def test_version_and_help_on_every_argument():
+    from edgeslim import __version__
+    from edgeslim.cli import build_parser
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"edgeslim {__version__}"
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            assert action.help, f"edgeslim {name}: argument {action.dest} has no help text"

@@ -67,3 +67,27 @@ def test_deliberately_slower_model_is_caught_and_same_model_passes(tmp_path):
     assert not on_cpu_time[0].passed and on_cpu_time[0].detail.startswith("cpu p50")
     with pytest.raises(EdgeslimError, match="clock must be"):
         compare_to_baseline(cpu, slow, fast, inputs, clock="gpu")
+
+
+def test_bench_writes_report_cells_and_instruction_counts(tmp_path):
+    """``edgeslim bench --json`` writes cells in report.json's format (with their latency intervals);
+    ``--instructions`` adds the callgrind count, and ``--baseline-instructions`` gates on it."""
+    import shutil
+
+    from conftest import run_cli
+
+    model = token_model(tmp_path / "m.onnx")
+    out = tmp_path / "cells.json"
+    counting = shutil.which("valgrind") is not None
+    extra = ["--instructions"] if counting else []
+    result = run_cli("bench", model, "--runs", "20", "--warmup", "2", "--json", out, *extra)
+    assert result.returncode == 0, result.stderr
+    cell = json.loads(out.read_text())["cells"]["m"]["x86-64-cpu"]
+    assert cell["status"] == "measured" and cell["latency_ms"]["n"] == 20
+    low, high = cell["latency_interval_ms"]["p50"]
+    assert low <= cell["latency_ms"]["p50"] <= high and "samples_ms" not in cell
+    if counting:
+        assert isinstance(cell["instructions"], int) and cell["instructions"] > 0
+        same = run_cli("bench", model, "--runs", "20", "--baseline", model, "--baseline-instructions")
+        assert same.returncode == 0, same.stdout + same.stderr
+        assert "baseline.instructions" in same.stdout

@@ -66,6 +66,16 @@ def latency_regression(current_ms: list[float], baseline_ms: list[float], *, thr
             "failed": bool(regression > threshold and interval["low"] > 1.0)}
 
 
+def instruction_counts(profile: DeviceProfile, models: list[Path], inputs) -> list[int | None]:
+    """Callgrind instructions per inference of each model (``None`` each where they cannot be counted:
+    no valgrind, or a device that is not this machine)."""
+    if profile.access.kind != "local":
+        return [None for _ in models]
+    from edgeslim.targets.runners.local import COUNT_INPUTS, count_instructions
+
+    return [count_instructions(profile, model, inputs[:COUNT_INPUTS]) for model in models]
+
+
 def session_noise(cells: dict[str, dict], key: str) -> float:
     """How far two sessions of the same model differ (the larger of the two twins' p50 ratios - 1)."""
     import numpy as np
@@ -90,8 +100,7 @@ def compare_to_baseline(profile: DeviceProfile, current: Path, baseline: Path, i
     # each model twice, in two sessions: their difference is the session-to-session noise
     models = {"current": Path(current), "baseline": resolve_baseline(baseline)}
     models.update({f"{name}-twin": path for name, path in list(models.items())})
-    cells = measure(profile, models, inputs, warmup=warmup, runs=runs, memory=False, samples=True,
-                    instructions=instructions)
+    cells = measure(profile, models, inputs, warmup=warmup, runs=runs, memory=False, samples=True)
     cur, base = cells["current"], cells["baseline"]
     name = "baseline.latency_p50"
     bad = next((c for c in cells.values() if c["status"] != "measured"), None)
@@ -106,7 +115,7 @@ def compare_to_baseline(profile: DeviceProfile, current: Path, baseline: Path, i
                     f"({verdict['regression']:+.1%}, 95% interval {verdict['low'] - 1:+.1%} to {verdict['high'] - 1:+.1%}; "
                     f"threshold {threshold:.0%}; measured interleaved in one run)")]
     if instructions:
-        now, before = cur.get("instructions"), base.get("instructions")
+        now, before = instruction_counts(profile, [Path(current), resolve_baseline(baseline)], inputs)
         if now is None or before is None:
             checks.append(Check("baseline.instructions", profile.name, instruction_threshold, None, False,
                                 "instruction count unavailable (valgrind not installed?)"))

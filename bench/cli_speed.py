@@ -1,0 +1,52 @@
+"""How fast do the quick commands answer? Wall time of each, median of several fresh processes.
+
+    .venv/bin/python bench/cli_speed.py [--repeats 5]
+
+Times ``edgeslim --help``, ``--version``, ``devices list``, ``recipes list`` and ``check`` of the
+tiny recipe, each in a fresh interpreter (what a user waits for), and says whether the command
+imported torch (``python -X importtime``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = [["--help"], ["--version"], ["devices", "list"], ["recipes", "list"],
+            ["check", str(REPO / "recipes" / "tiny-test.yaml")]]
+
+
+def seconds(args: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "edgeslim.cli", *args], capture_output=True, check=False)
+    return time.perf_counter() - start
+
+
+def imports_torch(args: list[str]) -> bool:
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "edgeslim.cli", *args], capture_output=True,
+                          text=True, check=False)
+    return any(line.rstrip().endswith("| torch") for line in done.stderr.splitlines())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.2f}; median of {args.repeats} fresh processes")
+    print(f"{'command':<40} {'median s':>9} {'min s':>7} {'max s':>7}  imports torch")
+    for command in COMMANDS:
+        times = [seconds(command) for _ in range(args.repeats)]
+        label = "edgeslim " + " ".join(Path(a).name if "/" in a else a for a in command)
+        print(f"{label:<40} {statistics.median(times):>9.2f} {min(times):>7.2f} {max(times):>7.2f}  "
+              f"{'yes' if imports_torch(command) else 'no'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
