@@ -31,7 +31,7 @@ def seconds(args: list[str]) -> float:
 def imports_torch(args: list[str]) -> bool:
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "edgeslim.cli", *args], capture_output=True,
                           text=True, check=False)
-    return any(line.rstrip().endswith("| torch") for line in done.stderr.splitlines())
+    return any(line.split("|")[-1].strip() == "torch" for line in done.stderr.splitlines() if "|" in line)
 
 
 def main() -> int:
