@@ -180,81 +180,94 @@ def unique_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def select(config, artifact: Artifact, ctx, work: Path) -> Outcome:
-    """Build, score and time every candidate of ``config``; return the choice (see module doc)."""
-    src = artifact.onnx_path
-    data = ctx.data
-    task = getattr(ctx.recipe, "task", "text-classification")
-    tokenizer = load_tokenizer(artifact.path)
-    max_length = getattr(data, "max_length", 128) or 128
-    eval_split = list(getattr(data, "eval", None) or []) if tokenizer is not None else []
-    examples = eval_split[: config.eval_limit] if config.eval_limit else eval_split
-    scorer = Scorer(src, tokenizer, examples, task, max_length, config.sensitivity_samples)
-    budget = accuracy_budget(config, ctx.recipe)
-    reference = {"accuracy": scorer.accuracy(src), "size_bytes": qm.size_bytes(src), "examples": len(examples)}
-    reference["teacher_accuracy"] = teacher_accuracy(ctx)
-    baseline, reference["drops_from"] = drop_reference(config, reference["accuracy"], reference["teacher_accuracy"],
-                                                       len(examples) == len(eval_split))
-    calibration_cache: dict[int, list] = {}
-    torch_dir = torch_source(artifact)
-    taken: set[str] = set()
-    torch_evaluator = None
-    if scorer.examples:
+class CandidateBuilder:
+    """Quantizes and scores candidates of one source model: the calibration feeds (made once per
+    size), the torch model neural-compressor starts from, unique names, and the drop from
+    ``baseline``. A quantizer that fails on one candidate records the error and the others go on."""
+
+    def __init__(self, src: Path, work: Path, scorer: Scorer, data, baseline: float | None,
+                 tolerable_loss: float, torch_dir: Path | None, log):
+        self.src, self.work, self.scorer, self.data = src, work, scorer, data
+        self.baseline, self.tolerable_loss, self.torch_dir, self.log = baseline, tolerable_loss, torch_dir, log
+        self._calibration: dict[int, list] = {}
+        self._taken: set[str] = set()
+
+    def calibration(self, n: int) -> list:
+        """``n`` training examples as complete feeds of the source model (cached per ``n``)."""
+        if n not in self._calibration:
+            if self.data is None or self.scorer.tokenizer is None:
+                raise EdgeslimError("static and calibrated quantization need the recipe's data and a tokenizer")
+            sess = qm.session(self.src)
+            self._calibration[n] = [qm.complete_feeds(sess, feed) for feed in self.data.calibration(self.scorer.tokenizer, n)]
+        return self._calibration[n]
+
+    def torch_evaluator(self):
+        """``evaluate(torch_model) -> accuracy`` for neural-compressor's autotune, when there is eval data."""
+        if not self.scorer.examples:
+            return None
         from edgeslim.quantize.inc import torch_accuracy
 
-        def torch_evaluator(model):
-            return torch_accuracy(model, tokenizer, scorer.examples, max_length)
-    # neural-compressor's autotune bounds the loss relative to the float model's accuracy.
-    tolerable_loss = budget / baseline if budget is not None and baseline else 0.01
+        scorer = self.scorer
+        return lambda model: torch_accuracy(model, scorer.tokenizer, scorer.examples, scorer.max_length)
 
-    def calibration(n: int) -> list | None:
-        if n not in calibration_cache:
-            if data is None or tokenizer is None:
-                raise EdgeslimError("static and calibrated quantization need the recipe's data and a tokenizer")
-            sess = qm.session(src)
-            calibration_cache[n] = [qm.complete_feeds(sess, feed) for feed in data.calibration(tokenizer, n)]
-        return calibration_cache[n]
-
-    def build(spec, extra_exclude: list[str] | None = None, suffix: str = "") -> Candidate:
-        name = unique_name(spec.label() + suffix, taken)
-        cand = Candidate(name, spec, work / f"{name}.onnx", excluded=list(spec.nodes_to_exclude) + list(extra_exclude or []))
-        ctx.log(f"quantize: candidate {name}")
+    def build(self, spec, extra_exclude: list[str] | None = None, suffix: str = "") -> Candidate:
+        name = unique_name(spec.label() + suffix, self._taken)
+        cand = Candidate(name, spec, self.work / f"{name}.onnx",
+                         excluded=list(spec.nodes_to_exclude) + list(extra_exclude or []))
+        self.log(f"quantize: candidate {name}")
         try:
-            feeds = calibration(spec.calibration_samples) if spec.needs_calibration else None
-            spec.quantize(src, cand.path, calibration=feeds, torch_dir=torch_dir, extra_exclude=extra_exclude,
-                          evaluate=torch_evaluator, tolerable_loss=tolerable_loss)
+            feeds = self.calibration(spec.calibration_samples) if spec.needs_calibration else None
+            spec.quantize(self.src, cand.path, calibration=feeds, torch_dir=self.torch_dir, extra_exclude=extra_exclude,
+                          evaluate=self.torch_evaluator(), tolerable_loss=self.tolerable_loss)
             cand.size_bytes = qm.size_bytes(cand.path)
-            cand.accuracy = scorer.accuracy(cand.path)
-            cand.output_error = scorer.output_error(cand.path)
-            if cand.accuracy is not None and baseline is not None:
-                cand.drop = baseline - cand.accuracy
+            cand.accuracy = self.scorer.accuracy(cand.path)
+            cand.output_error = self.scorer.output_error(cand.path)
+            if cand.accuracy is not None and self.baseline is not None:
+                cand.drop = self.baseline - cand.accuracy
         except EdgeslimError:
             raise
         except Exception as exc:  # one candidate that a quantizer cannot handle must not end the run
             cand.error = describe(exc)
             cand.path = None
-            ctx.log(f"quantize: candidate {name} failed: {cand.error}")
+            self.log(f"quantize: candidate {name} failed: {cand.error}")
         return cand
 
+
+def select(config, artifact: Artifact, ctx, work: Path) -> Outcome:
+    """Build, score and time every candidate of ``config``; return the choice (see module doc)."""
+    src = artifact.onnx_path
+    data = ctx.data
+    tokenizer = load_tokenizer(artifact.path)
+    max_length = getattr(data, "max_length", 128) or 128
+    eval_split = list(getattr(data, "eval", None) or []) if tokenizer is not None else []
+    examples = eval_split[: config.eval_limit] if config.eval_limit else eval_split
+    scorer = Scorer(src, tokenizer, examples, getattr(ctx.recipe, "task", "text-classification"), max_length,
+                    config.sensitivity_samples)
+    budget = accuracy_budget(config, ctx.recipe)
+    reference = {"accuracy": scorer.accuracy(src), "size_bytes": qm.size_bytes(src), "examples": len(examples),
+                 "teacher_accuracy": teacher_accuracy(ctx)}
+    baseline, reference["drops_from"] = drop_reference(config, reference["accuracy"], reference["teacher_accuracy"],
+                                                       len(examples) == len(eval_split))
+    # neural-compressor's autotune bounds the loss relative to the float model's accuracy.
+    tolerable_loss = budget / baseline if budget is not None and baseline else 0.01
+    builder = CandidateBuilder(src, work, scorer, data, baseline, tolerable_loss, torch_source(artifact), ctx.log)
     devices = getattr(ctx.recipe, "devices", None)
-    candidates = [build(for_devices(spec, devices)) for spec in config.specs()]
+    candidates = [builder.build(for_devices(spec, devices)) for spec in config.specs()]
     sensitivity: list[dict[str, Any]] = []
     if (budget is not None and scorer.examples and config.exclude_sensitive and config.max_excluded_nodes > 0
             and not any(c.meets(budget) for c in candidates)):
         base = closest(candidates)
         if base is not None and excludable(base.spec):
-            sensitivity = rank_nodes(base.spec, src, work, scorer, calibration, torch_dir, ctx)
+            sensitivity = rank_nodes(base.spec, src, work, scorer, builder.calibration, builder.torch_dir, ctx)
             for k in range(1, min(config.max_excluded_nodes, len(sensitivity)) + 1):
-                worst = [row["node"] for row in sensitivity[:k]]
-                cand = build(base.spec, extra_exclude=worst, suffix=f"-excl{k}")
+                cand = builder.build(base.spec, extra_exclude=[row["node"] for row in sensitivity[:k]], suffix=f"-excl{k}")
                 candidates.append(cand)
                 if cand.meets(budget) or cand.error:
                     break
     built = [c for c in candidates if c.error is None]
     if not built:
         raise EdgeslimError(f"no quantization candidate could be built; first error: {candidates[0].error}")
-    timed = time_candidates(src, built, scorer, config.latency_runs, tokenizer)
-    reference["latency_ms_p50"] = timed
+    reference["latency_ms_p50"] = time_candidates(src, built, scorer, config.latency_runs, tokenizer)
     reference["latency_measured"] = (f"build machine, onnxruntime CPU, 1 thread, batch 1, median of "
                                      f"{config.latency_runs} interleaved runs over real-length eval texts")
     chosen, reason = choose(built, budget, baseline)
