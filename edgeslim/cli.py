@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "edgeslim works offline); an unreachable hub then fails within about 30 s")
     parser = argparse.ArgumentParser(prog="edgeslim", parents=[common],
                                      description="Distil, compress, export and gate transformers for edge devices.")
-    from edgeslim import __version__
+    from edgeslim.version import __version__
 
     parser.add_argument("--version", action="version", version=f"edgeslim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,84 +142,23 @@ def _quiet_libraries(args) -> None:
 
 
 def cmd_run(args) -> int:
-    from edgeslim.artifacts import run_lock
-    from edgeslim.pipeline import Pipeline
-    from edgeslim.recipe import check_recipe, load_recipe
+    from edgeslim.api import run
+    from edgeslim.report.gate import format_checks
+    from edgeslim.report.render import ratios, summary_rows, text_table
 
-    recipe = load_recipe(args.recipe)
-    check_recipe(recipe)
-    out_dir = args.out or Path("runs") / recipe.name
-    check_output_folder(out_dir)
-    pipeline = Pipeline(recipe, out_dir, quiet=args.quiet, force=args.force)
-    if not pipeline.role.is_main:  # under accelerate launch: rank 0 holds the folder, measures, reports and gates
-        pipeline.run()
+    result = run(args.recipe, out=args.out, force=args.force, wait=not args.no_wait, quiet=args.quiet,
+                 say=lambda line: print(f"edgeslim: {line}", file=sys.stderr))
+    if result.report is None:  # a secondary rank of a multi-process launch: rank 0 reports and gates
         return EXIT_OK
-    with run_lock(out_dir, wait=not args.no_wait, say=lambda line: print(f"edgeslim: {line}", file=sys.stderr)):
-        return _run_locked(recipe, pipeline, out_dir, args)
-
-
-def _run_locked(recipe, pipeline, out_dir: Path, args) -> int:
-    """The run proper, while this process holds the output folder's lock."""
-    from edgeslim.pipeline import publish_release
-    from edgeslim.report.gate import evaluate_gate, format_checks, gate_exit_code
-    from edgeslim.report.matrix import build_report, write_report
-    from edgeslim.report.render import ratios, summary_rows, text_table, write_all
-
-    outcome = pipeline.run()
-    report = build_report(recipe, outcome, out_dir, quiet=args.quiet)
-    release = _chosen_release(recipe, report, outcome)
-    report_dir = out_dir / "report"
-    write_report(report, report_dir)
-    checks = evaluate_gate(report)
-    write_all(report, checks, report_dir)
-    model_dir = publish_release(release, out_dir)
-    if release.kind == "bundle":
-        from edgeslim.export.mobile import write_model_card
-        from edgeslim.report.render import card_figures
-
-        write_model_card(model_dir, card_figures(report, checks))
     print()
-    print(text_table(summary_rows(report)))
-    for line in ratios(report):
+    print(text_table(summary_rows(result.report)))
+    for line in ratios(result.report):
         print(f"  {line}")
     print()
-    print(format_checks(checks))
-    print(f"\nrelease model: {model_dir}\nreports: {report_dir}/report.json, report.md, report.html, junit.xml")
-    return gate_exit_code(checks)
-
-
-def check_output_folder(out_dir: Path) -> None:
-    """``--out`` must be a folder edgeslim can create and write: not a file, not under a file, not
-    on a read-only filesystem (each an :class:`EdgeslimError` naming the path)."""
-    out_dir = Path(out_dir)
-    for parent in [out_dir, *out_dir.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise EdgeslimError(f"--out '{out_dir}': '{parent}' is a file, not a folder; give a folder path")
-        if parent.exists():
-            break
-    existing = next(p for p in [out_dir, *out_dir.parents] if p.exists())
-    try:
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise PermissionError(f"no write permission in {existing}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EdgeslimError(f"--out '{out_dir}': cannot create or write it ({first_line(exc)}); "
-                            "give a writable folder") from None
-
-
-def _chosen_release(recipe, report, outcome):
-    """Apply the recipe's ``release`` rule to the report; return the artifact to publish."""
-    from edgeslim.report.matrix import artifact_entries, release_files
-    from edgeslim.report.release import choose_release
-
-    choice = choose_release(report, recipe.release)
-    report["release_choice"] = choice
-    if choice["chosen"] != report["release"]:
-        print(f"release: {choice['chosen']} ({choice['reason']})")
-    report["release"] = choice["chosen"]
-    artifact = dict(artifact_entries(outcome))[choice["chosen"]].artifact
-    report["release_files"] = release_files(artifact)
-    return artifact
+    print(format_checks(result.checks))
+    report_dir = result.out_dir / "report"
+    print(f"\nrelease model: {result.release_dir}\nreports: {report_dir}/report.json, report.md, report.html, junit.xml")
+    return result.exit_code
 
 
 def cmd_check(args) -> int:
@@ -300,63 +239,33 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_bench(args) -> int:
-
+    from edgeslim.api import bench, synthetic_inputs
     from edgeslim.artifacts import atomic_write_json
-    from edgeslim.report.matrix import add_latency_intervals
     from edgeslim.report.render import text_table
-    from edgeslim.targets.profile import load_profile
-    from edgeslim.targets.runners import measure
 
-    if args.seq_len < 1:
-        raise EdgeslimError(f"--seq-len must be at least 1, not {args.seq_len}")
-    if args.runs < 1 or args.warmup < 0:
-        raise EdgeslimError(f"--runs must be at least 1 and --warmup at least 0 (got {args.runs} and {args.warmup})")
-    models = {}
-    for path in args.models:
-        check_onnx_file(path)
-        models[path.stem if path.stem not in models else str(path)] = path
-    inputs = [_synthetic_inputs(next(iter(models.values())), args.seq_len, seed) for seed in range(8)]
+    cells = bench(args.models, args.device, runs=args.runs, warmup=args.warmup, seq_len=args.seq_len,
+                  instructions=args.instructions)
     rows = [["model", "device", "status", "p50 ms", "p90 ms", "p99 ms", "instructions", "reason"]]
-    everything: dict[str, dict[str, dict]] = {name: {} for name in models}
-    for device in args.device or ["x86-64-cpu"]:
-        profile = load_profile(device)
-        cells = measure(profile, models, inputs, warmup=args.warmup, runs=args.runs, instructions=args.instructions,
-                        samples=True)
-        for name, cell in cells.items():
-            add_latency_intervals(cell)
-            everything[name][profile.name] = cell
+    for name, by_device in cells.items():
+        for device, cell in by_device.items():
             lat = cell.get("latency_ms") or {}
             count = cell.get("instructions")
             rows.append([name, device, cell["status"]] + [f"{lat[q]:.3f}" if lat else "-" for q in ("p50", "p90", "p99")]
                         + [f"{count:,}" if count else "-", cell.get("reason") or ""])
     print(text_table(rows))
     if args.json_out:
-        atomic_write_json(args.json_out, {"models": {name: str(path) for name, path in models.items()},
-                                          "seq_len": args.seq_len, "cells": everything})
+        atomic_write_json(args.json_out, {"models": {str(p): str(p) for p in args.models}, "seq_len": args.seq_len,
+                                          "cells": cells})
     if not args.baseline:
         return EXIT_OK
     from edgeslim.report.gate import format_checks, gate_exit_code
 
-    if len(models) != 1:
+    if len(args.models) != 1:
         raise EdgeslimError("--baseline compares one model; give a single ONNX file")
-    checks = _baseline_checks(args, next(iter(models.values())), inputs)
+    inputs = [synthetic_inputs(args.models[0], args.seq_len, seed) for seed in range(8)]
+    checks = _baseline_checks(args, args.models[0], inputs)
     print(format_checks(checks))
     return gate_exit_code(checks)
-
-
-def check_onnx_file(path: Path) -> None:
-    """``path`` must be an ONNX model file onnx can parse (not a folder, a CSV, a truncated file)."""
-    import onnx
-
-    if path.is_dir():
-        raise EdgeslimError(f"model '{path}' is a folder; give its .onnx file (e.g. {path / 'model.onnx'})")
-    if not path.is_file():
-        raise EdgeslimError(f"model '{path}' does not exist")
-    try:
-        onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others for a non-model
-        raise EdgeslimError(f"'{path}' is not a readable ONNX model ({first_line(exc)}); give an .onnx file "
-                            "written by an exporter") from None
 
 
 def _baseline_checks(args, current: Path, inputs):
@@ -383,38 +292,9 @@ def _report_inputs(report, model: Path, count: int = 32):
         recipe = load_recipe(recipe_path)
         data = load_data(recipe.data, recipe.base_dir, recipe.task)
         return data.encode_each(AutoTokenizer.from_pretrained(model.parent), "eval", count)
-    return [_synthetic_inputs(model, 32, seed) for seed in range(8)]
+    from edgeslim.api import synthetic_inputs
 
-
-def _synthetic_inputs(onnx_path: Path, seq_len: int, seed: int):
-    """Token inputs for a model outside a recipe: random ids the embedding table holds, batch 1."""
-    import numpy as np
-    from edgeslim.targets.harness import make_session
-
-    session = make_session(onnx_path, {"threads": 0})
-    rng = np.random.default_rng(seed)
-    vocab = _embedding_rows(onnx_path)
-    feeds = {}
-    for inp in session.get_inputs():
-        if "mask" in inp.name:
-            feeds[inp.name] = np.ones((1, seq_len), dtype=np.int64)
-        elif "type" in inp.name:
-            feeds[inp.name] = np.zeros((1, seq_len), dtype=np.int64)
-        else:
-            feeds[inp.name] = rng.integers(1, max(2, min(vocab, 1000)), size=(1, seq_len), dtype=np.int64)
-    return feeds
-
-
-def _embedding_rows(onnx_path: Path) -> int:
-    """Rows of the table the token ids index (the Gather fed by input_ids), or 100 if not found."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == "input_ids" and node.input[0] in shapes:
-            return int(shapes[node.input[0]][0])
-    return 100
+    return [synthetic_inputs(model, 32, seed) for seed in range(8)]
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def code_version(module: str, root: Path | None = None) -> str:
     imports, transitively (:mod:`edgeslim.codegraph`; ``root`` is the package folder, this one by
     default). Changing that code invalidates the stage's cached output; changing code it never
     reaches (the report, the device runners) keeps it."""
-    from edgeslim import __version__
+    from edgeslim.version import __version__
     from edgeslim.codegraph import PACKAGE_DIR, closure, modules
 
     root = Path(root or PACKAGE_DIR)
@@ -251,7 +251,7 @@ def _wait_until_finished(folder: Path, key: str, poll_seconds: float = 1.0) -> N
 
 def _finish_manifest(artifact: Artifact, folder: Path, name: str, key: str, config: dict,
                      source: Artifact | None, seconds: float) -> Artifact:
-    from edgeslim import __version__
+    from edgeslim.version import __version__
 
     if artifact.kind not in ("torch", "onnx", "bundle"):
         raise RuntimeError(f"stage {name} returned an artifact of unknown kind {artifact.kind!r}")

@@ -75,7 +75,7 @@ def bundle_metadata(folder: Path, task: str, labels: list[str] | None, max_lengt
     """What an app needs to drive the model: task, labels, max length, input/output names, versions."""
     import onnx
 
-    import edgeslim
+    from edgeslim.version import __version__
 
     model = onnx.load(str(folder / ONNX_FILE), load_external_data=False)
     config = read_json(folder / "config.json")
@@ -91,7 +91,7 @@ def bundle_metadata(folder: Path, task: str, labels: list[str] | None, max_lengt
         "output_names": [o.name for o in model.graph.output],
         "model_type": config.get("model_type"),
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
-        "edgeslim_version": edgeslim.__version__,
+        "edgeslim_version": __version__,
         "recipe": recipe_name,
         "recipe_hash": recipe_hash,
     }

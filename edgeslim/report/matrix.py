@@ -147,7 +147,7 @@ def agreement_with(predictions, reference: np.ndarray) -> float | None:
 
 
 def _version() -> str:
-    from edgeslim import __version__
+    from edgeslim.version import __version__
 
     return __version__
 
