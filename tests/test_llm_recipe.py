@@ -99,3 +99,35 @@ def test_lm_report_holds_the_int4_baseline_the_floor_and_intervals(llm_run):
 
     names = {c.budget for c in evaluate_gate(report)}
     assert {"floor.teacher", "floor.release", "dominance.teacher-int4"} <= names
+
+
+def test_the_bundle_runs_in_onnxruntime_genai_and_generates_what_edgeslim_does(llm_run):
+    """The LLM bundle carries genai_config.json: onnxruntime-genai (what mobile LLM apps run) loads
+    the folder as it is, and its greedy tokens are edgeslim's own for the same prompts."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from edgeslim.targets.harness import Decoder, make_session
+
+    out, report = llm_run
+    bundle = out / "model"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["genai"]["written"] and (bundle / "genai_config.json").is_file()
+    model = og.Model(str(bundle))
+    ours = Decoder(make_session(bundle / "model.onnx", {"threads": 1}))
+    eos = json.loads((bundle / "genai_config.json").read_text())["model"]["eos_token_id"]
+    compared = 0
+    for prompt in ([2, 5, 9, 11], [2, 17, 4, 30, 8], [2, 40, 41]):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + 8, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.array([prompt], dtype=np.int32))
+        theirs = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            theirs.append(int(generator.get_next_tokens()[0]))
+        expected = ours.greedy(np.array([prompt], dtype=np.int64), 8)
+        cut = expected.index(eos) + 1 if eos in expected else len(expected)  # genai stops at end-of-sequence
+        assert theirs == expected[:cut], (prompt, theirs, expected)
+        compared += len(theirs)
+    assert compared >= 3

@@ -345,6 +345,18 @@ def _fmt(value: Any) -> str:
 
 # The stage -------------------------------------------------------------------------------------
 
+def genai_entry(out_dir: Path, log) -> dict[str, Any]:
+    """``genai_config.json`` for onnxruntime-genai, or why the decoder cannot have one."""
+    from edgeslim.export.genai import write_genai_config
+
+    try:
+        entry = write_genai_config(out_dir)
+    except EdgeslimError as exc:
+        return {"written": False, "reason": str(exc)}
+    log("wrote genai_config.json (onnxruntime-genai)")
+    return entry
+
+
 def build_bundle(src: Path, out_dir: Path, task: str, config: BundleConfig, labels: list[str] | None = None,
                  max_length: int | None = None, recipe_hash: str | None = None, recipe_name: str | None = None,
                  figures: dict[str, Any] | None = None, log=lambda message: None) -> dict[str, Any]:
@@ -369,6 +381,8 @@ def build_bundle(src: Path, out_dir: Path, task: str, config: BundleConfig, labe
                                                               out_dir / TOKENIZER_MODEL_FILE, metadata["max_length"])
     elif config.tokenizer_in_graph:
         entries["tokenizer_in_graph"] = {"written": False, "reason": "only text-classification bundles take raw strings"}
+    if task == "causal-lm":
+        entries["genai"] = genai_entry(out_dir, log)
     if config.mobile_check:
         log("checking mobile usability (NNAPI, CoreML)")
         entries["mobile_usability"] = mobile_usability(out_dir / ONNX_FILE)
