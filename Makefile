@@ -9,7 +9,7 @@ DEMO_STAMP := $(VENV)/.demo-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv clean llm-demo llm-quick
+.PHONY: demo test venv clean llm-demo llm-quick gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -47,5 +47,13 @@ test: $(DEMO_STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
+# On a machine with an NVIDIA GPU: the nvidia-gpu profile measured for real (bench/gpu_check.py).
+# A separate venv: onnxruntime-gpu and the CPU onnxruntime cannot share one (same module name).
+GPU_VENV := .venv-gpu
+gpu-check:
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV) || python3 -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install -q -c constraints.txt onnxruntime-gpu==1.31.1 numpy onnx pydantic pyyaml transformers
+	$(GPU_VENV)/bin/python bench/gpu_check.py
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) runs build *.egg-info
