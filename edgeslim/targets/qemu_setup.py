@@ -178,9 +178,15 @@ def qemu_user_binary(arch: str, cache: Path | None = None, log=print) -> Path:
     apt = _private_apt(cache, host_arch)
     _run(["apt-get", *apt, "update"], "apt-get update (host architecture)")
     _download_and_unpack(apt, ["qemu-user-static"], cache / "debs-qemu", cache / "qemu", "downloading qemu-user-static")
-    if not target.is_file():
-        raise EdgeslimError(f"qemu-user-static did not contain {target.name}; install it with apt-get install qemu-user-static")
-    return target
+    if target.is_file():
+        return target
+    # a suite where qemu-user-static is a transitional package: the emulators are in qemu-user
+    _download_and_unpack(apt, ["qemu-user"], cache / "debs-qemu", cache / "qemu", "downloading qemu-user")
+    plain = cache / "qemu" / "usr" / "bin" / f"qemu-{arch}"
+    if plain.is_file():
+        return plain
+    raise EdgeslimError(f"neither qemu-user-static nor qemu-user had qemu-{arch}; install QEMU's user-mode emulators "
+                        f"(apt-get install qemu-user-static, or qemu-user) so qemu-{arch} is on PATH")
 
 
 def _sysroot(cache: Path, log) -> Path:
