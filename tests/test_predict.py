@@ -104,3 +104,24 @@ def test_profile_without_figures_is_skipped(tmp_path):
     local = load_profile("x86-64-cpu").model_copy(update={"predict": None})
     cells = predict.predict_cells(local, {"t": token_model(tmp_path / "t.onnx")}, token_inputs(1))
     assert cells["t"]["status"] == "skipped" and "predict" in cells["t"]["reason"]
+
+
+def test_predictions_carry_their_band_and_a_budget_judges_its_upper_end(tmp_path):
+    """An uncalibrated profile's prediction is labelled as such with the wide band measured for such
+    profiles; a calibrated one carries its fit's error; an allowed-predicted budget passes only when
+    the band's upper end is under the limit."""
+    from edgeslim.report.gate import _latency_check
+
+    model = token_model(tmp_path / "t.onnx")
+    profile = load_profile("raspberry-pi-5")
+    cell = predict.predict_cells(profile, {"t": model}, token_inputs(2))["t"]
+    p50 = cell["latency_ms"]["p50"]
+    assert cell["prediction"]["calibrated"] is False and "uncalibrated" in cell["reason"]
+    low, high = cell["latency_interval_ms"]["p50"]
+    assert low == pytest.approx(p50 * predict.UNCALIBRATED_BAND[0]) and high == pytest.approx(p50 * predict.UNCALIBRATED_BAND[1])
+    assert not _latency_check({"devices": {"d": cell}}, "d", "p50", p50 * 2, True).passed
+    calibrated = profile.model_copy(update={"predict": profile.predict.model_copy(
+        update={"calibration": {"date": "2026-11-30", "max_error": 0.2}})})
+    cell = predict.predict_cells(calibrated, {"t": model}, token_inputs(2))["t"]
+    assert cell["prediction"]["calibrated"] and cell["latency_interval_ms"]["p50"][1] == pytest.approx(p50 * 1.2)
+    assert _latency_check({"devices": {"d": cell}}, "d", "p50", p50 * 2, True).passed

@@ -150,6 +150,24 @@ def predict_latency_ms(profile: DeviceProfile, model: Path, inputs: list[dict[st
     return 1000.0 * sum(node_seconds(node, profile.predict, threads) for node in costs) / max(runs, 1)
 
 
+#: Where the true latency lies relative to an uncalibrated prediction (measured / predicted): on the
+#: hosts measured so far uncalibrated predictions were 57-81% under the measurement (2.3x-5.3x; AVX2
+#: AMD EPYC, bench/predict_accuracy.py), and a profile's constants may as well be too slow.
+UNCALIBRATED_BAND = (0.5, 5.5)
+
+
+def prediction_band(profile: DeviceProfile) -> tuple[tuple[float, float], dict]:
+    """The factor range around a prediction, and what the cell says about it."""
+    calibration = (profile.predict.calibration if profile.predict else None) or {}
+    error = calibration.get("max_error")
+    if isinstance(error, (int, float)) and 0 <= error < 1:
+        band = (1.0 - error, 1.0 + error)
+        return band, {"calibrated": True, "band": list(band), "calibration": calibration}
+    return UNCALIBRATED_BAND, {"calibrated": False, "band": list(UNCALIBRATED_BAND),
+                               "basis": "uncalibrated profile: constants from public specifications; "
+                                        "measured latency was 2.3x-5.3x such predictions on an x86 host"}
+
+
 def predict_cells(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]]) -> dict[str, dict]:
     """One ``predicted`` cell per model (``skipped`` when the profile has no prediction figures)."""
     if profile.predict is None:
@@ -163,6 +181,10 @@ def predict_cells(profile: DeviceProfile, models: dict[str, Path], inputs: list[
             cells[name] = cell("error", reason=f"prediction failed: {describe(exc)}")
             continue
         stats = {"p50": ms, "p90": ms, "p99": ms, "mean": ms, "n": 0}
-        cells[name] = cell("predicted", latency_ms=stats, throughput=1000.0 / ms,
-                           reason="roofline estimate from per-operator FLOPs and bytes; not a measurement")
+        (low, high), about = prediction_band(profile)
+        label = "calibrated" if about["calibrated"] else "uncalibrated"
+        cells[name] = cell("predicted", latency_ms=stats, throughput=1000.0 / ms, prediction=about,
+                           latency_interval_ms={q: [ms * low, ms * high] for q in ("p50", "p90", "p99")},
+                           reason=f"roofline estimate from per-operator FLOPs and bytes ({label}: x{low:g}-x{high:g}); "
+                                  "not a measurement")
     return cells

@@ -90,7 +90,11 @@ class Predict(_Section):
     ``gflops_per_thread`` is the sustained FP32 matmul rate of one core; ``int8_speedup`` how much
     faster INT8 matmuls run than FP32; ``memory_gbps`` the sustained memory bandwidth;
     ``thread_efficiency`` the fraction of linear speed-up each extra thread adds;
-    ``op_overhead_us`` the fixed cost of dispatching one operator.
+    ``op_overhead_us`` the fixed cost of dispatching one operator. ``calibration`` says where the
+    figures come from when they were fitted on the device (date, host, ISA, onnxruntime version,
+    threads, and ``max_error``: the largest relative error of the fit on models it did not see);
+    without it the figures are estimates from public specifications, and every prediction carries
+    the wide band :data:`edgeslim.targets.predict.UNCALIBRATED_BAND`.
     """
 
     gflops_per_thread: float = Field(gt=0)
@@ -98,6 +102,7 @@ class Predict(_Section):
     memory_gbps: float = Field(gt=0)
     thread_efficiency: float = Field(default=0.8, gt=0, le=1)
     op_overhead_us: float = Field(default=5.0, ge=0)
+    calibration: dict[str, Any] | None = None
 
 
 class LatencyBudget(_Section):
