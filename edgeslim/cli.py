@@ -142,6 +142,8 @@ def _quiet_libraries(args) -> None:
 
 
 def cmd_run(args) -> int:
+    if not args.quiet:  # a first line at once: loading the libraries and checking the recipe takes seconds
+        print(f"edgeslim: starting {args.recipe} (checking the recipe)", flush=True)
     from edgeslim.api import run
     from edgeslim.report.gate import format_checks
     from edgeslim.report.render import ratios, summary_rows, text_table

@@ -106,6 +106,7 @@ class Pipeline:
         self.role = role or ProcessRole.from_env()
         self.quiet = quiet or not self.role.is_main
         self.force = force
+        self.started = time.time()
 
     def run(self) -> RunOutcome:
         from edgeslim.data import load_data
@@ -193,10 +194,10 @@ class Pipeline:
         if cached is not None:
             problem = integrity_problem(folder, cached.manifest.get("files"))
             if problem is None:
-                self._say(f"[{index:02d}] {name}: cached ({folder})")
+                self._say(f"{self._label(index, name)}: cached ({folder})")
                 return StageOutcome(index, name, cached, True, 0.0)
-            self._say(f"[{index:02d}] {name}: the cached output cannot be trusted ({problem}); running it again")
-        self._say(f"[{index:02d}] {name}: running")
+            self._say(f"{self._label(index, name)}: the cached output cannot be trusted ({problem}); running it again")
+        self._say(f"{self._label(index, name)}: running")
         started = time.time()
         work_dir = folder.parent / f".{folder.name}.work-{key[:12]}"
         if self.role.is_main:
@@ -213,13 +214,22 @@ class Pipeline:
                     shutil.rmtree(scratch, ignore_errors=True)
             _wait_until_finished(folder, key)
         artifact = Artifact.load(folder)
-        self._say(f"[{index:02d}] {name}: done in {time.time() - started:.1f}s")
+        self._say(f"{self._label(index, name)}: done in {time.time() - started:.1f}s "
+                  f"(run time so far {time.time() - self.started:.0f}s)")
         return StageOutcome(index, name, artifact, False, time.time() - started)
 
     def _context(self, out_dir: Path, data, teacher: Artifact | None, work_dir: Path) -> StageContext:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         return StageContext(out_dir=Path(out_dir), recipe=self.recipe, data=data, teacher=teacher,
                             quiet=self.quiet, seed=self.recipe.seed, work_dir=work_dir)
+
+    def _label(self, index: int, name: str) -> str:
+        """How progress names a step: ``[stage 2 of 5] prune``, ``[teacher]``, ``[baseline] teacher-int8``."""
+        if name == "teacher":
+            return "[teacher]"
+        if index == 0:
+            return f"[baseline] {name}"
+        return f"[stage {index} of {len(self.recipe.stages)}] {name}"
 
     def _say(self, message: str) -> None:
         if not self.quiet:

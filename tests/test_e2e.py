@@ -84,7 +84,7 @@ def test_killed_stage_is_never_reused_and_the_rerun_finishes(copy_run, tmp_path)
     assert not (copy_run / "stages" / "01-distill").exists(), "the stage finished before it could be killed"
     rerun = run_cli("run", path, "--out", copy_run)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "[00] teacher: cached" in rerun.stdout
+    assert "[teacher]: cached" in rerun.stdout
     assert json.loads((copy_run / "stages" / "01-distill" / "manifest.json").read_text())["complete"]
     leftovers = [p.name for p in (copy_run / "stages").iterdir() if ".tmp-" in p.name]
     assert leftovers == []

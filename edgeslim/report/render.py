@@ -32,14 +32,17 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     devices = [d["name"] for d in report["devices"]]
     language_model = any(r.get("perplexity") is not None for r in report["artifacts"])
     quality = "perplexity" if language_model else "accuracy"
-    header = ["artifact", "kind", quality, "agree", "size MiB", "params"]
+    header = ["artifact", "kind", quality, "95% interval", "agree", "size MiB", "params"]
     for device in devices:
         header += [f"{device} p50 ms", f"{device} p90 ms"] + ([f"{device} tok/s"] if language_model else [])
     rows = [header]
     for record in report["artifacts"]:
         name = record["name"] + (" (release)" if record["name"] == report["release"] else "")
         score = _number(record.get("perplexity")) if language_model else _pct(record.get("accuracy"))
-        row = [name, record["kind"], score, _pct(record.get("agreement")),
+        interval = record.get("perplexity_interval") if language_model else record.get("accuracy_interval")
+        span = "-" if not interval else (f"{_number(interval[0])}-{_number(interval[1])}" if language_model
+                                         else f"{_pct(interval[0])}-{_pct(interval[1])}")
+        row = [name, record["kind"], score, span, _pct(record.get("agreement")),
                f"{record['size_bytes'] / MIB:.2f}", f"{record['params'] / 1e6:.2f}M" if record.get("params") else "-"]
         for device in devices:
             cell = record["devices"].get(device)
