@@ -75,9 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("report", type=Path, help="report.json (or its folder)")
     report.set_defaults(handler=cmd_report)
 
-    devices = sub.add_parser("devices", parents=[common], help="list or show device profiles")
-    devices.add_argument("action", choices=["list", "show"], help="list the built-in profiles, or show one")
-    devices.add_argument("name", nargs="?", help="profile name or YAML file (for show)")
+    devices = sub.add_parser("devices", parents=[common], help="list, show or calibrate device profiles")
+    devices.add_argument("action", choices=["list", "show", "calibrate"],
+                         help="list the built-in profiles, show one, or calibrate one's latency prediction by "
+                              "measuring a fixed suite on the device")
+    devices.add_argument("name", nargs="?", help="profile name or YAML file (for show and calibrate)")
+    devices.add_argument("--out", type=Path, help="calibrate: where to write the calibrated profile (YAML)")
+    devices.add_argument("--runs", type=int, default=100, help="calibrate: timed inferences per suite model")
     devices.set_defaults(handler=cmd_devices)
 
     recipes = sub.add_parser("recipes", parents=[common], help="list or show built-in recipes")
@@ -218,10 +222,37 @@ def cmd_devices(args) -> int:
             print(f"{profile.name:<20} {profile.access.kind:<9} {profile.target.arch:<8} {profile.description}")
         return EXIT_OK
     if not args.name:
-        raise EdgeslimError("'devices show' needs a device name; see 'edgeslim devices list'")
+        raise EdgeslimError(f"'devices {args.action}' needs a device name; see 'edgeslim devices list'")
     import yaml
 
+    if args.action == "calibrate":
+        return _calibrate(args, load_profile(args.name))
     print(yaml.safe_dump(load_profile(args.name).model_dump(mode="json"), sort_keys=False).rstrip())
+    return EXIT_OK
+
+
+def _calibrate(args, profile) -> int:
+    """``devices calibrate``: measure the suite, fit the figures, write the calibrated profile."""
+    import tempfile
+
+    import yaml
+
+    from edgeslim.artifacts import atomic_write_text
+    from edgeslim.targets.calibrate import calibrate
+
+    if args.out is None or args.out.suffix not in (".yaml", ".yml") or args.out.is_dir():
+        raise EdgeslimError("'devices calibrate' needs --out FILE.yaml for the calibrated profile")
+    if args.runs < 5:
+        raise EdgeslimError(f"--runs must be at least 5 for a calibration, not {args.runs}")
+    with tempfile.TemporaryDirectory(prefix="edgeslim-calibrate-") as tmp:
+        data, table = calibrate(profile, Path(tmp), runs=args.runs, log=lambda line: None if args.quiet else print(line))
+    data["description"] = f"{data.get('description', '')} (calibrated {data['predict']['calibration']['date']})".strip()
+    atomic_write_text(args.out, yaml.safe_dump(data, sort_keys=False))
+    calibration = data["predict"]["calibration"]
+    for row in table:
+        print(f"  {row['model']:<18} measured {row['measured_ms']:.4f} ms  predicted {row['predicted_ms']:.4f} ms")
+    print(f"wrote {args.out}: fit median error {calibration['fit_median_error']:.0%}, leave-one-out median "
+          f"{calibration['cv_median_error']:.0%}, max {calibration['max_error']:.0%}")
     return EXIT_OK
 
 

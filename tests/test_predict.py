@@ -125,3 +125,22 @@ def test_predictions_carry_their_band_and_a_budget_judges_its_upper_end(tmp_path
     cell = predict.predict_cells(calibrated, {"t": model}, token_inputs(2))["t"]
     assert cell["prediction"]["calibrated"] and cell["latency_interval_ms"]["p50"][1] == pytest.approx(p50 * 1.2)
     assert _latency_check({"devices": {"d": cell}}, "d", "p50", p50 * 2, True).passed
+
+
+def test_devices_calibrate_writes_a_profile_with_fitted_figures_and_provenance(tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "calibrated.yaml"
+    result = run_cli("devices", "calibrate", "x86-64-cpu", "--out", out, "--runs", "5", "--quiet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    profile = load_profile(out)
+    calibration = profile.predict.calibration
+    assert calibration["onnxruntime"] and calibration["isa"] is not None and calibration["threads"] == 1
+    assert 0 <= calibration["cv_median_error"] <= calibration["max_error"] and len(calibration["models"]) >= 15
+    assert profile.predict.call_overhead_us > 0 and profile.predict.gflops_per_thread > 0
+    cell = predict.predict_cells(profile.model_copy(update={"access": profile.access.model_copy(update={"kind": "none"})}),
+                                 {"t": token_model(tmp_path / "t.onnx")}, token_inputs(2))["t"]
+    assert cell["status"] == "predicted" and cell["prediction"]["calibration"]["date"] == calibration["date"]
+    refused = run_cli("devices", "calibrate", "raspberry-pi-4", "--out", tmp_path / "pi.yaml")
+    assert refused.returncode == 2 and "has no runner to measure on" in refused.stderr
+    assert not (tmp_path / "pi.yaml").exists()

@@ -29,7 +29,9 @@ from edgeslim.targets.runners.job import cell
 
 #: Operators whose heavy work is an integer (INT8 / INT4) matrix product.
 INTEGER_MATMULS = {"MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm",
-                   "QAttention", "ConvInteger", "QLinearConv", "MatMulNBits", "DynamicQuantizeLSTM"}
+                   "QAttention", "ConvInteger", "QLinearConv", "DynamicQuantizeLSTM"}
+#: Weight-only low-bit matmuls: their speed relative to fp32 is ``nbits_speedup``, not ``int8_speedup``.
+NBITS_MATMULS = {"MatMulNBits", "MatMulBnb4", "MatMulFpQ4"}
 _MATMULS = {"MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul",
             "MatMulIntegerToFloat", "MatMulNBits", "MatMulBnb4", "MatMulFpQ4"}
 _GEMMS = {"Gemm", "FusedGemm", "QGemm"}
@@ -123,9 +125,10 @@ def profile_nodes(model: Path, inputs: list[dict[str, np.ndarray]], level: str =
         args = event["args"]
         op = args["op_name"]
         flops = node_flops(op, _shapes(args.get("input_type_shape", [])), _shapes(args.get("output_type_shape", [])))
-        params = float(args.get("parameter_size", 0))
-        if not op.startswith("Gather"):
-            params = max(params, weights.get(event["name"].removesuffix("_kernel_time"), 0.0))
+        if op.startswith("Gather"):  # reads only the rows it outputs (counted as output), not the table
+            params = 0.0
+        else:
+            params = max(float(args.get("parameter_size", 0)), weights.get(event["name"].removesuffix("_kernel_time"), 0.0))
         moved = float(args.get("activation_size", 0)) + params + float(args.get("output_size", 0))
         costs.append(NodeCost(op, flops, moved))
     return costs, len(used)
@@ -137,6 +140,8 @@ def node_seconds(node: NodeCost, figures: Predict, threads: int) -> float:
     rate = figures.gflops_per_thread * 1e9 * scale
     if node.op in INTEGER_MATMULS:
         rate *= figures.int8_speedup
+    elif node.op in NBITS_MATMULS:
+        rate *= figures.nbits_speedup
     return max(node.flops / rate, node.bytes / (figures.memory_gbps * 1e9)) + figures.op_overhead_us * 1e-6
 
 
@@ -147,7 +152,8 @@ def predict_latency_ms(profile: DeviceProfile, model: Path, inputs: list[dict[st
         raise EdgeslimError(f"device '{profile.name}' has no 'predict' section; add one to predict its latency")
     costs, runs = profile_nodes(Path(model), inputs, profile.runtime.graph_optimization_level)
     threads = threads or profile.runtime.threads
-    return 1000.0 * sum(node_seconds(node, profile.predict, threads) for node in costs) / max(runs, 1)
+    per_run = sum(node_seconds(node, profile.predict, threads) for node in costs) / max(runs, 1)
+    return 1000.0 * per_run + profile.predict.call_overhead_us / 1000.0
 
 
 #: Where the true latency lies relative to an uncalibrated prediction (measured / predicted): on the

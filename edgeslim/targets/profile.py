@@ -90,7 +90,8 @@ class Predict(_Section):
     ``gflops_per_thread`` is the sustained FP32 matmul rate of one core; ``int8_speedup`` how much
     faster INT8 matmuls run than FP32; ``memory_gbps`` the sustained memory bandwidth;
     ``thread_efficiency`` the fraction of linear speed-up each extra thread adds;
-    ``op_overhead_us`` the fixed cost of dispatching one operator. ``calibration`` says where the
+    ``op_overhead_us`` the fixed cost of dispatching one operator; ``call_overhead_us`` the fixed cost
+    of one ``session.run`` (binding inputs and outputs). ``calibration`` says where the
     figures come from when they were fitted on the device (date, host, ISA, onnxruntime version,
     threads, and ``max_error``: the largest relative error of the fit on models it did not see);
     without it the figures are estimates from public specifications, and every prediction carries
@@ -99,9 +100,11 @@ class Predict(_Section):
 
     gflops_per_thread: float = Field(gt=0)
     int8_speedup: float = Field(default=2.0, gt=0)
+    nbits_speedup: float = Field(default=1.0, gt=0, description="4-bit weight-only matmuls (MatMulNBits) vs fp32")
     memory_gbps: float = Field(gt=0)
     thread_efficiency: float = Field(default=0.8, gt=0, le=1)
     op_overhead_us: float = Field(default=5.0, ge=0)
+    call_overhead_us: float = Field(default=0.0, ge=0, description="fixed cost of one inference call")
     calibration: dict[str, Any] | None = None
 
 

@@ -1,0 +1,108 @@
+"""Does a calibrated profile predict models it never saw? Calibrate this host, then predict and measure.
+
+    .venv/bin/python bench/calibration_check.py [--runs 100] [--seq 32]
+
+Calibrates the ``x86-64-cpu`` profile with ``edgeslim.targets.calibrate`` (the suite of matrix
+products, attention, layer norm, gather, elementwise and empty graphs), then takes transformers that
+are not in the suite (BERT classifiers of other widths and depths, fp32, dynamic INT8 and INT4
+weight-only, and a one-token step of a small Llama decoder with its KV cache), predicts them with the
+calibrated figures (an ``access: none`` copy of the profile, so every cell is a prediction) and
+measures them on this host (one thread; the thread's CPU time). Prints predicted vs measured and the
+median and largest error, against the targets of 15% median and 30% max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _targets_models import export_bert, text_inputs  # noqa: E402
+
+from edgeslim.targets.calibrate import calibrate  # noqa: E402
+from edgeslim.targets.predict import predict_latency_ms  # noqa: E402
+from edgeslim.targets.profile import DeviceProfile, load_profile  # noqa: E402
+from edgeslim.targets.runners import measure  # noqa: E402
+
+UNSEEN = [(96, 2), (192, 3), (320, 4), (384, 6)]
+
+
+def int4(src: Path, dst: Path) -> Path:
+    from edgeslim.quantize.specs import make_spec
+
+    return make_spec(mode="weight_only", bits=4, block_size=32, accuracy_level=4).quantize(src, dst)
+
+
+def decoder_step(folder: Path) -> tuple[Path, list[dict[str, np.ndarray]]]:
+    """A small Llama (hidden 256, 4 layers) exported with its KV cache; inputs: one token after 32."""
+    import torch
+    from optimum.exporters.onnx import main_export
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    hf = folder / "llama"
+    hf.mkdir(parents=True, exist_ok=True)
+    vocab = {f"t{i}": i for i in range(1000)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", pad_token="t0").save_pretrained(hf)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)).save_pretrained(hf)
+    main_export(str(hf), output=str(folder / "llama-onnx"), task="text-generation-with-past", opset=18)
+    AutoTokenizer.from_pretrained(hf)
+    past = {f"past_key_values.{i}.{kind}": np.zeros((1, 2, 32, 64), np.float32) for i in range(4) for kind in ("key", "value")}
+    feed = {"input_ids": np.array([[7]], dtype=np.int64), "attention_mask": np.ones((1, 33), dtype=np.int64),
+            "position_ids": np.array([[32]], dtype=np.int64), **past}
+    return folder / "llama-onnx" / "model.onnx", [feed]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--seq", type=int, default=32)
+    args = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    host = load_profile("x86-64-cpu")
+    with tempfile.TemporaryDirectory(prefix="edgeslim-calcheck-") as tmp:
+        work = Path(tmp)
+        (work / "suite").mkdir()
+        data, _ = calibrate(host, work / "suite", runs=args.runs, log=lambda line: None)
+        calibrated = DeviceProfile.model_validate({**data, "access": {"kind": "none"}})
+        print(f"calibrated: {({k: v for k, v in data['predict'].items() if k != 'calibration'})}; leave-one-out "
+              f"median {data['predict']['calibration']['cv_median_error']:.0%}, max {data['predict']['calibration']['max_error']:.0%}")
+        models: dict[str, tuple[Path, list]] = {}
+        inputs = text_inputs(4, args.seq)
+        for hidden, layers in UNSEEN:
+            name = f"bert-h{hidden}-l{layers}"
+            fp32 = export_bert(work / f"{name}.onnx", hidden, layers)
+            models[f"{name}-fp32"] = (fp32, inputs)
+            models[f"{name}-int8"] = (export_bert(work / f"{name}-int8.onnx", hidden, layers, int8=True), inputs)
+        models["bert-h320-l4-int4"] = (int4(work / "bert-h320-l4.onnx", work / "bert-h320-l4-int4.onnx"), inputs)
+        models["llama-h256-step"] = decoder_step(work)
+        rows = []
+        for name, (path, feeds) in models.items():
+            cell = measure(host, {name: path}, feeds, warmup=10, runs=args.runs, memory=False)[name]
+            measured = (cell.get("cpu_ms") or cell["latency_ms"])["p50"]
+            predicted = predict_latency_ms(calibrated, path, feeds)
+            rows.append((name, measured, predicted, predicted / measured - 1))
+    print(f"\n{'model':<22} {'measured ms':>12} {'predicted ms':>13} {'error':>7}")
+    for name, measured, predicted, error in rows:
+        print(f"{name:<22} {measured:>12.3f} {predicted:>13.3f} {error:>+7.0%}")
+    errors = [abs(r[3]) for r in rows]
+    median, worst = statistics.median(errors), max(errors)
+    print(f"\nmedian |error| {median:.0%} (target 15%: {'met' if median <= 0.15 else 'MISSED'}), "
+          f"max {worst:.0%} (target 30%: {'met' if worst <= 0.30 else 'MISSED'}) over {len(rows)} unseen models")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
