@@ -109,3 +109,31 @@ def test_gate_baseline_against_the_same_release_passes(tiny_run):
     result = run_cli("gate", report, "--baseline", model)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "baseline.latency_p50" in result.stdout
+
+
+def test_the_html_report_holds_what_the_markdown_has_and_colours_the_verdict(tiny_run):
+    """report.html: the summary with the release highlighted and a legend, the gate as a coloured
+    table, the quantization candidates and the cells not measured, as report.md has them."""
+    from html.parser import HTMLParser
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.headings, self.classes, self.current = [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            self.current = tag
+            self.classes += [value for name, value in attrs if name == "class"]
+
+        def handle_data(self, data):
+            if self.current in ("h2", "h3") and data.strip():
+                self.headings.append(data.strip())
+
+    out = tiny_run[0] / "report"
+    page = Collect()
+    page.feed((out / "report.html").read_text())
+    assert "Gate" in page.headings and "Columns" in page.headings
+    assert any(h.startswith("Quantization candidates") for h in page.headings)
+    assert "release" in page.classes and "verdict pass" in page.classes and "pass" in page.classes
+    markdown = (out / "report.md").read_text()
+    assert "## Quantization candidates" in markdown and "Columns: **accuracy / perplexity**" in markdown

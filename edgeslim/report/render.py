@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeslim.artifacts import atomic_write_text
-from edgeslim.report.gate import MIB, Check, format_checks, gate_exit_code
+from edgeslim.report.gate import MIB, Check, gate_exit_code
 
 
 def _pct(value) -> str:
@@ -122,6 +122,8 @@ def render_markdown(report: dict[str, Any], checks: list[Check]) -> str:
         "",
         *[f"- {line}" for line in ratios(report)],
         "",
+        "Columns: " + "; ".join(f"**{name}** {meaning}" for name, meaning in LEGEND) + ".",
+        "",
         "## Gate",
         "",
     ]
@@ -140,6 +142,32 @@ def render_markdown(report: dict[str, Any], checks: list[Check]) -> str:
     return "\n".join(parts) + "\n"
 
 
+#: What each column of the summary table means (report.md and report.html show it under the table).
+LEGEND = [
+    ("accuracy / perplexity", "the task figure on the eval split, batch 1 (the one scoring path)"),
+    ("95% interval", "Wilson's interval of the accuracy, or a bootstrap over texts of the perplexity"),
+    ("agree", "share of eval examples (or greedy tokens) where the artifact's top-1 equals the fp32 teacher ONNX's"),
+    ("size MiB", "bytes a device must hold (ONNX file and external data, or torch weights)"),
+    ("params", "weight elements (4-bit weights counted as elements, not bytes)"),
+    ("DEVICE p50/p90 ms", "measured latency; ~ marks a prediction (with its band in report.json), a word "
+                          "the status of a cell that holds no latency (see Cells not measured)"),
+]
+
+
+def _candidate_rows(quantize: dict[str, Any]) -> list[list[str]]:
+    """Header plus one row per quantization candidate."""
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    rows = [["candidate", "accuracy", "drop", "size KiB", "p50 ms (build host)", "excluded nodes", "meets budget", "error"]]
+    for cand in quantize["candidates"]:
+        rows.append([cand["name"], num(cand.get("accuracy"), ".4f"), num(cand.get("accuracy_drop"), "+.4f"),
+                     num(cand.get("size_bytes") and cand["size_bytes"] / 1024, ".1f"), num(cand.get("latency_ms_p50"), ".3f"),
+                     str(len(cand.get("excluded_nodes") or [])), "yes" if cand.get("meets_budget") else "no",
+                     cand.get("error") or ""])
+    return rows
+
+
 def _quantize_section(report: dict[str, Any]) -> list[str]:
     """The quantize stage's candidates (accuracy, size, latency) and why it kept the one it kept."""
     lines = []
@@ -147,15 +175,7 @@ def _quantize_section(report: dict[str, Any]) -> list[str]:
         quantize = record.get("quantize")
         if not quantize:
             continue
-        lines += ["", f"## Quantization candidates ({record['name']})", "",
-                  "| candidate | accuracy | drop | size KiB | p50 ms (build host) | excluded nodes | meets budget | error |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for cand in quantize["candidates"]:
-            def num(value, fmt):
-                return "-" if value is None else format(value, fmt)
-            lines.append(f"| {cand['name']} | {num(cand.get('accuracy'), '.4f')} | {num(cand.get('accuracy_drop'), '+.4f')} | "
-                         f"{num(cand.get('size_bytes') and cand['size_bytes'] / 1024, '.1f')} | {num(cand.get('latency_ms_p50'), '.3f')} | "
-                         f"{len(cand.get('excluded_nodes') or [])} | {'yes' if cand.get('meets_budget') else 'no'} | {cand.get('error') or ''} |")
+        lines += ["", f"## Quantization candidates ({record['name']})", "", markdown_table(_candidate_rows(quantize))]
         if quantize.get("choice"):
             lines += ["", f"Kept **{quantize['choice']['name']}**: {quantize['choice'].get('reason')}."]
     return lines
@@ -250,27 +270,62 @@ def _size_svg(report: dict[str, Any]) -> str:
     return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">{"".join(body)}</svg>'
 
 
+def _html_table(rows: list[list[str]], row_class=None) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"
+    body = "".join(f"<tr{row_class(row) if row_class else ''}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row)
+                   + "</tr>" for row in rows[1:])
+    return f"<table>{head}{body}</table>"
+
+
+def _html_gate(checks: list[Check]) -> str:
+    """The gate as a table, each check coloured by its verdict, under a coloured overall verdict."""
+    passed = gate_exit_code(checks) == 0
+    banner = (f"<p class='verdict {'pass' if passed else 'fail'}'>gate {'PASS' if passed else 'FAIL'} "
+              f"({sum(c.passed for c in checks)} of {len(checks)} checks pass)</p>")
+    rows = [["check", "device", "limit", "actual", "verdict", "detail"]] + [
+        [c.budget, c.device or "-", f"{c.limit:g}", "-" if c.actual is None else f"{c.actual:g}",
+         "pass" if c.passed else "FAIL", c.detail] for c in checks]
+    return banner + _html_table(rows, lambda row: " class='pass'" if row[4] == "pass" else " class='fail'")
+
+
 def render_html(report: dict[str, Any], checks: list[Check]) -> str:
-    rows = summary_rows(report)
-    table = "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:]) + "</table>"
+    """report.html: everything report.md has (summary with legend, gate, quantization candidates,
+    cells not measured) plus the plots; the verdict coloured, the release highlighted."""
+    release = report["release"]
+    table = _html_table(summary_rows(report), lambda row: " class='release'" if row[0].startswith(release + " ") else "")
     plots = []
     for device in [d["name"] for d in report["devices"]]:
         points = []
         for record in report["artifacts"]:
             cell = record["devices"].get(device) or {}
             if cell.get("status") in ("measured", "predicted") and cell.get("latency_ms") and record.get("accuracy") is not None:
-                points.append((cell["latency_ms"]["p50"], record["accuracy"], record["name"]))
+                label = record["name"] + (" (predicted)" if cell["status"] == "predicted" else "")
+                points.append((cell["latency_ms"]["p50"], record["accuracy"], label))
         plots.append(_scatter_svg(points, f"accuracy vs p50 latency on {device} (Pareto front in red)"))
-    gate = html.escape(format_checks(checks))
+    sections = []
+    for record in report["artifacts"]:
+        if record.get("quantize"):
+            choice = record["quantize"].get("choice") or {}
+            sections.append(f"<h2>Quantization candidates ({html.escape(record['name'])})</h2>"
+                            + _html_table(_candidate_rows(record["quantize"]))
+                            + (f"<p>Kept <b>{html.escape(choice['name'])}</b>: {html.escape(str(choice.get('reason')))}.</p>"
+                               if choice else ""))
+    reasons = _reasons(report)
+    if reasons:
+        sections.append("<h2>Cells not measured</h2><ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in reasons) + "</ul>")
+    legend = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(meaning)}</li>" for name, meaning in LEGEND)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>edgeslim report</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}</style></head><body>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}"
+        "tr.release td{font-weight:bold;background:#fff6d5}tr.pass td{background:#eaf7ea}tr.fail td{background:#fbe3e3}"
+        ".verdict{font-size:1.4em;font-weight:bold;padding:.3em .6em;display:inline-block}"
+        ".verdict.pass{background:#2e7d32;color:#fff}.verdict.fail{background:#c62828;color:#fff}</style></head><body>"
         f"<h1>edgeslim report: {html.escape(report['recipe']['name'])}</h1>"
-        f"<p>Release: <code>{html.escape(report['release'])}</code>. Created {html.escape(report['created'])}.</p>"
+        f"<p>Release: <code>{html.escape(release)}</code> (highlighted). Created {html.escape(report['created'])}.</p>"
         f"{table}<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in ratios(report))}</ul>"
-        f"{''.join(plots)}{_size_svg(report)}<h2>Gate</h2><pre>{gate}</pre></body></html>\n"
+        f"<h3>Columns</h3><ul>{legend}</ul>"
+        f"<h2>Gate</h2>{_html_gate(checks)}{''.join(sections)}{''.join(plots)}{_size_svg(report)}</body></html>\n"
     )
 
 
