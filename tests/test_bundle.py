@@ -234,3 +234,18 @@ def test_ort_file_onnxruntime_cannot_read_is_left_out_with_a_reason(tmp_path):
     assert not (tmp_path / "bundle" / "model.ort").exists()
     assert not (tmp_path / "bundle" / "required_operators.config").exists()
     session(tmp_path / "bundle" / "model.onnx")  # the ONNX model itself still loads
+
+
+def test_the_model_card_has_hub_front_matter_sections_and_app_snippets(bundle):
+    """The card: Hub front matter, intended use, limitations and data sections, and code for Optimum,
+    onnxruntime, Android (Kotlin) and iOS (Swift) loading model.ort."""
+    artifact, _ = bundle
+    card = (artifact.path / "README.md").read_text()
+    header = card.split("---")[1]
+    assert "pipeline_tag: text-classification" in header and "library_name: onnxruntime" in header
+    assert "license:" in header and "metrics: [accuracy]" in header
+    for section in ("## Intended use", "## Limitations", "## Training and evaluation data", "## Use",
+                    "## Measured figures"):
+        assert section in card
+    assert "```kotlin" in card and "createSession" in card and "```swift" in card and "ORTSession" in card
+    assert "ORTModelForSequenceClassification" in card and "ort.InferenceSession" in card

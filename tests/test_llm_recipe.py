@@ -113,6 +113,8 @@ def test_the_bundle_runs_in_onnxruntime_genai_and_generates_what_edgeslim_does(l
     bundle = out / "model"
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["genai"]["written"] and (bundle / "genai_config.json").is_file()
+    card = (bundle / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card and "import onnxruntime_genai as og" in card
     model = og.Model(str(bundle))
     ours = Decoder(make_session(bundle / "model.onnx", {"threads": 1}))
     eos = json.loads((bundle / "genai_config.json").read_text())["model"]["eos_token_id"]

@@ -22,8 +22,7 @@ from typing import Any
 
 from edgeslim.artifacts import ONNX_FILE, atomic_write_json
 from edgeslim.errors import EdgeslimError
-
-GENAI_FILE = "genai_config.json"
+from edgeslim.export.bundle_files import GENAI_FILE
 
 
 def genai_config(folder: Path) -> dict[str, Any]:

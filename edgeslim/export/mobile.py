@@ -28,14 +28,11 @@ from edgeslim.artifacts import ONNX_FILE, Artifact, atomic_write_json, atomic_wr
 from edgeslim.errors import EdgeslimError, describe, first_line
 from edgeslim.export.onnx import padding_tokenizer
 from edgeslim.artifacts import copy_sidecar_files
+from edgeslim.export.bundle_files import CARD_FILE, METADATA_FILE, OPERATORS_FILE, ORT_FILE, TOKENIZER_MODEL_FILE  # noqa: F401
 from edgeslim.export.mobile_check import mobile_usability
+from edgeslim.export.model_card import write_model_card
 from edgeslim.stage import StageConfig, register_stage
 
-ORT_FILE = "model.ort"
-OPERATORS_FILE = "required_operators.config"
-TOKENIZER_MODEL_FILE = "model_with_tokenizer.onnx"
-METADATA_FILE = "edgeslim.json"
-CARD_FILE = "README.md"
 METADATA_PREFIX = "edgeslim."
 # Inputs the in-graph tokenizer can provide, in the order a BERT-style tokenizer emits them.
 TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -266,83 +263,6 @@ def run_tokenizer_model(path: Path, text: str) -> list[np.ndarray]:
     return session.run(None, {name: np.array([text])})
 
 
-# Model card ------------------------------------------------------------------------------------
-
-FIGURES_START = "<!-- edgeslim:figures -->"
-FIGURES_END = "<!-- /edgeslim:figures -->"
-
-
-def write_model_card(bundle_dir: Path, figures: dict[str, Any]) -> Path:
-    """(Re)write the bundle's ``README.md`` from ``edgeslim.json`` and the measured ``figures``.
-
-    ``figures`` maps a name to a value, or to a dict of values (one row per key, e.g. per device);
-    the stage passes what it knows (size, parity, ORT size); the report step can call this again
-    with the benchmark matrix's figures. Everything else comes from ``edgeslim.json``.
-    """
-    bundle_dir = Path(bundle_dir)
-    meta = read_json(bundle_dir / METADATA_FILE)
-    title = meta.get("title") or meta.get("recipe") or "edgeslim model"
-    task = meta.get("task")
-    files = [name for name in (ONNX_FILE, ORT_FILE, OPERATORS_FILE, TOKENIZER_MODEL_FILE, "config.json",
-                                "tokenizer.json", METADATA_FILE) if (bundle_dir / name).exists()]
-    loader = "ORTModelForCausalLM" if task == "causal-lm" else "ORTModelForSequenceClassification"
-    has_cache = any(name.startswith("past_key_values") for name in meta.get("input_names", []))
-    no_cache = ", use_cache=False" if task == "causal-lm" and not has_cache else ""
-    lines = [
-        f"# {title}", "",
-        f"ONNX model for **{task}** built by edgeslim {meta.get('edgeslim_version')} "
-        f"(recipe `{meta.get('recipe')}`, hash `{meta.get('recipe_hash')}`).", "",
-        "## Inputs and outputs", "",
-        f"- inputs: {', '.join(f'`{n}`' for n in meta.get('input_names', []))}",
-        f"- outputs: {', '.join(f'`{n}`' for n in meta.get('output_names', []))}",
-        f"- max length: {meta.get('max_length')} tokens",
-    ]
-    if meta.get("labels"):
-        lines.append(f"- labels (index order): {', '.join(f'`{label}`' for label in meta['labels'])}")
-    lines += ["", "## Files", ""] + [f"- `{name}`" for name in files]
-    lines += ["", "## Use", "", "```python", f"from optimum.onnxruntime import {loader}",
-              "from transformers import AutoTokenizer", "",
-              f'model = {loader}.from_pretrained("path/to/this/folder"{no_cache})',
-              'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")', "```", ""]
-    if (bundle_dir / ORT_FILE).exists():
-        lines += ["On Android/iOS load `model.ort` with onnxruntime-mobile; `required_operators.config` "
-                  "lists the operators a reduced onnxruntime build needs.", ""]
-    if (bundle_dir / TOKENIZER_MODEL_FILE).exists():
-        lines += ["`model_with_tokenizer.onnx` takes one raw string (input `text`) and needs the "
-                  "onnxruntime-extensions custom-op library.", ""]
-    usability = meta.get("mobile_usability")
-    if usability:
-        lines += ["## Mobile execution providers", "", "| provider | verdict | supported nodes | partitions | unsupported ops |",
-                  "|---|---|---|---|---|"]
-        for ep, entry in usability.get("providers", {}).items():
-            lines.append(f"| {ep} | {entry['verdict']} | {entry['supported_nodes']}/{entry['nodes']} | "
-                         f"{entry['partitions']} | {', '.join(entry['unsupported_ops']) or '-'} |")
-        lines += ["", f"Recommendation: {usability.get('recommendation')}.", ""]
-    lines += [FIGURES_START, "## Measured figures", ""] + _figure_lines(figures) + [FIGURES_END, ""]
-    path = bundle_dir / CARD_FILE
-    atomic_write_text(path, "\n".join(lines))
-    return path
-
-
-def _figure_lines(figures: dict[str, Any]) -> list[str]:
-    if not figures:
-        return ["No figures measured yet."]
-    lines = ["| figure | value |", "|---|---|"]
-    for name, value in figures.items():
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                lines.append(f"| {name} / {key} | {_fmt(inner)} |")
-        else:
-            lines.append(f"| {name} | {_fmt(value)} |")
-    return lines
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 # The stage -------------------------------------------------------------------------------------
 
 def genai_entry(out_dir: Path, log) -> dict[str, Any]:
@@ -359,14 +279,16 @@ def genai_entry(out_dir: Path, log) -> dict[str, Any]:
 
 def build_bundle(src: Path, out_dir: Path, task: str, config: BundleConfig, labels: list[str] | None = None,
                  max_length: int | None = None, recipe_hash: str | None = None, recipe_name: str | None = None,
-                 figures: dict[str, Any] | None = None, log=lambda message: None) -> dict[str, Any]:
-    """Build the bundle from the ONNX folder ``src`` into ``out_dir``; return the manifest entries."""
+                 figures: dict[str, Any] | None = None, log=lambda message: None,
+                 provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the bundle from the ONNX folder ``src`` into ``out_dir``; return the manifest entries.
+    ``provenance`` (the teacher and the data it was distilled on) goes into the metadata and card."""
     from transformers import AutoTokenizer
 
     out_dir = Path(out_dir)
     copy_model_folder(src, out_dir)
     tokenizer = padding_tokenizer(AutoTokenizer.from_pretrained(out_dir))
-    metadata = bundle_metadata(out_dir, task, labels, max_length, recipe_hash, recipe_name)
+    metadata = {**bundle_metadata(out_dir, task, labels, max_length, recipe_hash, recipe_name), **(provenance or {})}
     if config.title:
         metadata["title"] = config.title
     write_metadata(out_dir / ONNX_FILE, metadata)
@@ -396,6 +318,16 @@ def build_bundle(src: Path, out_dir: Path, task: str, config: BundleConfig, labe
     return entries
 
 
+def provenance(recipe) -> dict[str, Any]:
+    """Where the release comes from, for its metadata and model card: the teacher and the data."""
+    teacher = getattr(recipe, "teacher", None)
+    data = getattr(recipe, "data", None)
+    if teacher is None or data is None:
+        return {}
+    base = teacher.source or f"built from a {teacher.build.get('model_type')} config"
+    return {"base_model": base, "dataset": data.source, "eval_examples": data.eval_size}
+
+
 @register_stage("bundle", config=BundleConfig, consumes="onnx", produces="bundle")
 def run(config: BundleConfig, artifact: Artifact, ctx) -> Artifact:
     """Turn the input ONNX artifact into the release bundle in ``ctx.out_dir``."""
@@ -407,7 +339,7 @@ def run(config: BundleConfig, artifact: Artifact, ctx) -> Artifact:
     upstream = (artifact.manifest or {}).get("metrics", {})
     figures = {key: upstream[key] for key in ("accuracy", "perplexity", "agreement", "parity_max_abs") if key in upstream}
     entries = build_bundle(artifact.path, ctx.out_dir, ctx.task, config, labels, max_length, recipe_hash,
-                           getattr(ctx.recipe, "name", None), figures, log=ctx.log)
+                           getattr(ctx.recipe, "name", None), figures, log=ctx.log, provenance=provenance(ctx.recipe))
     metrics = {"size_bytes": entries["figures"]["size_bytes"]}
     nondeterministic = {}
     if entries.get("ort", {}).get("written"):
