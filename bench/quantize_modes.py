@@ -74,6 +74,7 @@ def demo_model(cache: Path, data, epochs: float) -> tuple[Path, Path]:
 def main() -> None:
     from edgeslim.quantize import measure as qm
     from edgeslim.quantize.specs import make_spec, quantize_with
+    from edgeslim.report.evaluate import complete_feeds, encode
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--onnx", type=Path, help="an ONNX artifact folder to benchmark instead of the demo's model")
@@ -95,7 +96,7 @@ def main() -> None:
     examples = data.eval[: args.eval]
     calibration_raw = data.calibration(tokenizer, 64)
     session = qm.session(src)
-    calibration = [qm.complete_feeds(session, feed) for feed in calibration_raw]
+    calibration = [complete_feeds(session, feed) for feed in calibration_raw]
 
     rows = {"fp32": {"path": src, "seconds": 0.0}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +122,7 @@ def main() -> None:
                 del rows[name]
                 continue
             row["size"] = qm.size_bytes(row["path"])
-        feeds = qm.encode(tokenizer, [ex.text for ex in examples[:32]], data.max_length)
+        feeds = encode(tokenizer, [ex.text for ex in examples[:32]], data.max_length)
         medians = qm.interleaved_latency({name: row["path"] for name, row in rows.items()}, feeds, runs=args.runs)
 
     base = rows["fp32"]

@@ -81,7 +81,7 @@ def _run_locked(recipe, pipeline, out_dir: Path, quiet: bool) -> RunResult:
     write_all(report, checks, report_dir)
     model_dir = publish_release(release, out_dir)
     if release.kind == "bundle":
-        from edgeslim.export.mobile import write_model_card
+        from edgeslim.export.model_card import write_model_card
         from edgeslim.report.render import card_figures
 
         write_model_card(model_dir, card_figures(report, checks))

@@ -138,7 +138,7 @@ class Pipeline:
     def _clear_for_forced_rerun(self) -> None:
         """``--force`` under a multi-process launch: rank 0 deletes the finished stage folders before
         any rank starts, so the others cannot mistake an old result for rank 0's new one."""
-        from edgeslim.compress.trainer import process_state
+        from edgeslim.compress.train_state import process_state
 
         if self.role.is_main:
             for folder in [*self.out_dir.glob("stages/[0-9]*"), *self.out_dir.glob("baselines/*")]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgeslim.errors import EdgeslimError
 from edgeslim.stage import StageConfig
 from edgeslim.stages import get_stage
-from edgeslim.teacher import FinetuneConfig, TeacherConfig, TokenizerTrainConfig  # noqa: F401  (the recipe's teacher section)
+from edgeslim.teacher import TeacherConfig
 
 Task = Literal["text-classification", "causal-lm"]
 

@@ -271,7 +271,7 @@ torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from safetensors.torch import load_file
-from edgeslim.compress.trainer import process_state
+from edgeslim.compress.train_state import process_state
 from test_distill import distill, make_data, few_labels
 state = process_state()
 art = distill(Path({parent!r}), few_labels(make_data(200), 48), Path({teacher!r}), layers=[1, 3], max_steps=6,

@@ -24,14 +24,13 @@ from edgeslim.compress.students import WIDTH_FIELDS as WIDTH_KEYS
 from edgeslim.compress.students import build_student, resolve_layers
 from edgeslim.compress.torch_artifacts import auto_class, load_torch
 from edgeslim.compress.teacher_cache import GenerationSpec, TeacherNeeds, cached_teacher, generate_rows, teacher_forward
+from edgeslim.compress.train_state import clear_checkpoints, process_state
 from edgeslim.compress.trainer import (
     TrainConfig,
     Trainable,
-    clear_checkpoints,
     examples_from_split,
     examples_from_texts,
     model_inputs,
-    process_state,
     reindex,
     train,
 )

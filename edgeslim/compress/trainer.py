@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeslim.compress.losses import IGNORE_INDEX, soft_kl, token_divergence
-from edgeslim.compress.train_state import (  # noqa: F401  (process_state and clear_checkpoints: used from here too)
-    BestWeights, clear_checkpoints, process_state, resume, save_checkpoint)
+from edgeslim.compress.train_state import BestWeights, process_state, resume, save_checkpoint
 
 Example = dict[str, Any]
 Batch = dict[str, torch.Tensor]

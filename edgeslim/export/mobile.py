@@ -24,11 +24,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from edgeslim.artifacts import ONNX_FILE, Artifact, atomic_write_json, atomic_write_text, onnx_size_bytes, read_json
+from edgeslim.artifacts import ONNX_FILE, Artifact, atomic_write_json, copy_sidecar_files, onnx_size_bytes, read_json
 from edgeslim.errors import EdgeslimError, describe, first_line
 from edgeslim.export.onnx import padding_tokenizer
-from edgeslim.artifacts import copy_sidecar_files
-from edgeslim.export.bundle_files import CARD_FILE, METADATA_FILE, OPERATORS_FILE, ORT_FILE, TOKENIZER_MODEL_FILE  # noqa: F401
+from edgeslim.export.bundle_files import METADATA_FILE, OPERATORS_FILE, ORT_FILE, TOKENIZER_MODEL_FILE
 from edgeslim.export.mobile_check import mobile_usability
 from edgeslim.export.model_card import write_model_card
 from edgeslim.stage import StageConfig, register_stage

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from edgeslim.artifacts import onnx_size_bytes
-from edgeslim.report.evaluate import complete_feeds, encode  # noqa: F401  (callers use them from here too)
+from edgeslim.report.evaluate import complete_feeds
 
 
 def session(onnx_file: Path, threads: int = 1):

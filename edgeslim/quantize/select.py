@@ -20,6 +20,7 @@ from edgeslim.artifacts import Artifact
 from edgeslim.errors import EdgeslimError, describe
 from edgeslim.quantize import measure as qm
 from edgeslim.quantize.specs import for_devices
+from edgeslim.report.evaluate import complete_feeds, encode
 
 # A drop this close to the budget counts as within it (accuracy is a ratio of integers).
 TOLERANCE = 1e-9
@@ -117,7 +118,7 @@ class Scorer:
         self.task = task
         self.max_length = max_length
         texts = [ex.text for ex in examples[:sensitivity_samples]]
-        self.probe_feeds = qm.encode(tokenizer, texts, max_length) if tokenizer is not None and texts else []
+        self.probe_feeds = encode(tokenizer, texts, max_length) if tokenizer is not None and texts else []
         self.probe_reference = qm.outputs(src, self.probe_feeds) if self.probe_feeds else []
 
     def accuracy(self, onnx_file: Path) -> float | None:
@@ -198,7 +199,7 @@ class CandidateBuilder:
             if self.data is None or self.scorer.tokenizer is None:
                 raise EdgeslimError("static and calibrated quantization need the recipe's data and a tokenizer")
             sess = qm.session(self.src)
-            self._calibration[n] = [qm.complete_feeds(sess, feed) for feed in self.data.calibration(self.scorer.tokenizer, n)]
+            self._calibration[n] = [complete_feeds(sess, feed) for feed in self.data.calibration(self.scorer.tokenizer, n)]
         return self._calibration[n]
 
     def torch_evaluator(self):
@@ -307,7 +308,7 @@ def time_candidates(src: Path, built: list[Candidate], scorer: Scorer, runs: int
     """Interleaved median latency of the input and every candidate; returns the input's."""
     feeds = scorer.probe_feeds[:8]
     if not feeds and tokenizer is not None:
-        feeds = qm.encode(tokenizer, ["a short sentence to time the model with"])
+        feeds = encode(tokenizer, ["a short sentence to time the model with"])
     if not feeds:
         return None
     models = {"__input__": src, **{c.name: c.path for c in built}}

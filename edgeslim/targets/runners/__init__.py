@@ -21,7 +21,8 @@ import numpy as np
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.targets.profile import DeviceProfile
-from edgeslim.targets.runners.job import STATUSES, cell, cells_for_all, one_line
+from edgeslim.errors import last_line
+from edgeslim.targets.runners.job import STATUSES, cell, cells_for_all
 
 __all__ = ["measure", "cell", "STATUSES"]
 
@@ -97,4 +98,4 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
     except EdgeslimError:
         raise
     except Exception as exc:  # a device problem must not stop the matrix
-        return cells_for_all(models, "error", f"{kind} runner failed: {type(exc).__name__}: {one_line(str(exc))}")
+        return cells_for_all(models, "error", f"{kind} runner failed: {type(exc).__name__}: {last_line(str(exc))}")

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from edgeslim.errors import last_line as one_line  # noqa: F401  (the runners' name for it)
 from edgeslim.targets.harness import MACHINE_KEY
 from edgeslim.targets.profile import DeviceProfile
 

@@ -23,7 +23,8 @@ import numpy as np
 
 from edgeslim.targets.instructions import COUNTER, engine_instructions
 from edgeslim.targets.profile import DeviceProfile
-from edgeslim.targets.runners.job import HARNESS, cells_for_all, cells_from_result, one_line, write_inputs, write_spec
+from edgeslim.errors import last_line
+from edgeslim.targets.runners.job import HARNESS, cells_for_all, cells_from_result, write_inputs, write_spec
 
 TIMEOUT_S = 1800
 #: Inputs the instruction count runs over (callgrind is ~50x slower than native).
@@ -47,7 +48,7 @@ def run_harness(command: list[str], workdir: Path, env: dict[str, str], timeout_
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"harness timed out after {timeout_s} s") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"harness failed (exit {proc.returncode}): {one_line(proc.stderr or proc.stdout)}")
+        raise RuntimeError(f"harness failed (exit {proc.returncode}): {last_line(proc.stderr or proc.stdout)}")
     return json.loads((workdir / result_name).read_text(encoding="utf-8"))
 
 

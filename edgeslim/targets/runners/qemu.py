@@ -23,7 +23,8 @@ from edgeslim.errors import EdgeslimError
 import edgeslim.targets.qemu_setup as qemu_setup
 from edgeslim.targets.profile import DeviceProfile
 import edgeslim.targets.runners.parity as parity
-from edgeslim.targets.runners.job import HARNESS, MACHINE_KEY, cell, cells_for_all, cells_from_result, one_line, write_inputs, write_spec
+from edgeslim.errors import last_line
+from edgeslim.targets.runners.job import HARNESS, MACHINE_KEY, cell, cells_for_all, cells_from_result, write_inputs, write_spec
 from edgeslim.targets.runners.local import run_harness
 
 TIMEOUT_S = 1800
@@ -72,7 +73,7 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
         try:
             figures = parity.parity_fields(host, emulated, name, references, labels)
         except RuntimeError as exc:
-            cells[name] = cell("error", reason=one_line(str(exc)))
+            cells[name] = cell("error", reason=last_line(str(exc)))
             continue
         verdict = "match" if figures["outputs_match"] else "DIFFER from"
         diff = f"max rel diff {figures['max_rel_diff']:.2e}, " if "max_rel_diff" in figures else ""

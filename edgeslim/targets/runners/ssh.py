@@ -25,7 +25,8 @@ import numpy as np
 
 from edgeslim.targets.profile import Access, DeviceProfile
 import edgeslim.targets.runners.parity as parity
-from edgeslim.targets.runners.job import HARNESS, MACHINE_KEY, cells_for_all, cells_from_result, one_line, write_inputs, write_spec
+from edgeslim.errors import last_line
+from edgeslim.targets.runners.job import HARNESS, MACHINE_KEY, cells_for_all, cells_from_result, write_inputs, write_spec
 
 TIMEOUT_S = 1800
 
@@ -57,9 +58,9 @@ def remote(access: Access, script: str, *, stdin: bytes | None = None, timeout_s
         raise SshError(f"{where}: no answer within {timeout_s} s") from None
     stderr = proc.stderr.decode(errors="replace")
     if proc.returncode == 255:
-        raise SshError(f"cannot reach {where} over ssh: {one_line(stderr)}")
+        raise SshError(f"cannot reach {where} over ssh: {last_line(stderr)}")
     if proc.returncode != 0:
-        raise SshError(f"{where}: remote command failed (exit {proc.returncode}): {one_line(stderr or proc.stdout.decode(errors='replace'))}")
+        raise SshError(f"{where}: remote command failed (exit {proc.returncode}): {last_line(stderr or proc.stdout.decode(errors='replace'))}")
     return proc.stdout.decode(errors="replace")
 
 
@@ -132,7 +133,7 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
         except SshError as exc:
             return cells_for_all(models, "error", str(exc))
         except (ValueError, binascii.Error):
-            return cells_for_all(models, "error", f"the device's harness printed no result: {one_line(output)}")
+            return cells_for_all(models, "error", f"the device's harness printed no result: {last_line(output)}")
         except RuntimeError as exc:
             return cells_for_all(models, "error", f"host run for parity failed: {exc}")
         finally:
@@ -148,5 +149,5 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
             try:
                 one.update(parity.parity_fields(host, device_outputs, name, references or {}, labels))
             except RuntimeError as exc:
-                one.update(status="error", reason=one_line(str(exc)))
+                one.update(status="error", reason=last_line(str(exc)))
     return cells
