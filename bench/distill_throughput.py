@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from edgeslim.compress.distill import DistillConfig, DistillObjective
+from edgeslim.compress.distill import DistillObjective
+from edgeslim.compress.distill_config import DistillConfig
 from edgeslim.compress.students import build_student
 from edgeslim.compress.teacher_cache import cached_teacher
 from edgeslim.compress.trainer import TrainConfig, examples_from_split, reindex, train

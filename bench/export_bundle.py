@@ -54,8 +54,10 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from edgeslim.data import DataBundle, Example
-    from edgeslim.export.mobile import BundleConfig, build_bundle
-    from edgeslim.export.onnx import ExportConfig, export_artifact
+    from edgeslim.export.bundle_config import BundleConfig
+    from edgeslim.export.export_config import ExportConfig
+    from edgeslim.export.mobile import build_bundle
+    from edgeslim.export.onnx import export_artifact
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=100)

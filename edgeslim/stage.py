@@ -2,9 +2,12 @@
 
 A stage is a typed config (a :class:`StageConfig` subclass) plus one function
 ``run(config, artifact, ctx) -> Artifact``, registered with :func:`register_stage` under its recipe
-name (the shape of torchao's config + transform and Olive's passes). This module is a leaf: stage
-modules import it and nothing that runs stages, so the stage modules, the registry
-(:mod:`edgeslim.stages`) and the runner (:mod:`edgeslim.pipeline`) form no import cycle.
+name (the shape of torchao's config + transform and Olive's passes). The config lives in a module
+that imports neither torch, transformers nor onnxruntime, and registers the function by its dotted
+name ("module:function"), imported only when the stage runs: reading and checking a recipe stays
+fast. This module is a leaf: stage modules import it and nothing that runs stages, so the stage
+modules, the registry (:mod:`edgeslim.stages`) and the runner (:mod:`edgeslim.pipeline`) form no
+import cycle.
 
 Artifact kinds a stage consumes and produces: ``source`` (the recipe's teacher reference; only the
 teacher stage consumes it), ``torch``, ``onnx``, ``bundle``.
@@ -12,6 +15,7 @@ teacher stage consumes it), ``torch``, ``onnx``, ``bundle``.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -49,34 +53,43 @@ class StageConfig(BaseModel):
 
 @dataclass(frozen=True)
 class StageSpec:
-    """A registered stage: its recipe name, config class, function and artifact kinds."""
+    """A registered stage: its recipe name, config class, function ("module:function") and artifact kinds."""
 
     name: str
     config: type[StageConfig]
-    run: Callable[[StageConfig, Artifact, "StageContext"], Artifact]
+    function: str
     consumes: str
     produces: str
     trains: bool = False
     before: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def module(self) -> str:
+        """The module that implements the stage (its import closure is the stage's code version)."""
+        return self.function.partition(":")[0]
+
+    def run(self, config: StageConfig, artifact: Artifact | None, ctx: "StageContext") -> Artifact:
+        """Import the stage's function and run it."""
+        module, _, name = self.function.partition(":")
+        func: Callable[[StageConfig, Artifact | None, StageContext], Artifact] = getattr(
+            importlib.import_module(module), name)
+        return func(config, artifact, ctx)
+
 
 STAGES: dict[str, StageSpec] = {}
 
 
-def register_stage(name: str, config: type[StageConfig], consumes: str, produces: str, trains: bool = False,
-                   before: dict[str, str] | None = None):
-    """Decorator that registers ``run(config, artifact, ctx) -> Artifact`` as stage ``name``.
+def register_stage(name: str, config: type[StageConfig], function: str, consumes: str, produces: str,
+                   trains: bool = False, before: dict[str, str] | None = None) -> None:
+    """Register stage ``name``: ``function`` ("module:function") is ``run(config, artifact, ctx) -> Artifact``.
 
     ``trains`` marks a stage that may call the data-parallel training loop: under ``accelerate
     launch`` every process runs it (the loop needs them all); other stages run on rank 0 only.
     ``before`` maps stages this one must come before (when both are in a recipe) to the reason.
     """
-
-    def decorate(func):
-        STAGES[name] = StageSpec(name, config, func, consumes, produces, trains, dict(before or {}))
-        return func
-
-    return decorate
+    if ":" not in function:
+        raise ValueError(f"stage '{name}': function must be 'module:function', not '{function}'")
+    STAGES[name] = StageSpec(name, config, function, consumes, produces, trains, dict(before or {}))
 
 
 @dataclass

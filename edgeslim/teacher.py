@@ -78,6 +78,23 @@ def load_teacher_config(teacher, base_dir: Path | None):
                             f"teacher.source '{teacher.source}' is not a loadable model: {first_line(exc)}") from None
 
 
+def teacher_shape(teacher, base_dir: Path | None):
+    """The teacher's config for ``edgeslim check``: read from config.json without transformers where
+    :mod:`edgeslim.model_shape` knows the model type (seconds faster), from a cache for a GGUF file
+    read before, else :func:`load_teacher_config`."""
+    from edgeslim.model_shape import ModelShape, fast_shape
+
+    if teacher.build is None:
+        source = resolve_model_source(teacher.source, base_dir)
+        if is_gguf(teacher):
+            return ModelShape.from_dict(gguf_config_fields(*gguf_location(source, teacher.gguf_file)))
+        if Path(source).is_dir() and (Path(source) / "config.json").is_file():
+            shape = fast_shape(Path(source))
+            if shape is not None:
+                return shape
+    return load_teacher_config(teacher, base_dir)
+
+
 def hub_hint(value: str, resolved: str) -> str | None:
     """The message for a hub id that could not be fetched: offline (the default) or hub unreachable."""
     import os
@@ -117,7 +134,6 @@ def _config_from_dict(build: dict[str, Any]):
     return config
 
 
-@register_stage("teacher", config=TeacherConfig, consumes="source", produces="torch", trains=True)
 def run_teacher(config: TeacherConfig, artifact: None, ctx: StageContext) -> Artifact:
     """Build or load the teacher (``config`` is the recipe's ``teacher`` section; there is no input
     artifact), fine-tune it when needed, and save it into ``ctx.out_dir``."""
@@ -286,6 +302,31 @@ def load_gguf_config(folder: str, name: str):
     return AutoConfig.from_pretrained(folder, gguf_file=name)
 
 
+def gguf_config_fields(folder: str, name: str) -> dict[str, Any]:
+    """The config transformers derives from a GGUF header, as a dict, cached per file (size and
+    modification time): reading the header of a 100 MB GGUF takes seconds."""
+    import hashlib
+    import json
+    import os
+
+    from edgeslim.artifacts import atomic_write_json
+
+    path = (Path(folder) / name).resolve()
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    cache_root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cached = cache_root / "edgeslim" / "gguf-configs" / f"{key}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    fields = load_gguf_config(folder, name).to_dict()
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cached, fields)
+    except OSError:
+        pass  # a read-only home only costs the next check its speed
+    return fields
+
+
 def _check_gguf_architecture(path: Path) -> None:
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
@@ -383,3 +424,6 @@ def load_gguf_causal_lm(source: str, gguf_file: str | None):
     fresh.config.name_or_path = name
     return fresh.eval()
 
+
+register_stage("teacher", config=TeacherConfig, function="edgeslim.teacher:run_teacher", consumes="source",
+               produces="torch", trains=True)

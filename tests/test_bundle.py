@@ -17,10 +17,12 @@ import torch
 
 from edgeslim.data import DataBundle, Example
 from edgeslim.errors import EdgeslimError
-from edgeslim.export.mobile import (BundleConfig, build_bundle, build_tokenizer_model, copy_model_folder, read_metadata,
+from edgeslim.export.bundle_config import BundleConfig
+from edgeslim.export.export_config import ExportConfig
+from edgeslim.export.mobile import (build_bundle, build_tokenizer_model, copy_model_folder, read_metadata,
                                     run_tokenizer_model)
 from edgeslim.export.model_card import write_model_card
-from edgeslim.export.onnx import ExportConfig, export_model, export_onnx
+from edgeslim.export.onnx import export_model, export_onnx
 from edgeslim.stage import STAGES, StageContext
 from test_export import TEXTS, tiny_bert, tiny_llama, tokenizer
 

@@ -45,7 +45,36 @@ def test_the_teacher_and_the_baselines_are_registered_stages():
 
     assert get_stage("teacher").consumes == "source"
     assert (get_stage("plain-quantize").consumes, get_stage("plain-quantize").produces) == ("onnx", "onnx")
-    assert Path(get_stage("export").run.__code__.co_filename).name == "onnx.py"
+    assert get_stage("export").module == "edgeslim.export.onnx"
+    assert get_stage("quantize").function == "edgeslim.quantize.stage:run"
+
+
+def test_fast_commands_import_neither_torch_nor_transformers_nor_onnxruntime(tmp_path):
+    """check (of a recipe whose teacher is a model folder), recipes, devices, --help and --version
+    answer without the heavy libraries: what they import is asserted, not how long they take."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import tiny_recipe_dict, write_recipe
+    from edgeslim.model_shape import READABLE_TYPES
+
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert", "num_hidden_layers": 4, "hidden_size": 64, '
+                                        '"num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 900}')
+    recipe = tiny_recipe_dict()
+    recipe["teacher"] = {"source": str(folder)}
+    path = write_recipe(tmp_path, recipe)
+    assert "bert" in READABLE_TYPES and yaml.safe_load(path.read_text())["teacher"]["source"] == str(folder)
+    probe = ("import sys, edgeslim.cli as c; code = c.main(sys.argv[1:]); "
+             "heavy = sorted(m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules); "
+             "print('HEAVY', heavy, code)")
+    for args in (["check", str(path)], ["recipes", "list"], ["recipes", "show", "minilm-sentiment"],
+                 ["devices", "list"], ["devices", "show", "x86-64-cpu"]):
+        result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
+        assert "HEAVY [] 0" in result.stdout, (args, result.stdout[-500:], result.stderr[-1500:])
 
 
 def test_no_module_is_over_450_lines():

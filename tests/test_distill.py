@@ -18,7 +18,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
 from edgeslim.artifacts import Artifact
-from edgeslim.compress.distill import DistillConfig, run as run_distill
+from edgeslim.compress.distill import run as run_distill
+from edgeslim.compress.distill_config import DistillConfig
 from edgeslim.compress.losses import soft_kl
 from edgeslim.compress.teacher_cache import TeacherNeeds, build_cache, generate_rows, GenerationSpec, teacher_forward
 from edgeslim.compress.trainer import (

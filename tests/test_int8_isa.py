@@ -27,7 +27,7 @@ sys.path.insert(0, sys.argv[1])
 import numpy as np, onnxruntime as ort
 from edgeslim.quantize import ort as quantize_ort
 from edgeslim.targets import isa
-from edgeslim.quantize.stage import quantize_dynamic_int8
+from edgeslim.quantize.specs import quantize_dynamic_int8
 feeds = dict(np.load(sys.argv[2] + "/feeds.npz"))
 
 def run(path):

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from edgeslim.artifacts import Artifact
-from edgeslim.compress.distill import DistillConfig, run as run_distill
+from edgeslim.compress.distill import run as run_distill
+from edgeslim.compress.distill_config import DistillConfig
 from edgeslim.compress.students import build_student
 from edgeslim.data import DataBundle, Example
 from edgeslim.export.onnx import export_onnx

@@ -151,7 +151,7 @@ def test_bad_inputs_are_one_line_errors(models, tmp_path):
 
 def test_teacher_int8_baseline_works_on_a_kv_cache_decoder(models, tmp_path):
     """The pipeline's teacher-int8 baseline (plain dynamic INT8) on a causal LM exported with a cache."""
-    from edgeslim.quantize.stage import quantize_dynamic_int8
+    from edgeslim.quantize.specs import quantize_dynamic_int8
 
     copy_sidecar_files(models["onnx"].path, tmp_path)
     quantize_dynamic_int8(models["onnx"].onnx_path, tmp_path / "model.onnx")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from edgeslim.compress import losses as L
+from edgeslim.compress.schedule import Schedule, scheduled
 
 
 def np_softmax(x, axis=-1):
@@ -75,17 +76,17 @@ def test_logit_kd_on_unlabeled_rows_is_soft_only():
 
 
 def test_schedules():
-    assert L.Schedule(kind="constant", start=2.0).at(0.7) == 2.0
-    linear = L.Schedule(kind="linear", start=4.0, end=1.0)
+    assert Schedule(kind="constant", start=2.0).at(0.7) == 2.0
+    linear = Schedule(kind="linear", start=4.0, end=1.0)
     assert [linear.at(f) for f in (0.0, 0.5, 1.0)] == [4.0, 2.5, 1.0]
-    two = L.Schedule(kind="two-phase", start=0.9, end=0.1, switch=0.25)
+    two = Schedule(kind="two-phase", start=0.9, end=0.1, switch=0.25)
     assert [two.at(f) for f in (0.0, 0.24, 0.25, 1.0)] == [0.9, 0.9, 0.1, 0.1]
-    assert L.scheduled(1.5, 0.3) == 1.5
+    assert scheduled(1.5, 0.3) == 1.5
 
 
 def test_schedule_needs_an_end():
     with pytest.raises(ValueError, match="needs 'end'"):
-        L.Schedule(kind="linear", start=1.0)
+        Schedule(kind="linear", start=1.0)
 
 
 # ---------------------------------------------------------------------------------- hidden states

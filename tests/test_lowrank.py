@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from edgeslim.compress.lowrank import (LowRankConfig, LowRankLinear, factorize, load_factorized, rank_for_energy,
+from edgeslim.compress.lowrank_config import LowRankConfig
+from edgeslim.compress.lowrank import (LowRankLinear, factorize, load_factorized, rank_for_energy,
                                        target_linears)
 from edgeslim.compress.lowrank import run as run_lowrank
 from edgeslim.errors import EdgeslimError

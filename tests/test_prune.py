@@ -10,7 +10,8 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
 
-from edgeslim.compress.prune import PruneConfig, keep_count, plan_global, prune_model
+from edgeslim.compress.prune import plan_global, prune_model
+from edgeslim.compress.prune_config import PruneConfig, keep_count
 from edgeslim.compress.prune import run as run_prune
 from edgeslim.errors import EdgeslimError
 from _compress_fixtures import (HEAD, inputs, logits, stage_context, teacher_artifact, tiny_bert, tiny_llama,

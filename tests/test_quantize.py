@@ -16,7 +16,9 @@ from _quantize_models import (
 )
 from edgeslim.artifacts import Artifact
 from edgeslim.errors import EdgeslimError
-from edgeslim.quantize.stage import QuantizeConfig, quantize_dynamic_int8, run
+from edgeslim.quantize.config import QuantizeConfig
+from edgeslim.quantize.specs import quantize_dynamic_int8
+from edgeslim.quantize.stage import run
 from edgeslim.stage import STAGES, StageContext
 
 

@@ -258,7 +258,8 @@ def test_stage_on_causal_lm_scores_next_token_accuracy(decoder, tmp_path):
 
     from edgeslim.artifacts import Artifact
     from edgeslim.data import DataBundle, Example
-    from edgeslim.quantize.stage import QuantizeConfig, run
+    from edgeslim.quantize.config import QuantizeConfig
+    from edgeslim.quantize.stage import run
     from edgeslim.stage import StageContext
 
     texts = ["the movie was very good", "bad sad movie", "i love the movie", "it is not fine", "the movie is great"]

@@ -14,7 +14,8 @@ import torch
 from _quantize_models import export_torchscript, onnx_artifact_dir, run_onnx, sentiment_data, trained_tiny_bert
 from edgeslim.artifacts import Artifact
 from edgeslim.quantize.specs import make_spec
-from edgeslim.quantize.stage import QuantizeConfig, run
+from edgeslim.quantize.config import QuantizeConfig
+from edgeslim.quantize.stage import run
 from edgeslim.quantize.select import Candidate, accuracy_budget, choose
 from edgeslim.stage import StageContext
 

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
 
 from edgeslim.compress.torch_artifacts import VOCAB_MAP_FILE as MAP_FILE
-from edgeslim.compress.vocab import VocabConfig, trim
+from edgeslim.compress.vocab import trim
+from edgeslim.compress.vocab_config import VocabConfig
 from edgeslim.compress.vocab import run as run_vocab
 from edgeslim.errors import EdgeslimError
 from _compress_fixtures import logits, stage_context, teacher_artifact, tiny_bert, tiny_data, tiny_llama, tiny_tokenizer
@@ -230,7 +231,7 @@ def test_trimmed_vocab_teacher_gives_the_teachers_outputs_on_new_ids(tmp_path):
 def test_vocab_recovery_and_a_later_prune_recover_against_the_mapped_teacher(tmp_path):
     """vocab with KD recovery, then prune with recovery: both train against the teacher fed the old
     ids (a wrong feed would index past the trimmed table or give garbage), and the map travels on."""
-    from edgeslim.compress.prune import PruneConfig
+    from edgeslim.compress.prune_config import PruneConfig
     from edgeslim.compress.prune import run as run_prune
 
     tokenizer = tiny_tokenizer(tmp_path)

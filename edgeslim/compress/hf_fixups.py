@@ -25,22 +25,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie")
-LLAMA_FAMILY = ("llama", "mistral", "qwen2")
-
-
-def family_of_type(model_type: str | None) -> str | None:
-    """``"bert"``, ``"llama"`` or ``None`` for a config's ``model_type``."""
-    if model_type in BERT_FAMILY:
-        return "bert"
-    if model_type in LLAMA_FAMILY:
-        return "llama"
-    return None
-
-
-def supported_types() -> str:
-    return ", ".join(BERT_FAMILY + LLAMA_FAMILY)
-
+from edgeslim.compress.families import family_of_type, supported_types
 
 @dataclass
 class AttentionBlock:

@@ -20,21 +20,20 @@ from __future__ import annotations
 import fnmatch
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
 from edgeslim.artifacts import Artifact
 from edgeslim.compress import hf_fixups as fx
-from edgeslim.compress.torch_artifacts import Recovery, auto_class, count_params, read_vocab_map, recover, save_torch
+from edgeslim.compress.lowrank_config import LowRankConfig
+from edgeslim.compress.torch_artifacts import auto_class, count_params, read_vocab_map, recover, save_torch
 from edgeslim.errors import EdgeslimError
-from edgeslim.stage import StageConfig, StageContext, register_stage
+from edgeslim.stage import StageContext
 
 LOWRANK_KEY = "edgeslim_lowrank"
-Target = Literal["ffn", "attention_output", "attention_qkv"]
 
 
 class LowRankLinear(nn.Module):
@@ -89,58 +88,6 @@ def rank_for_energy(singular: torch.Tensor, energy: float) -> int:
 
 def round_rank(rank: int, round_to: int, full: int) -> int:
     return min(full, int(math.ceil(rank / round_to) * round_to)) if round_to > 1 else rank
-
-
-class LowRankConfig(StageConfig):
-    """Which Linears to factorize and how their ranks are chosen (exactly one of rank/energy/budget)."""
-
-    targets: list[Target] = Field(default_factory=lambda: ["ffn"])
-    modules: list[str] = Field(default_factory=list, description="extra Linear module names (glob patterns)")
-    rank: int | None = Field(None, ge=1)
-    energy: float | None = Field(None, gt=0, le=1)
-    budget: float | None = Field(None, gt=0, lt=1)
-    round_to: int = Field(1, ge=1)
-    min_saving: float = Field(0.1, ge=0, lt=1, description="factorize only where FLOPs fall by at least this")
-    recovery: Recovery = Recovery()
-
-    @model_validator(mode="after")
-    def _one_rule(self):
-        given = [name for name in ("rank", "energy", "budget") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of rank (e.g. 64), energy (e.g. 0.9) or budget (e.g. 0.5)"
-                             + (f", not {' and '.join(given)}" if given else ""))
-        if not self.targets and not self.modules:
-            raise ValueError("nothing to factorize: give targets (ffn, attention_output, attention_qkv) or modules")
-        return self
-
-    def check_against(self, model_config: Any, task: str) -> None:
-        """A fixed rank must be smaller than every targeted matrix; named families must be known."""
-        if model_config is None:
-            return
-        family = fx.family_of_type(getattr(model_config, "model_type", None))
-        if self.targets and family is None:
-            raise ValueError(f"lowrank targets work for model types {fx.supported_types()}; "
-                             f"for '{model_config.model_type}' list Linear names under modules")
-        if self.rank is not None and family is not None and self.targets:
-            smallest = min(_target_shapes(model_config, self.targets, family))
-            if self.rank >= smallest:
-                raise ValueError(f"rank {self.rank} is not smaller than the targeted matrices "
-                                 f"(smallest side {smallest}); use a rank below {smallest}")
-
-
-def _target_shapes(config, targets: list[str], family: str) -> list[int]:
-    """The smaller side of each targeted matrix, from the config (heads assumed unpruned)."""
-    hidden, inter = config.hidden_size, config.intermediate_size
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    sides = []
-    if "ffn" in targets:
-        sides.append(min(hidden, inter))
-    if "attention_output" in targets:
-        sides.append(min(hidden, config.num_attention_heads * head_dim))
-    if "attention_qkv" in targets:
-        kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        sides.append(min(hidden, kv * head_dim))
-    return sides
 
 
 def target_linears(model: nn.Module, config: LowRankConfig) -> dict[str, nn.Linear]:
@@ -311,7 +258,6 @@ def load_checked(stage: str, config, artifact: Artifact, ctx: StageContext):
     return model, tokenizer
 
 
-@register_stage("lowrank", config=LowRankConfig, consumes="torch", produces="torch", trains=True)
 def run(config: LowRankConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
     """Factorize the targeted Linears, optionally recover with KD, save a folder load_factorized reads."""
     model, tokenizer = load_checked("lowrank", config, artifact, ctx)

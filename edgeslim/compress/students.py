@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeslim.compress.student_shape import resolve_layers
+
 
 def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The dotted name and the ``nn.ModuleList`` holding the model's transformer blocks."""
@@ -28,25 +30,6 @@ def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
         if isinstance(module, nn.ModuleList) and len(module) == count and count > 0:
             return name, module
     raise ValueError(f"no list of {count} transformer blocks found in {type(model).__name__}")
-
-
-def resolve_layers(layers: Any, num_layers: int) -> list[int]:
-    """Teacher layer indices to keep from a recipe value: ``{"every": k}`` (layers k-1, 2k-1, ...,
-    always ending with the last layer), a list of indices, or ``None`` (all layers)."""
-    if layers is None:
-        return list(range(num_layers))
-    if isinstance(layers, dict):
-        every = int(layers["every"])
-        if every < 1:
-            raise ValueError("layers.every must be at least 1")
-        return list(range(num_layers - 1, -1, -every))[::-1]
-    indices = [int(i) for i in layers]
-    bad = [i for i in indices if not 0 <= i < num_layers]
-    if bad:
-        raise ValueError(f"student layer {bad[0]} does not exist: the teacher has layers 0..{num_layers - 1}")
-    if not indices or sorted(set(indices)) != indices:
-        raise ValueError("student layers must be a non-empty, increasing list of teacher layer indices")
-    return indices
 
 
 def _set_parent_attr(model: nn.Module, dotted: str, value: nn.Module) -> None:
@@ -75,9 +58,6 @@ def select_layers(teacher: nn.Module, keep: list[int]) -> nn.Module:
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = [config.layer_types[i] for i in keep]
     return student
-
-
-WIDTH_FIELDS = ("hidden_size", "num_attention_heads", "intermediate_size", "num_key_value_heads")
 
 
 def narrow_config(config: Any, **width: int | None) -> Any:

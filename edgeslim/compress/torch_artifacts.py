@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from edgeslim.artifacts import atomic_write_json
+from edgeslim.compress.recovery_config import Recovery
 
 VOCAB_MAP_FILE = "vocab_map.json"
 
@@ -80,17 +80,6 @@ class TrimmedVocabTeacher(nn.Module):
 
 def teacher_for(teacher: nn.Module, kept_ids: list[int] | None) -> nn.Module:
     return teacher if kept_ids is None else TrimmedVocabTeacher(teacher, kept_ids).eval()
-
-
-class Recovery(BaseModel):
-    """Short logit-KD against the teacher after a compress stage; ``steps: 0`` turns it off."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    steps: int = Field(0, ge=0)
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(16, ge=1)
-    temperature: float = Field(2.0, gt=0)
 
 
 def recover(student: nn.Module, recovery: Recovery, ctx, tokenizer, kept_ids: list[int] | None = None) -> dict[str, Any]:

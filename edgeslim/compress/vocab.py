@@ -25,50 +25,19 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 
 from edgeslim.artifacts import Artifact
 from edgeslim.compress.lowrank import load_checked
-from edgeslim.compress.torch_artifacts import Recovery, count_params, read_vocab_map, recover, save_torch
+from edgeslim.compress.torch_artifacts import count_params, read_vocab_map, recover, save_torch
 from edgeslim.errors import EdgeslimError
-from edgeslim.stage import StageConfig, StageContext, register_stage
+from edgeslim.compress.vocab_config import VocabConfig
+from edgeslim.stage import StageContext
 
 SUPPORTED_MODELS = ("WordPiece", "BPE", "Unigram")
-
-
-class VocabConfig(StageConfig):
-    """Which texts decide the vocabulary and how much of it is kept."""
-
-    sources: list[Literal["train", "eval", "unlabeled"]] = Field(default_factory=lambda: ["train", "unlabeled"])
-    min_count: int = Field(1, ge=1, description="keep tokens seen at least this often")
-    max_tokens: int | None = Field(None, description="keep at most this many data tokens (most frequent)")
-    keep_tokens: list[str] = Field(default_factory=list, description="tokens always kept (vocabulary strings)")
-    recovery: Recovery = Recovery()
-
-    @field_validator("sources")
-    @classmethod
-    def _some_sources(cls, value):
-        if not value:
-            raise ValueError("an empty vocabulary: sources must name at least one of train, eval, unlabeled")
-        return value
-
-    @field_validator("max_tokens")
-    @classmethod
-    def _positive(cls, value):
-        if value is not None and value < 1:
-            raise ValueError("max_tokens must be at least 1 (0 would leave an empty vocabulary)")
-        return value
-
-    def check_against(self, model_config: Any, task: str) -> None:
-        if model_config is not None and self.max_tokens is not None:
-            size = getattr(model_config, "vocab_size", None)
-            if size is not None and self.max_tokens >= size:
-                raise ValueError(f"max_tokens {self.max_tokens} is not below the vocabulary size ({size}); "
-                                 "nothing would be trimmed")
 
 
 # ------------------------------------------------------------------------------- choosing tokens
@@ -287,7 +256,6 @@ def texts_for(config: VocabConfig, data) -> list[str]:
     return texts
 
 
-@register_stage("vocab", config=VocabConfig, consumes="torch", produces="torch")
 def run(config: VocabConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
     """Trim the vocabulary to the recipe's texts; save the model, tokenizer and ``vocab_map.json``."""
     model, tokenizer = load_checked("vocab", config, artifact, ctx)

@@ -19,33 +19,21 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 
 from edgeslim.artifacts import ONNX_FILE, Artifact, atomic_write_json, copy_sidecar_files, onnx_size_bytes, read_json
 from edgeslim.errors import EdgeslimError, describe, first_line
 from edgeslim.export.onnx import padding_tokenizer
+from edgeslim.export.bundle_config import BundleConfig
 from edgeslim.export.bundle_files import METADATA_FILE, OPERATORS_FILE, ORT_FILE, TOKENIZER_MODEL_FILE
 from edgeslim.export.mobile_check import mobile_usability
 from edgeslim.export.model_card import write_model_card
-from edgeslim.stage import StageConfig, register_stage
 
 METADATA_PREFIX = "edgeslim."
 # Inputs the in-graph tokenizer can provide, in the order a BERT-style tokenizer emits them.
 TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class BundleConfig(StageConfig):
-    """Recipe keys of stage ``bundle``."""
-
-    ort_format: bool = Field(True, description="write model.ort + required_operators.config for mobile builds")
-    ort_target_platform: Literal["arm", "amd64"] = Field(
-        "arm", description="platform the fixed ORT-format optimizations target (arm for phones and boards)")
-    tokenizer_in_graph: bool = Field(True, description="write model_with_tokenizer.onnx (text-classification)")
-    mobile_check: bool = Field(True, description="run onnxruntime's NNAPI/CoreML usability checker")
-    title: str | None = Field(None, description="model card title (default: the recipe name)")
 
 
 # Copying the model folder ---------------------------------------------------------------------
@@ -327,7 +315,6 @@ def provenance(recipe) -> dict[str, Any]:
     return {"base_model": base, "dataset": data.source, "eval_examples": data.eval_size}
 
 
-@register_stage("bundle", config=BundleConfig, consumes="onnx", produces="bundle")
 def run(config: BundleConfig, artifact: Artifact, ctx) -> Artifact:
     """Turn the input ONNX artifact into the release bundle in ``ctx.out_dir``."""
     data = ctx.data

@@ -15,22 +15,18 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
 from edgeslim.artifacts import ONNX_FILE, Artifact, onnx_size_bytes
 from edgeslim.errors import EdgeslimError, first_line
 from edgeslim.export import parity as par
+from edgeslim.export.export_config import DEFAULT_OPSET, OPTIMUM_TASKS, ExportConfig, optimum_supports
 from edgeslim.artifacts import copy_sidecar_files
-from edgeslim.stage import StageConfig, register_stage
 
-DEFAULT_OPSET = 18
 # Fusions and onnxslim rewrite the model in one protobuf, which cannot exceed 2 GB.
 LARGEST_OPTIMIZABLE = 2_000_000_000
-# edgeslim task -> Optimum exporter task.
-OPTIMUM_TASKS = {"text-classification": "text-classification", "causal-lm": "text-generation-with-past"}
 # Hugging Face model type -> onnxruntime.transformers optimizer model type (fusion rules).
 ORT_FUSION_TYPES = {
     "bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert",
@@ -39,26 +35,6 @@ ORT_FUSION_TYPES = {
     # Llama-family decoders: the gpt2 rules fuse RMSNorm (SimplifiedLayerNormalization) and rotary embeddings.
     "llama": "gpt2", "mistral": "gpt2", "qwen2": "gpt2", "qwen3": "qwen3",
 }
-
-
-class ExportConfig(StageConfig):
-    """Recipe keys of stage ``export``."""
-
-    opset: int = Field(DEFAULT_OPSET, ge=14, le=23, description="ONNX opset of the exported graph")
-    exporter: Literal["auto", "optimum", "dynamo"] = Field(
-        "auto", description="auto: Optimum where it knows the architecture, torch.onnx dynamo otherwise")
-    fusions: bool = Field(True, description="apply onnxruntime transformer fusions (attention, layer norm, GELU)")
-    slim: bool = Field(True, description="run onnxslim and keep its result when it removes nodes")
-    atol: float = Field(1e-3, gt=0, description="parity: absolute tolerance per element")
-    rtol: float = Field(1e-3, ge=0, description="parity: tolerance relative to the torch value")
-    parity_batches: int = Field(4, ge=0, description="real eval batches checked for parity")
-    decode_steps: int = Field(2, ge=0, description="causal LM: cached single-token steps checked per case")
-
-    def check_against(self, model_config: Any, task: str) -> None:
-        if self.exporter == "optimum" and model_config is not None:
-            model_type = getattr(model_config, "model_type", None)
-            if not optimum_supports(model_type, task):
-                raise ValueError(f"Optimum cannot export model type '{model_type}' for {task}; set export.exporter: auto or dynamo")
 
 
 @dataclass
@@ -80,22 +56,6 @@ class ExportResult:
             "parity_max_abs": self.parity.get("max_abs"),
             "parity_max_rel": self.parity.get("max_rel"),
         }
-
-
-def optimum_supports(model_type: str | None, task: str) -> bool:
-    """Whether Optimum's ONNX exporter has a config for ``model_type`` and edgeslim ``task``."""
-    import optimum.exporters.onnx.model_configs  # noqa: F401  (fills Optimum's exporter registry)
-    from optimum.exporters.tasks import TasksManager
-
-    if not model_type or task not in OPTIMUM_TASKS:
-        return False
-    for name in dict.fromkeys((model_type, model_type.replace("_", "-"), model_type.replace("-", "_"))):
-        try:
-            tasks = TasksManager.get_supported_tasks_for_model_type(name, "onnx", library_name="transformers")
-        except KeyError:
-            continue
-        return OPTIMUM_TASKS[task] in tasks
-    return False
 
 
 def export_onnx(model_dir: Path, out_dir: Path, task: str, opset: int = DEFAULT_OPSET, **options: Any) -> Path:
@@ -420,7 +380,6 @@ def export_artifact(model_dir: Path, out_dir: Path, task: str, config: ExportCon
     return Artifact(Path(out_dir), "onnx", manifest)
 
 
-@register_stage("export", config=ExportConfig, consumes="torch", produces="onnx")
 def run(config: ExportConfig, artifact: Artifact, ctx) -> Artifact:
     """Export the input torch artifact to ``ctx.out_dir`` and attach the parity report."""
     return export_artifact(artifact.path, ctx.out_dir, ctx.task, config, ctx.data, log=ctx.log)
