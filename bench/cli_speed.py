@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/cli_speed.py [--repeats 5]
 
-Times ``edgeslim --help``, ``--version``, ``devices list``, ``recipes list`` and ``check`` of the
-tiny recipe, each in a fresh interpreter (what a user waits for), and says whether the command
-imported torch (``python -X importtime``).
+Times ``edgeslim --help``, ``--version``, ``devices list|show``, ``recipes list|show`` and ``check``
+of the demo recipe (a model-folder teacher: its config.json is read without transformers), of the
+LLM recipe (a GGUF teacher: its config is cached after the first read) and of the tiny recipe (a
+teacher built from a config: transformers supplies the defaults, so it imports torch), each in a
+fresh interpreter (what a user waits for), and says whether the command imported torch
+(``python -X importtime``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = [["--help"], ["--version"], ["devices", "list"], ["recipes", "list"],
+COMMANDS = [["--help"], ["--version"], ["devices", "list"], ["devices", "show", "raspberry-pi-4"],
+            ["recipes", "list"], ["recipes", "show", "minilm-sentiment"],
+            ["check", str(REPO / "recipes" / "minilm-sentiment.yaml")],
+            ["check", str(REPO / "recipes" / "smollm2-edge.yaml")],
             ["check", str(REPO / "recipes" / "tiny-test.yaml")]]
 
 

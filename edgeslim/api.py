@@ -12,6 +12,7 @@ Errors a user can fix raise :class:`edgeslim.errors.EdgeslimError` with one line
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -104,10 +105,10 @@ def bench(models: list[str | Path], devices: list[str] | None = None, *, runs: i
     for path in map(Path, models):
         check_onnx_file(path)
         paths[path.stem if path.stem not in paths else str(path)] = path
+    profiles = [load_profile(device) for device in devices or ["x86-64-cpu"]]  # every name checked first
     inputs = [synthetic_inputs(next(iter(paths.values())), seq_len, seed) for seed in range(8)]
     cells: dict[str, dict[str, dict]] = {name: {} for name in paths}
-    for device in devices or ["x86-64-cpu"]:
-        profile = load_profile(device)
+    for profile in profiles:
         for name, one in measure(profile, paths, inputs, warmup=warmup, runs=runs, instructions=instructions,
                                  samples=True).items():
             add_latency_intervals(one)
@@ -134,6 +135,24 @@ def check_output_folder(out_dir: Path) -> None:
                             "give a writable folder") from None
 
 
+def check_output_file(path: Path, flag: str) -> None:
+    """An output file (``flag`` names the option) must be creatable: not a folder, not under a file,
+    in a writable folder; checked before any measuring, so a bad path costs nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgeslimError(f"{flag} '{path}' is a folder; give a file path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise EdgeslimError(f"{flag} '{path}': '{parent}' is a file, not a folder; give a path in a folder")
+        if parent.exists():
+            try:  # a real probe: permission bits say nothing for root or a read-only filesystem
+                tempfile.TemporaryFile(dir=parent).close()
+            except OSError as exc:
+                raise EdgeslimError(f"{flag} '{path}': cannot write in '{parent}' ({first_line(exc)}); "
+                                    "give a writable folder") from None
+            return
+
+
 def check_onnx_file(path: Path) -> None:
     """``path`` must be an ONNX model file onnx can parse (not a folder, a CSV, a truncated file)."""
     import onnx
@@ -143,7 +162,9 @@ def check_onnx_file(path: Path) -> None:
     if not path.is_file():
         raise EdgeslimError(f"model '{path}' does not exist")
     try:
-        onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
+        if not model.graph.output:  # an empty file or "{}" parses as a model without a graph
+            raise ValueError("it holds no graph")
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others for a non-model
         raise EdgeslimError(f"'{path}' is not a readable ONNX model ({first_line(exc)}); give an .onnx file "
                             "written by an exporter") from None

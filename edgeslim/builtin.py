@@ -30,6 +30,8 @@ def resolve_builtin(kind: str, name_or_path: str) -> Path:
     """A YAML file given by path, or by the name of a built-in of ``kind``."""
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists() or "/" in name_or_path:
+        if path.is_dir():
+            raise EdgeslimError(f"{kind[:-1]} '{name_or_path}' is a folder; give the {kind[:-1]}'s YAML file")
         if not path.is_file():
             raise EdgeslimError(f"{kind[:-1]} file '{name_or_path}' does not exist")
         return path

@@ -182,15 +182,19 @@ def cmd_gate(args) -> int:
     from edgeslim.report.matrix import load_report
     from edgeslim.report.render import write_all
 
+    _check_baseline_arguments(args)
+    recipe = None
+    if args.recipe:
+        from edgeslim.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
     report = load_report(args.report)
     model_dir = verify_release(report, args.report)
     budgets = None
-    if args.recipe:
-        from edgeslim.recipe import load_recipe
+    if recipe is not None:
         from edgeslim.report.matrix import merged_budgets
         from edgeslim.targets.profile import load_profile
 
-        recipe = load_recipe(args.recipe)
         budgets = merged_budgets(recipe, [load_profile(d["name"]) for d in report["devices"]])
     checks = evaluate_gate(report, budgets)
     if args.baseline:  # the published release, just verified against the report's hashes
@@ -237,11 +241,13 @@ def _calibrate(args, profile) -> int:
 
     import yaml
 
+    from edgeslim.api import check_output_file
     from edgeslim.artifacts import atomic_write_text
     from edgeslim.targets.calibrate import calibrate
 
     if args.out is None or args.out.suffix not in (".yaml", ".yml") or args.out.is_dir():
         raise EdgeslimError("'devices calibrate' needs --out FILE.yaml for the calibrated profile")
+    check_output_file(args.out, "--out")
     if args.runs < 5:
         raise EdgeslimError(f"--runs must be at least 5 for a calibration, not {args.runs}")
     with tempfile.TemporaryDirectory(prefix="edgeslim-calibrate-") as tmp:
@@ -272,10 +278,13 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from edgeslim.api import bench, synthetic_inputs
+    from edgeslim.api import bench, check_output_file, synthetic_inputs
     from edgeslim.artifacts import atomic_write_json
     from edgeslim.report.render import text_table
 
+    if args.json_out:
+        check_output_file(args.json_out, "--json")
+    _check_baseline_arguments(args)
     cells = bench(args.models, args.device, runs=args.runs, warmup=args.warmup, seq_len=args.seq_len,
                   instructions=args.instructions)
     rows = [["model", "device", "status", "p50 ms", "p90 ms", "p99 ms", "instructions", "reason"]]
@@ -301,13 +310,26 @@ def cmd_bench(args) -> int:
     return gate_exit_code(checks)
 
 
+def _check_baseline_arguments(args) -> None:
+    """The --baseline options, checked before anything is loaded or measured."""
+    from edgeslim.targets.profile import load_profile
+
+    if args.baseline is None:
+        return
+    if not args.baseline.exists():
+        raise EdgeslimError(f"--baseline '{args.baseline}' does not exist; give the previous release's .onnx file, "
+                            "model folder or report.json")
+    if not 0 < args.baseline_threshold < 10:
+        raise EdgeslimError(f"--baseline-threshold is a fraction of the baseline's p50 (0.05 = 5%), above 0; "
+                            f"not {args.baseline_threshold}")
+    load_profile(args.baseline_device)
+
+
 def _baseline_checks(args, current: Path, inputs):
     """Gate checks of ``current`` against ``--baseline``, both measured interleaved in this run."""
     from edgeslim.targets.baseline import compare_to_baseline
     from edgeslim.targets.profile import load_profile
 
-    if not args.baseline.exists():
-        raise EdgeslimError(f"baseline '{args.baseline}' does not exist")
     return compare_to_baseline(load_profile(args.baseline_device), current, args.baseline, inputs,
                                threshold=args.baseline_threshold, clock=args.baseline_clock,
                                instructions=args.baseline_instructions)

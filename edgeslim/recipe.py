@@ -174,7 +174,10 @@ def load_recipe(path: str | Path) -> Recipe:
     from edgeslim.builtin import resolve_recipe
 
     recipe_path = resolve_recipe(str(path))
-    text = recipe_path.read_text(encoding="utf-8")
+    try:
+        text = recipe_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EdgeslimError(f"{recipe_path}: not UTF-8 text (byte {exc.start}); save the recipe as UTF-8 YAML") from None
     data, lines = _parse_yaml(text, recipe_path)
     if not isinstance(data, dict):
         raise EdgeslimError(f"{recipe_path}: a recipe is a YAML mapping (name:, teacher:, data:, stages: ...)")

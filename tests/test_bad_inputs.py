@@ -163,3 +163,39 @@ def test_version_and_help_on_every_argument():
     for name, command in sub.choices.items():
         for action in command._actions:
             assert action.help, f"edgeslim {name}: argument {action.dest} has no help text"
+
+
+class _Payload:
+    """A pickle that would create ``marker`` if unpickled without weights_only."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_teacher_is_refused_in_one_line_and_its_payload_never_runs(tmp_path):
+    """A teacher whose only weights are a pickle ``pytorch_model.bin`` carrying a payload: transformers
+    loads it with torch's weights_only unpickler, which refuses the payload's global; the run stops
+    in one line (exit 2) asking for safetensors, the payload never ran, and no stage output is left."""
+    import torch
+
+    from _compress_fixtures import tiny_bert, tiny_tokenizer
+
+    teacher = tmp_path / "teacher"
+    tiny_bert(vocab=200).save_pretrained(teacher, safe_serialization=False)
+    tiny_tokenizer(tmp_path / "tok").save_pretrained(teacher)
+    marker = tmp_path / "payload-ran"
+    torch.save({"bert.embeddings.word_embeddings.weight": _Payload(marker)}, teacher / "pytorch_model.bin")
+    recipe = tiny_recipe_dict()
+    recipe["teacher"] = {"source": str(teacher)}
+    path = write_recipe(tmp_path, recipe)
+    assert run_cli("check", path).returncode == 0  # the config is fine: only the weights are refused
+    out = tmp_path / "run"
+    result = run_cli("run", path, "--out", out, "--quiet")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "its weights cannot be loaded" in lines[0] and "safetensors" in lines[0], lines[0]
+    assert not marker.exists()
+    assert not out.exists() or not any(p.name.startswith("00-") for p in out.iterdir())

@@ -161,3 +161,138 @@ def test_a_bad_recipe_value_is_one_line_naming_its_key(capsys, tmp_path, case):
     stage, _, leaf = key.rpartition(".")
     assert key in line or (stage in line and leaf in line), (key, line)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ------------------------------------------------------------------------------- other commands
+
+REPORT = {"schema_version": 1, "teacher": "t", "release": "r", "devices": [],
+          "artifacts": [{"name": "t", "devices": {}}, {"name": "r", "devices": {}}]}
+
+
+def _write(tmp, name: str, content: str | bytes):
+    path = tmp / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def _report(tmp, **changes):
+    return _write(tmp, "run/report/report.json", __import__("json").dumps({**REPORT, **changes}))
+
+
+def _onnx(tmp):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def _recipe_file(tmp):
+    return write_recipe(tmp, tiny_recipe_dict())
+
+
+#: case -> (arguments built in the case's folder, a fragment the one error line must hold)
+COMMAND_CASES = {
+    # gate and report: what is not a complete report
+    "gate: no such report": (lambda t: ["gate", t / "none.json"], "does not exist"),
+    "gate: a folder without report.json": (lambda t: ["gate", (t / "d").mkdir() or t / "d"], "does not exist"),
+    "gate: not JSON": (lambda t: ["gate", _write(t, "r.json", "{oops")], "is not JSON"),
+    "gate: JSON that is a list": (lambda t: ["gate", _write(t, "r.json", "[1, 2]")], "is not an edgeslim report"),
+    "gate: a newer schema": (lambda t: ["gate", _report(t, schema_version=99)], "has report schema 99"),
+    "gate: release is missing": (lambda t: ["gate", _report(t, release=None)], "release"),
+    "gate: baseline does not exist": (lambda t: ["gate", _report(t), "--baseline", t / "old.onnx"],
+                                      "--baseline"),
+    "gate: baseline threshold zero": (lambda t: ["gate", _report(t), "--baseline", _onnx(t),
+                                                 "--baseline-threshold", "0"], "--baseline-threshold"),
+    "gate: baseline threshold negative": (lambda t: ["gate", _report(t), "--baseline", _onnx(t),
+                                                     "--baseline-threshold", "-0.1"], "--baseline-threshold"),
+    "gate: baseline device unknown": (lambda t: ["gate", _report(t), "--baseline", _onnx(t),
+                                                 "--baseline-device", "toaster"], "'toaster'"),
+    "gate: recipe does not exist": (lambda t: ["gate", _report(t, release_files={}), "--recipe", t / "none.yaml"],
+                                    "none.yaml"),
+    "report: no such report": (lambda t: ["report", t / "none.json"], "does not exist"),
+    "report: not JSON": (lambda t: ["report", _write(t, "r.json", "nope")], "is not JSON"),
+    "report: binary": (lambda t: ["report", _write(t, "r.json", b"\xff\xfe\x00")], "r.json"),
+    "report: a newer schema": (lambda t: ["report", _report(t, schema_version=2)], "has report schema 2"),
+    "report: artifacts not a list": (lambda t: ["report", _report(t, artifacts="x")], "artifacts"),
+    "report: devices a number": (lambda t: ["report", _report(t, devices=3)], "'devices' must be a list"),
+    # bench: what is not a model, and options out of range
+    "bench: no such model": (lambda t: ["bench", t / "none.onnx"], "does not exist"),
+    "bench: an empty file": (lambda t: ["bench", _write(t, "m.onnx", b"")], "m.onnx"),
+    "bench: a JSON file": (lambda t: ["bench", _write(t, "m.json", "{}")], "is not a readable ONNX model"),
+    "bench: random bytes": (lambda t: ["bench", _write(t, "m.onnx", bytes(range(256)) * 4)],
+                            "is not a readable ONNX model"),
+    "bench: runs zero": (lambda t: ["bench", _onnx(t), "--runs", "0"], "--runs"),
+    "bench: warmup negative": (lambda t: ["bench", _onnx(t), "--warmup", "-1"], "--warmup"),
+    "bench: seq-len negative": (lambda t: ["bench", _onnx(t), "--seq-len", "-4"], "--seq-len"),
+    "bench: unknown device": (lambda t: ["bench", _onnx(t), "--device", "toaster"], "'toaster'"),
+    "bench: unknown second device": (lambda t: ["bench", _onnx(t), "--device", "x86-64-cpu", "--device", "fridge"],
+                                     "'fridge'"),
+    "bench: device file not YAML": (lambda t: ["bench", _onnx(t), "--device", _write(t, "d.yaml", "a: [b")],
+                                    "not valid YAML"),
+    "bench: json under a file": (lambda t: ["bench", _onnx(t), "--json", _write(t, "f", "x") / "cells.json"],
+                                 "is a file, not a folder"),
+    "bench: json is a folder": (lambda t: ["bench", _onnx(t), "--json", t], "is a folder"),
+    "bench: baseline does not exist": (lambda t: ["bench", _onnx(t), "--baseline", t / "old.onnx"], "--baseline"),
+    # devices
+    "devices show: no name": (lambda t: ["devices", "show"], "needs a device name"),
+    "devices show: unknown name": (lambda t: ["devices", "show", "pocket-calculator"], "'pocket-calculator'"),
+    "devices show: missing file": (lambda t: ["devices", "show", t / "none.yaml"], "does not exist"),
+    "devices show: a folder": (lambda t: ["devices", "show", t / "dir.yaml" if (t / "dir.yaml").mkdir() is None else t],
+                               "is a folder"),
+    "devices show: not YAML": (lambda t: ["devices", "show", _write(t, "d.yaml", "name: [x")], "not valid YAML"),
+    "devices show: binary": (lambda t: ["devices", "show", _write(t, "d.yaml", b"\xff\xfe\x00")], "not UTF-8"),
+    "devices show: a list": (lambda t: ["devices", "show", _write(t, "d.yaml", "- a\n")], "must be a YAML mapping"),
+    "devices show: keys missing": (lambda t: ["devices", "show", _write(t, "d.yaml", "name: x\n")],
+                                   "required key is missing"),
+    "devices calibrate: no name": (lambda t: ["devices", "calibrate"], "needs a device name"),
+    "devices calibrate: no --out": (lambda t: ["devices", "calibrate", "x86-64-cpu"], "needs --out"),
+    "devices calibrate: --out not YAML": (lambda t: ["devices", "calibrate", "x86-64-cpu", "--out", t / "p.txt"],
+                                          "needs --out FILE.yaml"),
+    "devices calibrate: --out under a file": (lambda t: ["devices", "calibrate", "x86-64-cpu", "--out",
+                                                         _write(t, "f", "x") / "p.yaml"], "is a file, not a folder"),
+    "devices calibrate: --out unwritable": (lambda t: ["devices", "calibrate", "x86-64-cpu", "--out",
+                                                       "/proc/edgeslim-profile.yaml"], "cannot write"),
+    "devices calibrate: runs too few": (lambda t: ["devices", "calibrate", "x86-64-cpu", "--out", t / "p.yaml",
+                                                   "--runs", "2"], "--runs must be at least 5"),
+    "devices calibrate: unknown device": (lambda t: ["devices", "calibrate", "toaster", "--out", t / "p.yaml"],
+                                          "'toaster'"),
+    # recipes, check and run: what is not a recipe
+    "recipes show: no name": (lambda t: ["recipes", "show"], "needs a recipe name"),
+    "recipes show: unknown name": (lambda t: ["recipes", "show", "no-such-recipe"], "'no-such-recipe'"),
+    "check: a folder": (lambda t: ["check", (t / "r.yaml").mkdir() or t / "r.yaml"], "is a folder"),
+    "check: binary": (lambda t: ["check", _write(t, "r.yaml", b"\xff\xfe\x00name")], "not UTF-8"),
+    "check: empty file": (lambda t: ["check", _write(t, "r.yaml", "")], "a recipe is a YAML mapping"),
+    "check: a list": (lambda t: ["check", _write(t, "r.yaml", "- distill\n")], "a recipe is a YAML mapping"),
+    "check: a scalar": (lambda t: ["check", _write(t, "r.yaml", "just words\n")], "a recipe is a YAML mapping"),
+    "check: unclosed bracket": (lambda t: ["check", _write(t, "r.yaml", "name: [x\n")], "YAML syntax error"),
+    "check: tab indentation": (lambda t: ["check", _write(t, "r.yaml", "name: x\nteacher:\n\tsource: y\n")],
+                               "YAML syntax error"),
+    "run: unknown built-in": (lambda t: ["run", "no-such-recipe"], "'no-such-recipe'"),
+    "run: out is a file": (lambda t: ["run", _recipe_file(t), "--out", _write(t, "out", "x")], "is a file"),
+    "run: out unwritable": (lambda t: ["run", _recipe_file(t), "--out", "/proc/edgeslim-out"], "cannot create"),
+    "run: recipe is binary": (lambda t: ["run", _write(t, "r.yaml", b"\x00\xff\xfe")], "not UTF-8"),
+}
+
+
+def test_commands_table_spans_every_command():
+    commands = {build.__code__.co_consts for build, _ in COMMAND_CASES.values()}
+    assert len(COMMAND_CASES) >= 50 and commands
+    assert {case.split(":")[0].split()[0] for case in COMMAND_CASES} == {
+        "gate", "report", "bench", "devices", "recipes", "check", "run"}
+
+
+@pytest.mark.parametrize("case", sorted(COMMAND_CASES))
+def test_a_bad_command_input_is_one_line(capsys, tmp_path, case):
+    build, expected = COMMAND_CASES[case]
+    args = build(tmp_path)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    code, lines = run_main(capsys, *args)
+    assert code == 2 and len(lines) == 1, (case, lines)
+    assert lines[0].startswith("edgeslim: error: ") and expected in lines[0], (case, lines[0])
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before, case

@@ -175,6 +175,8 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise EdgeslimError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    except UnicodeDecodeError as exc:
+        raise EdgeslimError(f"{path}: not UTF-8 text (byte {exc.start}); save the profile as UTF-8 YAML") from None
     return profile_from_dict(data, str(path))
 
 
