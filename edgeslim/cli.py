@@ -231,7 +231,11 @@ def cmd_devices(args) -> int:
 
     if args.action == "calibrate":
         return _calibrate(args, load_profile(args.name))
-    print(yaml.safe_dump(load_profile(args.name).model_dump(mode="json"), sort_keys=False).rstrip())
+    from edgeslim.targets.profile import cells_description, shown_fields
+
+    profile = load_profile(args.name)
+    print(yaml.safe_dump(shown_fields(profile), sort_keys=False).rstrip())
+    print(f"# cells: {cells_description(profile)}")
     return EXIT_OK
 
 

@@ -102,3 +102,26 @@ def test_missing_profile_file():
 def test_qemu_max_cpu_allowed_with_sme_off(tmp_path):
     profile = load_profile(write(tmp_path, with_change(None, "access", {"kind": "qemu-arm", "qemu_cpu": "max,sme=off"})))
     assert profile.access.qemu_cpu == "max,sme=off"
+
+
+def test_devices_show_prints_what_applies_and_stays_a_valid_profile(capsys):
+    """Each built-in profile: the printed YAML loads back as the same profile, holds only the access
+    keys its kind uses (no ssh host on a qemu device) and no prediction figures for a measured
+    device, and a last line says what its cells will contain."""
+    import yaml
+
+    from edgeslim.cli import main
+    from edgeslim.targets.profile import ACCESS_KINDS, list_profiles, profile_from_dict, shows_predict
+
+    for profile in list_profiles():
+        assert main(["devices", "show", profile.name]) == 0
+        out = capsys.readouterr().out
+        *body, last = out.strip().splitlines()
+        shown = yaml.safe_load("\n".join(body))
+        keys, predicts, cells = ACCESS_KINDS[profile.access.kind]
+        expected = profile if shows_predict(profile) else profile.model_copy(update={"predict": None})
+        assert profile_from_dict(shown, profile.name) == expected
+        assert set(shown["access"]) == {"kind", *keys}
+        assert ("predict" in shown) == shows_predict(profile) and shows_predict(profile) >= (
+            predicts and profile.predict is not None)
+        assert last == f"# cells: {cells}"

@@ -144,6 +144,49 @@ class DeviceProfile(_Section):
         return self
 
 
+#: Per access kind: the ``access`` keys it uses, whether it predicts latency, and what its cells hold.
+ACCESS_KINDS: dict[str, tuple[tuple[str, ...], bool, str]] = {
+    "local": ((), False, "measured here: latency p50/p90/p99 with 95% intervals, peak memory, the CPU's ISA"),
+    "qemu-arm": (("qemu_cpu",), True, "emulated: the device's own outputs compared with this host's (parity "
+                 "and task accuracy on each side), never a latency; latency is predicted from 'predict'"),
+    "ssh": (("host", "user", "port", "key", "known_hosts", "python", "workdir", "connect_timeout_s"), False,
+            "measured on the device over ssh: latency, peak memory, and parity of the device's outputs"),
+    "cuda": ((), False, "measured here with the CUDA execution provider (an error if onnxruntime falls back "
+             "to the CPU), with the share of nodes that ran on the GPU"),
+    "none": ((), True, "predicted from 'predict' (no runner): latency with its error band, no outputs"),
+}
+
+
+def shown_fields(profile: DeviceProfile) -> dict[str, Any]:
+    """The profile's fields that apply to its access kind (what ``edgeslim devices show`` prints):
+    ``predict`` only where latency is predicted, or where a calibration measured it (a calibrated
+    copy with ``access.kind: none`` predicts from it)."""
+    data = profile.model_dump(mode="json")
+    data["access"] = {"kind": profile.access.kind,
+                      **{k: v for k, v in data["access"].items() if k in ACCESS_KINDS[profile.access.kind][0]}}
+    if not shows_predict(profile):
+        data.pop("predict", None)
+    return _without_unset(data)
+
+
+def shows_predict(profile: DeviceProfile) -> bool:
+    predicts = ACCESS_KINDS[profile.access.kind][1]
+    return profile.predict is not None and (predicts or profile.predict.calibration is not None)
+
+
+def _without_unset(value: Any) -> Any:
+    """``value`` without the ``None`` and empty entries of its mappings, at every depth."""
+    if not isinstance(value, dict):
+        return value
+    kept = {key: _without_unset(item) for key, item in value.items()}
+    return {key: item for key, item in kept.items() if item is not None and item != {}}
+
+
+def cells_description(profile: DeviceProfile) -> str:
+    """One line saying what this device's cells in a report will contain."""
+    return ACCESS_KINDS[profile.access.kind][2]
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
