@@ -74,7 +74,8 @@ def _run_locked(recipe, pipeline, out_dir: Path, quiet: bool) -> RunResult:
     from edgeslim.report.render import write_all
 
     outcome = pipeline.run()
-    report = build_report(recipe, outcome, out_dir, quiet=quiet)
+    with pipeline.timed_step("report", "[report]", "measuring the benchmark matrix"):
+        report = build_report(recipe, outcome, out_dir, quiet=quiet)
     release = _chosen_release(recipe, report, outcome, quiet)
     report_dir = out_dir / "report"
     write_report(report, report_dir)

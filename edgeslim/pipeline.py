@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from edgeslim.artifacts import (Artifact, MANIFEST, atomic_dir, file_digests, hash_bytes, integrity_problem,
                                 read_json, write_manifest)
 from edgeslim.errors import EdgeslimError
+from edgeslim.progress import RunClock, format_seconds
 from edgeslim.stage import StageContext
 from edgeslim.stages import get_stage
 
@@ -107,6 +109,23 @@ class Pipeline:
         self.quiet = quiet or not self.role.is_main
         self.force = force
         self.started = time.time()
+        self.clock = RunClock(self.out_dir, self._steps())
+
+    def _steps(self) -> list[str]:
+        """Every step of a run in order, by folder name (the ETA's unit), then the report."""
+        baselines = ["teacher-fp32", "teacher-int8"] + (["teacher-int4"] if self.recipe.task == "causal-lm" else [])
+        stages = [f"{index:02d}-{entry.name}" for index, entry in enumerate(self.recipe.stages, start=1)]
+        return ["00-teacher", *baselines, *stages, "report"]
+
+    @contextlib.contextmanager
+    def timed_step(self, step: str, label: str, doing: str):
+        """Progress lines and the recorded time of a step the pipeline does not cache (the report)."""
+        self._say(f"{label} {doing}; {self.clock.eta(step)}")
+        started = time.time()
+        yield
+        self.clock.finished(step, time.time() - started)
+        self._say(f"{label} done in {format_seconds(time.time() - started)} "
+                  f"(run time so far {format_seconds(time.time() - self.started)})")
 
     def run(self) -> RunOutcome:
         from edgeslim.data import load_data
@@ -197,7 +216,7 @@ class Pipeline:
                 self._say(f"{self._label(index, name)}: cached ({folder})")
                 return StageOutcome(index, name, cached, True, 0.0)
             self._say(f"{self._label(index, name)}: the cached output cannot be trusted ({problem}); running it again")
-        self._say(f"{self._label(index, name)}: running")
+        self._say(f"{self._label(index, name)}: running; {self.clock.eta(folder.name)}")
         started = time.time()
         work_dir = folder.parent / f".{folder.name}.work-{key[:12]}"
         if self.role.is_main:
@@ -214,8 +233,10 @@ class Pipeline:
                     shutil.rmtree(scratch, ignore_errors=True)
             _wait_until_finished(folder, key)
         artifact = Artifact.load(folder)
-        self._say(f"{self._label(index, name)}: done in {time.time() - started:.1f}s "
-                  f"(run time so far {time.time() - self.started:.0f}s)")
+        if self.role.is_main:
+            self.clock.finished(folder.name, time.time() - started)
+        self._say(f"{self._label(index, name)}: done in {format_seconds(time.time() - started)} "
+                  f"(run time so far {format_seconds(time.time() - self.started)})")
         return StageOutcome(index, name, artifact, False, time.time() - started)
 
     def _context(self, out_dir: Path, data, teacher: Artifact | None, work_dir: Path) -> StageContext:

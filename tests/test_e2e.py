@@ -85,6 +85,10 @@ def test_killed_stage_is_never_reused_and_the_rerun_finishes(copy_run, tmp_path)
     rerun = run_cli("run", path, "--out", copy_run)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "[teacher]: cached" in rerun.stdout
+    # progress: stage N of M, and an overall ETA from the times the first run measured in this folder
+    distill = next(line for line in rerun.stdout.splitlines() if line.startswith("[stage 1 of 3] distill: running"))
+    assert "ETA " in distill and "for the rest of the run (last times here" in distill, distill
+    assert "[baseline] teacher-int8: cached" in rerun.stdout and "[report] measuring" in rerun.stdout
     assert json.loads((copy_run / "stages" / "01-distill" / "manifest.json").read_text())["complete"]
     leftovers = [p.name for p in (copy_run / "stages").iterdir() if ".tmp-" in p.name]
     assert leftovers == []
