@@ -150,7 +150,8 @@ def cmd_run(args) -> int:
         print(f"edgeslim: starting {args.recipe} (checking the recipe)", flush=True)
     from edgeslim.api import run
     from edgeslim.report.gate import format_checks
-    from edgeslim.report.render import ratios, summary_rows, text_table
+    from edgeslim.report.render import ratios, text_table
+    from edgeslim.report.sections import summary_rows
 
     result = run(args.recipe, out=args.out, force=args.force, wait=not args.no_wait, quiet=args.quiet,
                  say=lambda line: print(f"edgeslim: {line}", file=sys.stderr))

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 from conftest import run_cli, write_recipe
 from edgeslim.report.gate import evaluate_gate, gate_exit_code
-from edgeslim.report.render import pareto_front
+from edgeslim.report.plots import Point, pareto_front
 
 
 def _report(release_cell: dict) -> dict:
@@ -67,8 +67,8 @@ def test_budget_for_a_device_not_in_the_matrix_fails():
 
 
 def test_pareto_front_keeps_only_unbeaten_points():
-    points = [(1.0, 0.80, "a"), (2.0, 0.85, "b"), (3.0, 0.84, "c"), (4.0, 0.90, "d"), (0.5, 0.70, "e")]
-    assert [p[2] for p in pareto_front(points)] == ["e", "a", "b", "d"]
+    points = [Point(*p) for p in [(1.0, 0.80, "a"), (2.0, 0.85, "b"), (3.0, 0.84, "c"), (4.0, 0.90, "d"), (0.5, 0.70, "e")]]
+    assert [p.name for p in pareto_front(points)] == ["e", "a", "b", "d"]
 
 
 def test_gate_cli_fails_a_tight_budget_and_writes_junit(tiny_run, tmp_path, recipe_dict):
@@ -111,29 +111,85 @@ def test_gate_baseline_against_the_same_release_passes(tiny_run):
     assert "baseline.latency_p50" in result.stdout
 
 
-def test_the_html_report_holds_what_the_markdown_has_and_colours_the_verdict(tiny_run):
-    """report.html: the summary with the release highlighted and a legend, the gate as a coloured
-    table, the quantization candidates and the cells not measured, as report.md has them."""
+def test_the_html_report_holds_every_section_the_markdown_has(tiny_run, tmp_path):
+    """report.md and report.html render the same sections in the same order: the summary (release,
+    teacher, best baseline) first, the gate as a coloured table, every artifact, a table per device,
+    the quantization candidates and the cells not measured; every column has a legend entry, and the
+    HTML tables hold exactly the cells the section's rows have."""
     from html.parser import HTMLParser
+
+    from edgeslim.report.gate import evaluate_gate
+    from edgeslim.report.render import ratios
+    from edgeslim.report.sections import sections
 
     class Collect(HTMLParser):
         def __init__(self):
             super().__init__()
-            self.headings, self.classes, self.current = [], [], None
+            self.headings, self.classes, self.cells, self.tag = [], [], [], None
 
         def handle_starttag(self, tag, attrs):
-            self.current = tag
+            self.tag = tag
             self.classes += [value for name, value in attrs if name == "class"]
 
         def handle_data(self, data):
-            if self.current in ("h2", "h3") and data.strip():
+            if self.tag in ("h2", "h3") and data.strip():
                 self.headings.append(data.strip())
+            if self.tag in ("td", "th"):
+                self.cells.append(data)
 
-    out = tiny_run[0] / "report"
+    from edgeslim.report.render import write_all
+
+    report = json.loads((tiny_run[0] / "report" / "report.json").read_text())
+    checks = evaluate_gate(report)
+    out = tmp_path / "report"
+    out.mkdir()
+    write_all(report, checks, out)  # what 'edgeslim run' and 'edgeslim report' write
+    expected = sections(report, checks, ratios(report))
     page = Collect()
     page.feed((out / "report.html").read_text())
-    assert "Gate" in page.headings and "Columns" in page.headings
-    assert any(h.startswith("Quantization candidates") for h in page.headings)
+    titles = [section.title for section in expected]
+    assert page.headings[: len(titles)] == titles and page.headings[len(titles)] == "Plots"
+    assert titles[0] == "Summary" and titles[1] == "Gate: PASS" and "All artifacts" in titles
+    assert any(t.startswith("Quantization candidates") for t in titles)
+    summary = expected[0].rows
+    assert [row[0] for row in summary[1:]] == ["release", "teacher", "best baseline"]
+    assert summary[1][1] == report["release"] and summary[2][1] == report["teacher"]
+    assert len(summary[0]) <= 8  # a short table; the per-device detail is below it
+    table_cells = [cell for section in expected if section.rows for row in section.rows for cell in row]
+    assert page.cells == [cell for cell in table_cells if cell]  # (an empty cell has no text to collect)
     assert "release" in page.classes and "verdict pass" in page.classes and "pass" in page.classes
     markdown = (out / "report.md").read_text()
-    assert "## Quantization candidates" in markdown and "Columns: **accuracy / perplexity**" in markdown
+    positions = [markdown.index(("#" * s.level) + " " + s.title) for s in expected]
+    assert positions == sorted(positions)
+    for section in expected:  # every column named in a header is explained in some legend
+        for name, meaning in section.legend:
+            assert f"**{name}** {meaning}" in markdown
+    legend_names = " ".join(name for s in expected for name, _ in s.legend)
+    for column in expected[2].rows[0] + next(s for s in expected if s.level == 3).rows[0]:
+        assert column in legend_names or column in ("artifact", "perplexity", "accuracy", "p50 ms", "p90 ms"), column
+
+
+def test_plot_labels_never_overlap_even_when_points_crowd():
+    """Nine artifacts at nearly the same latency and accuracy (export and bundle often coincide):
+    every label is placed clear of the others and of every point, or numbered and keyed below."""
+    import re
+
+    from edgeslim.report.plots import CHAR_WIDTH, LABEL_HEIGHT, scatter_svg
+
+    points = [Point(1.0 + 0.001 * i, 0.80 + 0.0001 * i, f"0{i}-stage-name", predicted=i % 2 == 0, release=i == 4)
+              for i in range(9)] + [Point(5.0, 0.70, "teacher-fp32")]
+    svg = scatter_svg(points, "crowded")
+    boxes = []
+    for x, y, anchor, text in re.findall(r'<text class="label" x="([\d.]+)" y="([\d.]+)"(?: text-anchor="(\w+)")?[^>]*>([^<]+)<', svg):
+        width = CHAR_WIDTH * len(text)
+        left = float(x) - width if anchor == "end" else float(x)
+        boxes.append((left, float(y) - LABEL_HEIGHT + 2, left + width, float(y) + 3))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    keyed = re.findall(r'<text class="key"[^>]*>(\d+): ([^<]+)<', svg)
+    named = [t for *_, t in re.findall(r'<text class="label" x="([\d.]+)" y="([\d.]+)"(?: text-anchor="(\w+)")?[^>]*>([^<]+)<', svg)
+             if not t.isdigit()]
+    assert len(named) + len(keyed) == len(points)  # every point is named, beside it or in the key
+    assert "04-stage-name (release) ~" in named  # the release is labelled first, beside its point
+    assert svg.count('fill="white"') == 5  # predicted points are hollow

@@ -90,11 +90,16 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
 def _add_prediction(profile: DeviceProfile, models: dict[str, Path], inputs, cells: dict[str, dict]) -> None:
     if profile.predict is None:
         return
-    from edgeslim.targets.predict import predict_latency_ms
+    from edgeslim.targets.predict import predict_latency_ms, prediction_band
 
+    (low, high), about = prediction_band(profile)
     for name, path in models.items():
         if cells[name]["status"] == "emulated":
             try:
-                cells[name]["predicted_latency_ms"] = predict_latency_ms(profile, Path(path), inputs)
+                estimate = predict_latency_ms(profile, Path(path), inputs)
             except Exception:  # noqa: BLE001 - the prediction is extra information, parity stands alone
                 cells[name]["predicted_latency_ms"] = None
+                continue
+            cells[name]["predicted_latency_ms"] = estimate
+            cells[name]["predicted_latency_interval_ms"] = [estimate * low, estimate * high]
+            cells[name]["prediction"] = about
