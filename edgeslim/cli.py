@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 2 at once when another run holds the output folder, instead of waiting for it")
     run.set_defaults(handler=cmd_run)
 
+    init = sub.add_parser("init", parents=[common], help="write a commented recipe for a model and a data file")
+    init.add_argument("model", help="teacher: a model folder, pkg://..., a .gguf file, or a hub id (--allow-network)")
+    init.add_argument("data", help="data file: csv, tsv, jsonl, parquet or txt (one example per line)")
+    init.add_argument("--out", type=Path, help="recipe file to write (default: <model>-<data>.yaml here)")
+    init.add_argument("--device", action="append", default=None,
+                      help="device profile the release targets (repeatable; default x86-64-cpu)")
+    init.add_argument("--name", help="recipe name (default: from the model and data names)")
+    init.add_argument("--force", action="store_true", help="replace --out if it exists")
+    init.set_defaults(handler=cmd_init)
+
     check = sub.add_parser("check", parents=[common], help="validate a recipe without running it")
     check.add_argument("recipe", help="recipe YAML file or built-in recipe name")
     check.set_defaults(handler=cmd_check)
@@ -166,6 +176,53 @@ def cmd_run(args) -> int:
     report_dir = result.out_dir / "report"
     print(f"\nrelease model: {result.release_dir}\nreports: {report_dir}/report.json, report.md, report.html, junit.xml")
     return result.exit_code
+
+
+def cmd_init(args) -> int:
+    """``edgeslim init``: inspect the model and the data, write a recipe that passes ``check``."""
+    import os
+    import tempfile
+
+    from edgeslim.recipe import check_recipe, load_recipe
+    from edgeslim.scaffold import inspect_data, inspect_model, recipe_name, render_recipe
+    from edgeslim.targets.profile import load_profile
+
+    devices = args.device or ["x86-64-cpu"]
+    for device in devices:
+        load_profile(device)
+    model = inspect_model(args.model, allow_network=args.allow_network)
+    data = inspect_data(args.data, model.task)
+    name = args.name or recipe_name(args.model, args.data)
+    out = args.out or Path(f"{name}.yaml")
+    if out.exists() and not args.force:
+        raise EdgeslimError(f"--out '{out}' already exists; choose another path or pass --force to replace it")
+    if out.suffix not in (".yaml", ".yml"):
+        raise EdgeslimError(f"--out '{out}' must end in .yaml")
+    from edgeslim.api import check_output_file
+
+    check_output_file(out, "--out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.source, data.source = (_relative_to(value, out.parent) for value in (model.source, data.source))
+    text = render_recipe(model, data, devices, name)
+    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".yaml", delete=False) as tmp:
+        tmp.write(text)
+    try:
+        check_recipe(load_recipe(tmp.name))  # the recipe is written only once 'edgeslim check' accepts it
+        os.replace(tmp.name, out)
+    finally:
+        Path(tmp.name).unlink(missing_ok=True)
+    print(f"wrote {out} (task {model.task}; {'; '.join(data.notes)})")
+    print(f"next: edgeslim check {out}   then   edgeslim run {out}")
+    return EXIT_OK
+
+
+def _relative_to(value: str, folder: Path) -> str:
+    """A local path as the recipe will resolve it (relative to the recipe's folder); other sources as given."""
+    import os
+
+    if "://" in value or not Path(value).exists():
+        return value
+    return os.path.relpath(Path(value).resolve(), folder.resolve())
 
 
 def cmd_check(args) -> int:

@@ -94,7 +94,7 @@ def load_data(config, base_dir: Path | None, task: str) -> DataBundle:
     fmt = config.format or FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise EdgeslimError(f"data.source '{path.name}': cannot tell the format; set data.format (csv, jsonl, parquet, text)")
-    frame = _read_frame(path, fmt, config)
+    frame = read_frame(path, fmt, config)
     texts, labels, label_names = _columns(frame, config, path, task)
     order = np.random.default_rng(config.seed).permutation(len(texts))
     n_eval = config.eval_size or max(1, round(len(texts) * config.eval_fraction))
@@ -113,7 +113,8 @@ def load_data(config, base_dir: Path | None, task: str) -> DataBundle:
     return DataBundle(train_split, eval_split, label_names, config.max_length, unlabeled, fingerprint)
 
 
-def _read_frame(path: Path, fmt: str, config):
+def read_frame(path: Path, fmt: str, config):
+    """The file as a pandas frame (``config`` gives ``encoding``, and ``text_column`` for plain text)."""
     import pandas as pd
 
     try:
