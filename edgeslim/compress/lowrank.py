@@ -106,7 +106,7 @@ def target_linears(model: nn.Module, config: LowRankConfig) -> dict[str, nn.Line
     for name, module in model.named_modules():
         if name.endswith(".lowrank_in"):
             continue  # already the first factor of a LowRankLinear
-        if type(module) is nn.Linear and (id(module) in wanted or any(fnmatch.fnmatch(name, p) for p in config.modules)):
+        if isinstance(module, nn.Linear) and (id(module) in wanted or any(fnmatch.fnmatch(name, p) for p in config.modules)):
             found[name] = module
     if config.modules and not any(any(fnmatch.fnmatch(n, p) for n in found) for p in config.modules):
         raise EdgeslimError(f"lowrank: modules {config.modules} match no Linear in the model; check the names")

@@ -10,6 +10,7 @@ are scored by :mod:`edgeslim.report.lm_eval` (perplexity, next-token accuracy, p
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +77,13 @@ def torch_logits(model_dir: Path, tokenizer, texts: list[str], max_length: int) 
     from edgeslim.compress.lowrank import load_factorized
 
     model = load_factorized(model_dir, "text-classification")
+    accepted = set(inspect.signature(model.forward).parameters)
     rows = []
     with torch.inference_mode():
         for text in texts:
             enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
-            rows.append(model(**enc).logits[0].float().numpy())
+            # a BERT-style tokenizer returns token_type_ids, which MPNet, DistilBERT and others do not take
+            rows.append(model(**{k: v for k, v in enc.items() if k in accepted}).logits[0].float().numpy())
     return np.stack(rows)
 
 

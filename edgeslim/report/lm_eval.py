@@ -87,11 +87,12 @@ class TorchDecoder:
 
     def __init__(self, model_dir: Path):
         import torch
-        from transformers import AutoModelForCausalLM
+
+        from edgeslim.compress.lowrank import load_factorized
 
         self.torch = torch
-        try:
-            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        try:  # a low-rank stage's output has factor shapes plain from_pretrained refuses
+            self.model = load_factorized(model_dir, "causal-lm", dtype=torch.float32)
         except (OSError, ValueError) as exc:
             first = first_line(exc)
             raise EdgeslimError(f"cannot load the causal LM in {model_dir}: {first}") from None

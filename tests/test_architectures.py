@@ -1,0 +1,68 @@
+"""Architectures the tests did not name before, where edgeslim crashed instead of working: each a tiny
+random config through the part that failed (issue "Any Hugging Face model")."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from _llm_models import SENTENCES, tiny_llama_folder
+from edgeslim.compress.lowrank import factorize, target_linears
+from edgeslim.compress.lowrank_config import LowRankConfig
+
+
+def test_a_factorized_causal_lm_is_scored_by_the_report(tmp_path):
+    """lowrank on a decoder, then the report's scoring: it loads the folder with load_factorized
+    (plain from_pretrained fails on the factor shapes) and scores it like the dense model."""
+    from transformers import AutoTokenizer
+
+    from edgeslim.report.evaluate import score_examples
+    from edgeslim.data import Example
+
+    folder = tiny_llama_folder(tmp_path / "dense")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    factorize(model, LowRankConfig(rank=8, targets=["ffn"]))
+    model.save_pretrained(tmp_path / "low")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.save_pretrained(tmp_path / "low")
+    examples = [Example(text) for text in SENTENCES[:4]]
+    dense = score_examples(folder, "torch", tokenizer, examples, "causal-lm", 64)
+    low = score_examples(tmp_path / "low", "torch", tokenizer, examples, "causal-lm", 64)
+    assert np.isfinite(low["perplexity"]) and low["perplexity"] != dense["perplexity"]
+
+
+def test_an_encoder_without_token_type_ids_is_scored(tmp_path):
+    """MPNet's forward takes no token_type_ids; the tokenizer of a BERT-style teacher returns them."""
+    from edgeslim.report.evaluate import torch_logits
+    from _compress_fixtures import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(tmp_path / "tok")
+    config = AutoConfig.for_model("mpnet", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, num_labels=3, max_position_embeddings=66)
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "mpnet")
+    assert "token_type_ids" in tokenizer("a text")
+    logits = torch_logits(tmp_path / "mpnet", tokenizer, ["a good day", "a bad one"], 32)
+    assert logits.shape == (2, 3) and np.isfinite(logits).all()
+
+
+def test_lowrank_finds_linear_subclasses_by_name():
+    """Falcon's projections are FalconLinear (an nn.Linear subclass): named modules must match."""
+    config = AutoConfig.for_model("falcon", vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  new_decoder_architecture=False, multi_query=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    projection = model.transformer.h[0].mlp.dense_h_to_4h
+    assert type(projection) is not torch.nn.Linear and isinstance(projection, torch.nn.Linear)
+    found = target_linears(model, LowRankConfig(rank=4, targets=[], modules=["*.mlp.dense_h_to_4h"]))
+    assert sorted(found) == ["transformer.h.0.mlp.dense_h_to_4h", "transformer.h.1.mlp.dense_h_to_4h"]
+    with torch.no_grad():  # make the projections truly rank 4, so a rank-4 factorization is exact
+        for block in model.transformer.h:
+            weight = block.mlp.dense_h_to_4h.weight
+            weight.copy_(torch.randn(weight.shape[0], 4) @ torch.randn(4, weight.shape[1]) / 4)
+    ids = torch.tensor([[1, 5, 9, 13]])
+    before = model(input_ids=ids).logits
+    factorize(model, LowRankConfig(rank=4, targets=[], modules=["*.mlp.dense_h_to_4h"]))
+    assert type(model.transformer.h[0].mlp.dense_h_to_4h).__name__ == "LowRankLinear"
+    assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-4)
