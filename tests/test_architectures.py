@@ -66,3 +66,37 @@ def test_lowrank_finds_linear_subclasses_by_name():
     factorize(model, LowRankConfig(rank=4, targets=[], modules=["*.mlp.dense_h_to_4h"]))
     assert type(model.transformer.h[0].mlp.dense_h_to_4h).__name__ == "LowRankLinear"
     assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-4)
+
+
+def test_following_lowrank_advice_for_an_unknown_family_works():
+    """DeBERTa-v2 is not a known family: the check says to list modules, and doing just that passes."""
+    import pytest
+
+    from edgeslim.model_shape import ModelShape
+
+    config = ModelShape.from_dict({"model_type": "deberta-v2", "num_hidden_layers": 2, "hidden_size": 32,
+                                   "num_attention_heads": 4, "intermediate_size": 64})
+    with pytest.raises(ValueError, match="drop targets and list Linear names"):
+        LowRankConfig(rank=4).check_against(config, "text-classification")
+    advised = LowRankConfig(rank=4, modules=["*.intermediate.dense"])
+    assert advised.targets == []
+    advised.check_against(config, "text-classification")
+    assert LowRankConfig(rank=4, targets=["ffn"], modules=["*.x"]).targets == ["ffn"]  # both, when both are given
+
+
+def test_albert_layer_selection_is_refused_at_check_time(tmp_path, capsys):
+    """ALBERT shares its layers' weights: choosing layers cannot work, and check says so at once
+    (it used to pass check and fail 84 s into the run)."""
+    import json
+
+    from conftest import tiny_recipe_dict, write_recipe
+    from edgeslim.cli import main
+
+    folder = tmp_path / "albert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "albert", "num_hidden_layers": 4, "hidden_size": 32,
+                                                    "num_attention_heads": 4, "intermediate_size": 64}))
+    recipe = tiny_recipe_dict()
+    recipe["teacher"] = {"source": str(folder)}
+    assert main(["check", str(write_recipe(tmp_path, recipe))]) == 2
+    assert "shares one set of weights across its 4 layers" in capsys.readouterr().err

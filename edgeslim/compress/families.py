@@ -8,6 +8,8 @@ from __future__ import annotations
 
 BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie")
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
+#: Model types whose layers share one set of weights (no list of per-layer blocks to select from).
+SHARED_LAYER_TYPES = ("albert",)
 
 
 def family_of_type(model_type: str | None) -> str | None:

@@ -18,7 +18,11 @@ Target = Literal["ffn", "attention_output", "attention_qkv"]
 
 
 class LowRankConfig(StageConfig):
-    """Which Linears to factorize and how their ranks are chosen (exactly one of rank/energy/budget)."""
+    """Which Linears to factorize and how their ranks are chosen (exactly one of rank/energy/budget).
+
+    ``targets`` name parts of the known families; ``modules`` name Linears by glob pattern, for any
+    architecture. A recipe that gives ``modules`` and no ``targets`` factorizes only those modules.
+    """
 
     targets: list[Target] = Field(default_factory=lambda: ["ffn"])
     modules: list[str] = Field(default_factory=list, description="extra Linear module names (glob patterns)")
@@ -28,6 +32,12 @@ class LowRankConfig(StageConfig):
     round_to: int = Field(1, ge=1)
     min_saving: float = Field(0.1, ge=0, lt=1, description="factorize only where FLOPs fall by at least this")
     recovery: Recovery = Recovery()
+
+    @model_validator(mode="after")
+    def _modules_alone(self):
+        if self.modules and "targets" not in self.model_fields_set:
+            self.targets = []
+        return self
 
     @model_validator(mode="after")
     def _one_rule(self):
@@ -45,8 +55,9 @@ class LowRankConfig(StageConfig):
             return
         family = family_of_type(getattr(model_config, "model_type", None))
         if self.targets and family is None:
-            raise ValueError(f"lowrank targets work for model types {supported_types()}; "
-                             f"for '{model_config.model_type}' list Linear names under modules")
+            raise ValueError(f"lowrank targets work for model types {supported_types()}; for "
+                             f"'{model_config.model_type}' drop targets and list Linear names (glob patterns) under "
+                             "modules, e.g. modules: ['*.intermediate.dense']")
         if self.rank is not None and family is not None and self.targets:
             smallest = min(_target_shapes(model_config, self.targets, family))
             if self.rank >= smallest:
