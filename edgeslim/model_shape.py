@@ -15,14 +15,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from edgeslim.errors import EdgeslimError
+from edgeslim.families import FAMILIES
 
 #: Model types whose ``config.json`` (as ``save_pretrained`` writes it) holds every shape field,
-#: under the standard names or the aliases in :data:`ALIASES`.
-READABLE_TYPES = frozenset({
-    "bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie", "distilbert", "mpnet", "albert",
-    "deberta-v2", "mobilebert", "modernbert", "llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3",
-    "gpt2", "gpt_neox", "opt", "falcon",
-})
+#: under the standard names or the aliases in :data:`ALIASES`: every type of the families table.
+READABLE_TYPES = frozenset(FAMILIES)
 
 #: Standard attribute -> the names some architectures use for it in config.json (transformers'
 #: ``attribute_map``).

@@ -100,3 +100,43 @@ def test_albert_layer_selection_is_refused_at_check_time(tmp_path, capsys):
     recipe["teacher"] = {"source": str(folder)}
     assert main(["check", str(write_recipe(tmp_path, recipe))]) == 2
     assert "shares one set of weights across its 4 layers" in capsys.readouterr().err
+
+
+def test_the_families_table_is_consistent_with_the_libraries():
+    """Every type is one transformers knows, every fusion type one onnxruntime's optimizer has, every
+    structure one hf_fixups can cut; and check reads every type's config.json without transformers."""
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
+    from transformers import CONFIG_MAPPING
+
+    from edgeslim.families import FAMILIES
+    from edgeslim.model_shape import READABLE_TYPES
+
+    for model_type, family in FAMILIES.items():
+        assert model_type in CONFIG_MAPPING, model_type
+        assert family.fusion is None or family.fusion in MODEL_TYPES, (model_type, family.fusion)
+        assert family.structure in (None, "bert", "llama"), model_type
+    assert READABLE_TYPES == set(FAMILIES)
+
+
+def test_albert_exports_one_copy_of_its_shared_weights(tmp_path):
+    """ALBERT's layers share weights; its ONNX must not hold a copy per layer (the bert fusion rules
+    made it 1.9x the torch model)."""
+    from edgeslim.export.export_config import ExportConfig
+    from edgeslim.export.onnx import export_model
+    from _compress_fixtures import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(tmp_path / "tok")
+    config = AutoConfig.for_model("albert", vocab_size=len(tokenizer), embedding_size=32, hidden_size=64,
+                                  num_hidden_layers=6, num_attention_heads=4, intermediate_size=128, num_labels=3,
+                                  max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    model.save_pretrained(tmp_path / "albert")
+    tokenizer.save_pretrained(tmp_path / "albert")
+    torch_bytes = sum(p.numel() * 4 for p in model.parameters())
+    result = export_model(tmp_path / "albert", tmp_path / "onnx", "text-classification", ExportConfig())
+    import onnx
+
+    weights = sum(len(t.raw_data) for t in onnx.load(str(result.onnx_path)).graph.initializer)
+    assert weights <= 1.02 * torch_bytes, (weights, torch_bytes)  # (was 4.6x: a copy per layer)
+    assert result.slim["duplicates_removed"]["removed"] > 0

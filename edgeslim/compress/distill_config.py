@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgeslim.compress.families import SHARED_LAYER_TYPES
+from edgeslim.families import shares_layers
 from edgeslim.compress.schedule import Schedule, schedule_values
 from edgeslim.compress.student_shape import WIDTH_FIELDS, resolve_layers
 from edgeslim.stage import StageConfig, register_stage
@@ -158,7 +158,7 @@ class DistillConfig(StageConfig):
             return
         n_teacher = model_config.num_hidden_layers
         model_type = getattr(model_config, "model_type", None)
-        if self.student is None and self.layers is not None and model_type in SHARED_LAYER_TYPES:
+        if self.student is None and self.layers is not None and shares_layers(model_type):
             raise ValueError(f"'{model_type}' shares one set of weights across its {n_teacher} layers, so there are no "
                              "layers to select; set layers: null and give narrower widths, or a student folder")
         if self.student is None:

@@ -25,7 +25,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeslim.compress.families import family_of_type, supported_types
+from edgeslim.families import family_of_type, supported_types
 
 @dataclass
 class AttentionBlock:

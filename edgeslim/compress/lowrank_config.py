@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from edgeslim.compress.families import family_of_type, supported_types
+from edgeslim.families import family_of_type, supported_types
 from edgeslim.compress.recovery_config import Recovery
 from edgeslim.stage import StageConfig, register_stage
 

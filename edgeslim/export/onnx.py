@@ -22,19 +22,12 @@ import torch
 from edgeslim.artifacts import ONNX_FILE, Artifact, onnx_size_bytes
 from edgeslim.errors import EdgeslimError, first_line
 from edgeslim.export import parity as par
+from edgeslim.families import fusion_type
 from edgeslim.export.export_config import DEFAULT_OPSET, OPTIMUM_TASKS, ExportConfig, optimum_supports
 from edgeslim.artifacts import copy_sidecar_files
 
 # Fusions and onnxslim rewrite the model in one protobuf, which cannot exceed 2 GB.
 LARGEST_OPTIMIZABLE = 2_000_000_000
-# Hugging Face model type -> onnxruntime.transformers optimizer model type (fusion rules).
-ORT_FUSION_TYPES = {
-    "bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert",
-    "camembert": "bert", "mpnet": "bert", "albert": "bert",
-    "gpt2": "gpt2", "gpt_neox": "gpt_neox",
-    # Llama-family decoders: the gpt2 rules fuse RMSNorm (SimplifiedLayerNormalization) and rotary embeddings.
-    "llama": "gpt2", "mistral": "gpt2", "qwen2": "gpt2", "qwen3": "qwen3",
-}
 
 
 @dataclass
@@ -92,6 +85,7 @@ def export_model(model_dir: Path, out_dir: Path, task: str, config: ExportConfig
     cases = list(eval_cases or []) + par.varied_cases(tokenizer, texts or list(par.FALLBACK_TEXTS))
     result = ExportResult(onnx_path, exporter, config.opset)
     result.fusions, result.slim, result.parity = _optimize_checked(onnx_path, model, cases, config, log)
+    result.slim["duplicates_removed"] = dedupe_initializers(onnx_path)
     return result
 
 
@@ -245,7 +239,7 @@ def apply_fusions(onnx_path: Path, model_config) -> dict[str, Any]:
     from onnxruntime.transformers.optimizer import optimize_model
 
     model_type = getattr(model_config, "model_type", "")
-    ort_type = ORT_FUSION_TYPES.get(model_type)
+    ort_type = fusion_type(model_type)
     if ort_type is None:
         return {"applied": False, "reason": f"onnxruntime has no fusion rules for model type '{model_type}'"}
     heads = getattr(model_config, "num_attention_heads", None) or getattr(model_config, "n_head", 0) or 0
@@ -286,6 +280,53 @@ def trim_rotary_caches(onnx_path: Path, max_positions: int) -> int | None:
         return None
     onnx.save(model, str(onnx_path))
     return max_positions
+
+
+def dedupe_initializers(onnx_path: Path) -> dict[str, Any]:
+    """Keep one copy of initializers with identical type, shape and bytes, and point every user at it.
+
+    Exporters and fusion rules copy a weight per use: ALBERT's layers share one set of weights, yet
+    its exported file held one copy per layer (5x the torch model). Constants are read-only, so
+    sharing one copy changes no output. Only weight matrices count (2-D or more, at least 4 KiB):
+    small vectors such as untrained zero biases are often equal by chance, and a quantizer that
+    derives a bias's scale from its node must keep one per node. Tensors in external data are left
+    alone.
+    """
+    import hashlib
+
+    import onnx
+
+    if onnx_size_bytes(onnx_path) >= LARGEST_OPTIMIZABLE:
+        return {"removed": 0, "reason": "model over 2 GB"}
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    graph = model.graph
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    for tensor in graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.dims) < 2 or len(tensor.raw_data) < 4096:
+            continue
+        key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(tensor.raw_data).digest())
+        rename[tensor.name] = first.setdefault(key, tensor.name)
+    rename = {old: new for old, new in rename.items() if old != new}
+    if not rename:
+        return {"removed": 0}
+    saved = sum(len(t.raw_data) for t in graph.initializer if t.name in rename)
+    kept = [t for t in graph.initializer if t.name not in rename]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for node in _all_nodes(graph):
+        node.input[:] = [rename.get(name, name) for name in node.input]
+    onnx.save(model, str(onnx_path))
+    return {"removed": len(rename), "bytes_saved": saved}
+
+
+def _all_nodes(graph):
+    """Every node of ``graph`` and of its subgraphs (If/Loop bodies read outer initializers too)."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for sub in [attribute.g, *attribute.graphs] if attribute.type in (5, 10) else []:
+                yield from _all_nodes(sub)
 
 
 def share_tied_weights(onnx_path: Path) -> dict[str, Any]:
