@@ -67,8 +67,16 @@ def read_config_json(folder: Path) -> dict[str, Any]:
 
 
 def fast_shape(folder: Path) -> ModelShape | None:
-    """The shape of the model in ``folder`` when its type is one this module reads, else ``None``."""
+    """The shape of the model in ``folder`` when its type is one this module reads and its file gives
+    the core sizes, else ``None`` (transformers then fills what the file leaves to its defaults)."""
     fields = read_config_json(folder)
     if fields.get("model_type") not in READABLE_TYPES or fields.get("auto_map"):
         return None
-    return ModelShape.from_dict(fields)
+    shape = ModelShape.from_dict(fields)
+    if any(getattr(shape, name, None) is None for name in CORE_FIELDS):
+        return None
+    return shape
+
+
+#: Sizes every check reads; a config.json without one of them leaves it to transformers' defaults.
+CORE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")

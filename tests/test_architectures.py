@@ -140,3 +140,17 @@ def test_albert_exports_one_copy_of_its_shared_weights(tmp_path):
     weights = sum(len(t.raw_data) for t in onnx.load(str(result.onnx_path)).graph.initializer)
     assert weights <= 1.02 * torch_bytes, (weights, torch_bytes)  # (was 4.6x: a copy per layer)
     assert result.slim["duplicates_removed"]["removed"] > 0
+
+
+def test_a_sparse_config_json_falls_back_to_transformers_defaults(tmp_path):
+    """A config.json that leaves sizes to the class defaults is read through transformers, so the
+    checks see the same numbers a run will (not an AttributeError)."""
+    import json
+
+    from edgeslim.model_shape import ModelShape, fast_shape
+    from edgeslim.teacher import TeacherConfig, teacher_shape
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 64, "num_attention_heads": 4}))
+    assert fast_shape(tmp_path) is None
+    shape = teacher_shape(TeacherConfig(source=str(tmp_path)), None)
+    assert not isinstance(shape, ModelShape) and shape.num_hidden_layers == 12  # BertConfig's default
