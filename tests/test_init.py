@@ -106,3 +106,23 @@ def test_init_in_a_subprocess_as_a_user_calls_it(tmp_path):
     assert result.returncode == 0, result.stderr
     written = tmp_path / "my-bert-tiny-sentiment.yaml"
     assert written.is_file() and run_cli("check", written, cwd=tmp_path).returncode == 0
+
+
+def test_init_from_a_gguf_file(capsys, tmp_path, monkeypatch):
+    """A GGUF teacher: a causal LM, its config read from the header (and cached for check)."""
+    from _llm_models import tiny_llama, train_tokenizer, write_gguf
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tokenizer = train_tokenizer(tmp_path / "tok")
+    (tmp_path / "models").mkdir()
+    gguf = write_gguf(tiny_llama(len(tokenizer)), tokenizer, tmp_path / "models" / "tiny.gguf")
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(f"a line of text number {i}\n" for i in range(40)))
+    out = tmp_path / "lm.yaml"
+    code, _, err = _init(capsys, gguf, text, "--out", out)
+    assert code == 0, err
+    recipe = yaml.safe_load(out.read_text())
+    assert recipe["task"] == "causal-lm" and recipe["teacher"]["source"].endswith("tiny.gguf")
+    assert "GGUF file (tiny.gguf)" in out.read_text()
+    assert list((tmp_path / "cache" / "edgeslim" / "gguf-configs").glob("*.json"))  # read once, then cached
+    assert main(["check", str(out)]) == 0, capsys.readouterr().err
