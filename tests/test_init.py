@@ -48,18 +48,23 @@ def test_init_writes_a_commented_recipe_that_check_accepts(capsys, tmp_path, hea
     assert "edgeslim check" in stdout
 
 
+def _init_on_text(capsys, tmp_path, model):
+    """``edgeslim init MODEL corpus.txt``: the recipe it wrote, and where."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(f"line number {i} of some text\n" for i in range(50)))
+    out = tmp_path / "lm.yaml"
+    code, _, err = _init(capsys, model, text, "--out", out)
+    assert code == 0, err
+    return yaml.safe_load(out.read_text()), out
+
+
 def test_init_for_a_plain_text_file_and_a_causal_lm(capsys, tmp_path):
     folder = tmp_path / "tiny-llama"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({
         "model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
         "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 300, "architectures": ["LlamaForCausalLM"]}))
-    text = tmp_path / "corpus.txt"
-    text.write_text("".join(f"line number {i} of some text\n" for i in range(50)))
-    out = tmp_path / "lm.yaml"
-    code, _, err = _init(capsys, folder, text, "--out", out)
-    assert code == 0, err
-    recipe = yaml.safe_load(out.read_text())
+    recipe, out = _init_on_text(capsys, tmp_path, folder)
     assert recipe["task"] == "causal-lm" and recipe["data"]["format"] == "text" and recipe["release"] == "best"
     assert [next(iter(s)) for s in recipe["stages"]] == ["export", "quantize", "bundle"]
     assert main(["check", str(out)]) == 0, capsys.readouterr().err
@@ -116,12 +121,7 @@ def test_init_from_a_gguf_file(capsys, tmp_path, monkeypatch):
     tokenizer = train_tokenizer(tmp_path / "tok")
     (tmp_path / "models").mkdir()
     gguf = write_gguf(tiny_llama(len(tokenizer)), tokenizer, tmp_path / "models" / "tiny.gguf")
-    text = tmp_path / "corpus.txt"
-    text.write_text("".join(f"a line of text number {i}\n" for i in range(40)))
-    out = tmp_path / "lm.yaml"
-    code, _, err = _init(capsys, gguf, text, "--out", out)
-    assert code == 0, err
-    recipe = yaml.safe_load(out.read_text())
+    recipe, out = _init_on_text(capsys, tmp_path, gguf)
     assert recipe["task"] == "causal-lm" and recipe["teacher"]["source"].endswith("tiny.gguf")
     assert "GGUF file (tiny.gguf)" in out.read_text()
     assert list((tmp_path / "cache" / "edgeslim" / "gguf-configs").glob("*.json"))  # read once, then cached
