@@ -31,6 +31,9 @@ ALIASES = {
     "max_position_embeddings": ("n_positions",),
 }
 
+#: Sizes every check reads; a config.json without one of them leaves it to transformers' defaults.
+CORE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
+
 
 class ModelShape(SimpleNamespace):
     """The fields of a ``config.json`` as attributes, with the standard names filled in from their
@@ -77,6 +80,3 @@ def fast_shape(folder: Path) -> ModelShape | None:
         return None
     return shape
 
-
-#: Sizes every check reads; a config.json without one of them leaves it to transformers' defaults.
-CORE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")

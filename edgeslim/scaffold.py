@@ -51,13 +51,11 @@ def inspect_model(model: str, allow_network: bool = False) -> ModelFacts:
     from edgeslim.sources import resolve_model_source
     from edgeslim.teacher import gguf_config_fields
 
-    resolved = resolve_model_source(model, Path.cwd())
-    path = Path(resolved)
-    gguf = path if path.suffix == ".gguf" else next(iter(sorted(path.glob("*.gguf"))), None) if path.is_dir() else None
-    if gguf is not None and gguf.is_file():
+    path = Path(resolve_model_source(model, Path.cwd()))
+    gguf = _gguf_file(path)
+    if gguf is not None:
         fields = gguf_config_fields(str(gguf.parent), gguf.name)
-        source, gguf_file = (model, None) if path.suffix == ".gguf" else (model, gguf.name)
-        return ModelFacts(source, gguf_file, fields.get("model_type", "?"), "causal-lm",
+        return ModelFacts(model, None if gguf == path else gguf.name, fields.get("model_type", "?"), "causal-lm",
                           fields.get("num_hidden_layers"), False, [f"a GGUF file ({gguf.name}): a causal LM"])
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -75,6 +73,13 @@ def inspect_model(model: str, allow_network: bool = False) -> ModelFacts:
     note = f"model type {fields.get('model_type', '?')}, {layers} layers, architectures {', '.join(architectures) or 'none'}"
     return ModelFacts(model, None, fields.get("model_type", "?"), "causal-lm" if causal else "text-classification",
                       layers, classifier, [note])
+
+
+def _gguf_file(path: Path) -> Path | None:
+    """``path`` itself when it is a .gguf file, the first .gguf file of a folder, else ``None``."""
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    return next(iter(sorted(path.glob("*.gguf"))), None) if path.is_dir() else None
 
 
 def _hub_config(model: str, allow_network: bool) -> dict[str, Any]:
