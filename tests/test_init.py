@@ -126,3 +126,25 @@ def test_init_from_a_gguf_file(capsys, tmp_path, monkeypatch):
     assert "GGUF file (tiny.gguf)" in out.read_text()
     assert list((tmp_path / "cache" / "edgeslim" / "gguf-configs").glob("*.json"))  # read once, then cached
     assert main(["check", str(out)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".tsv"])
+def test_init_reads_every_labelled_format(capsys, tmp_path, suffix):
+    import pandas as pd
+
+    frame = pd.DataFrame({"review": [f"a long review text number {i}" for i in range(40)],
+                          "rating": [["bad", "good"][i % 2] for i in range(40)]})
+    data = tmp_path / f"reviews{suffix}"
+    if suffix == ".jsonl":
+        frame.to_json(data, orient="records", lines=True)
+    elif suffix == ".parquet":
+        frame.to_parquet(data)
+    else:
+        frame.to_csv(data, sep="\t", index=False)
+    out = tmp_path / "r.yaml"
+    code, _, err = _init(capsys, _bert_folder(tmp_path, head=True), data, "--out", out)
+    assert code == 0, err
+    recipe = yaml.safe_load(out.read_text())
+    assert (recipe["data"]["text_column"], recipe["data"]["label_column"], recipe["data"]["labels"]) == (
+        "review", "rating", ["bad", "good"])
+    assert main(["check", str(out)]) == 0, capsys.readouterr().err
