@@ -281,8 +281,7 @@ COMMAND_CASES = {
 
 
 def test_commands_table_spans_every_command():
-    commands = {build.__code__.co_consts for build, _ in COMMAND_CASES.values()}
-    assert len(COMMAND_CASES) >= 50 and commands
+    assert len(COMMAND_CASES) >= 50
     assert {case.split(":")[0].split()[0] for case in COMMAND_CASES} == {
         "gate", "report", "bench", "devices", "recipes", "check", "run"}
 
