@@ -52,6 +52,14 @@ class Artifact:
         manifest = read_json(Path(path) / MANIFEST)
         return cls(Path(path), manifest["kind"], manifest)
 
+    def lineage(self) -> Iterator["Artifact"]:
+        """This artifact, then the one each stage read, back to the teacher (as far as folders remain)."""
+        artifact: Artifact | None = self
+        while artifact is not None:
+            yield artifact
+            source = (artifact.manifest.get("input") or {}).get("path")
+            artifact = Artifact.load(Path(source)) if source and (Path(source) / MANIFEST).is_file() else None
+
 
 def onnx_size_bytes(onnx_file: Path) -> int:
     """Size of an ONNX model including any external-data files saved beside it."""

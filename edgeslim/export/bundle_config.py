@@ -6,7 +6,7 @@ is :func:`edgeslim.export.mobile.run`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -22,6 +22,16 @@ class BundleConfig(StageConfig):
     tokenizer_in_graph: bool = Field(True, description="write model_with_tokenizer.onnx (text-classification)")
     mobile_check: bool = Field(True, description="run onnxruntime's NNAPI/CoreML usability checker")
     title: str | None = Field(None, description="model card title (default: the recipe name)")
+    fixed_shape: bool = Field(False, description="also write model_fixed.ort: batch 1, fixed length, int32 inputs, "
+                                                 "operators NNAPI and CoreML run (text-classification)")
+    fixed_length: int | None = Field(None, ge=1, le=8192,
+                                     description="sequence length of model_fixed.ort (default: data.max_length)")
+    fixed_atol: float = Field(5e-3, gt=0, description="largest logit difference model_fixed.ort may have from the "
+                                                      "dynamic fp32 export (its GELU is the tanh form)")
+
+    def check_against(self, model_config: Any, task: str) -> None:
+        if self.fixed_shape and task != "text-classification":
+            raise ValueError(f"fixed_shape is for text-classification bundles, not {task}; set bundle.fixed_shape: false")
 
 
 register_stage("bundle", config=BundleConfig, function="edgeslim.export.mobile:run", consumes="onnx", produces="bundle")

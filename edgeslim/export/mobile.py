@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,13 +28,19 @@ from edgeslim.artifacts import ONNX_FILE, Artifact, atomic_write_json, copy_side
 from edgeslim.errors import EdgeslimError, describe, first_line
 from edgeslim.export.onnx import padding_tokenizer
 from edgeslim.export.bundle_config import BundleConfig
-from edgeslim.export.bundle_files import METADATA_FILE, OPERATORS_FILE, ORT_FILE, TOKENIZER_MODEL_FILE
+from edgeslim.export.bundle_files import FIXED_ORT_FILE, METADATA_FILE, OPERATORS_FILE, ORT_FILE, TOKENIZER_MODEL_FILE
 from edgeslim.export.mobile_check import mobile_usability
 from edgeslim.export.model_card import write_model_card
 
 METADATA_PREFIX = "edgeslim."
 # Inputs the in-graph tokenizer can provide, in the order a BERT-style tokenizer emits them.
 TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# onnxruntime's ORT-format converter reads its graph optimization level from this variable.
+ORT_LEVEL_VARIABLE = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
+SAMPLE_TEXT = "an example sentence to check the bundle"
+FIXED_SHAPE_TEXTS = 32  # eval texts model_fixed.ort is compared on
+ORT_NONDETERMINISM = ("onnxruntime's ORT-format converter writes different bytes (even sizes) for the same model on "
+                      "each call; its outputs are checked against the ONNX model instead")
 
 
 # Copying the model folder ---------------------------------------------------------------------
@@ -97,11 +104,12 @@ def write_metadata(onnx_path: Path, metadata: dict[str, Any]) -> None:
 
 def read_metadata(onnx_path: Path) -> dict[str, Any]:
     """The edgeslim metadata stored in an ONNX file's ``metadata_props`` (as onnxruntime reports it)."""
-    props = _session(onnx_path).get_modelmeta().custom_metadata_map
+    props = open_session(onnx_path).get_modelmeta().custom_metadata_map
     return {key[len(METADATA_PREFIX):]: json.loads(value) for key, value in props.items() if key.startswith(METADATA_PREFIX)}
 
 
-def _session(path: Path, extensions: bool = False):
+def open_session(path: Path, extensions: bool = False):
+    """An onnxruntime CPU session for an ONNX or ORT file (with onnxruntime-extensions' custom ops)."""
     from edgeslim.targets.harness import make_session
 
     libraries = []
@@ -114,12 +122,14 @@ def _session(path: Path, extensions: bool = False):
 
 # ORT format for mobile builds -----------------------------------------------------------------
 
-def convert_to_ort(onnx_path: Path, out_dir: Path, target_platform: str = "arm") -> dict[str, Any]:
-    """Write ``model.ort`` and ``required_operators.config`` next to nothing else in ``out_dir``.
+def convert_to_ort(onnx_path: Path, out_dir: Path, target_platform: str = "arm", ort_name: str = ORT_FILE,
+                   operators_name: str = OPERATORS_FILE, optimization_level: str = "all") -> dict[str, Any]:
+    """Write ``ort_name`` and its operator config ``operators_name`` (next to nothing else) into ``out_dir``.
 
     Fixed optimizations only: the ORT file then holds a graph that any onnxruntime (full or reduced
     build) loads as is; saved runtime-optimization records are not shipped because they fail to load
-    for QDQ models.
+    for QDQ models. ``optimization_level`` ``basic`` keeps the graph free of the CPU-only fused
+    operators, as NNAPI and CoreML need.
     """
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
@@ -134,7 +144,7 @@ def convert_to_ort(onnx_path: Path, out_dir: Path, target_platform: str = "arm")
         level = quiet_logger.level
         quiet_logger.setLevel(logging.WARNING)  # it logs one INFO line per config file written
         try:
-            with contextlib.redirect_stdout(log):
+            with contextlib.redirect_stdout(log), _environment(ORT_LEVEL_VARIABLE, optimization_level):
                 convert_onnx_models_to_ort(tmp_dir / ONNX_FILE, output_dir=converted,
                                            optimization_styles=[OptimizationStyle.Fixed], target_platform=target_platform)
         except Exception as err:  # the converter raises bare RuntimeErrors from onnxruntime
@@ -142,15 +152,30 @@ def convert_to_ort(onnx_path: Path, out_dir: Path, target_platform: str = "arm")
             raise EdgeslimError(f"onnxruntime could not convert the model to ORT format: {first[:200]}; set bundle.ort_format: false") from err
         finally:
             quiet_logger.setLevel(level)
-        shutil.move(converted / ORT_FILE, out_dir / ORT_FILE)
-        config_lines = (converted / "model.required_operators.config").read_text().splitlines()
+        # named after the level below "all" (model.basic.ort), so found by suffix
+        shutil.move(next(converted.glob("*.ort")), out_dir / ort_name)
+        config_lines = next(converted.glob("*.required_operators*.config")).read_text().splitlines()
     # the converter names the temporary file it read; the bundle's own file name makes it repeatable
-    (out_dir / OPERATORS_FILE).write_text("\n".join(f"# - {ORT_FILE}" if line.startswith("# - ") else line
-                                                    for line in config_lines) + "\n")
+    (out_dir / operators_name).write_text("\n".join(f"# - {ort_name}" if line.startswith("# - ") else line
+                                                     for line in config_lines) + "\n")
     operators = [line for line in config_lines if line and not line.startswith("#")]
-    return {"file": ORT_FILE, "operators_file": OPERATORS_FILE, "optimization_style": "fixed",
-            "target_platform": target_platform, "size_bytes": (out_dir / ORT_FILE).stat().st_size,
-            "operator_sets": operators}
+    return {"file": ort_name, "operators_file": operators_name, "optimization_style": "fixed",
+            "optimization_level": optimization_level, "target_platform": target_platform,
+            "size_bytes": (out_dir / ort_name).stat().st_size, "operator_sets": operators}
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """``os.environ[name] = value`` for the duration of the block (the converter reads its level there)."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def ort_format_files(out_dir: Path, target_platform: str, feeds: dict[str, np.ndarray], log) -> dict[str, Any]:
@@ -174,7 +199,7 @@ def ort_format_files(out_dir: Path, target_platform: str, feeds: dict[str, np.nd
 
 def compare_sessions(reference: Path, candidate: Path, feeds: dict[str, np.ndarray]) -> float:
     """Largest absolute difference over all outputs of two models run on the same ``feeds``."""
-    ref_session, cand_session = _session(reference), _session(candidate)
+    ref_session, cand_session = open_session(reference), open_session(candidate)
     names = [o.name for o in ref_session.get_outputs()]
     ref = ref_session.run(names, feeds)
     got = cand_session.run(names, feeds)
@@ -182,13 +207,13 @@ def compare_sessions(reference: Path, candidate: Path, feeds: dict[str, np.ndarr
                for a, b in zip(ref, got))
 
 
-def sample_feeds(onnx_path: Path, tokenizer, text: str = "an example sentence to check the bundle") -> dict[str, np.ndarray]:
+def sample_feeds(onnx_path: Path, tokenizer, text: str = SAMPLE_TEXT) -> dict[str, np.ndarray]:
     """Inputs for one tokenized text, completed with position ids and an empty KV cache when needed."""
     from edgeslim.export.parity import onnx_feeds
 
     enc = tokenizer([text], return_tensors="np")
     arrays = {key: np.asarray(value, dtype=np.int64) for key, value in enc.items()}
-    return onnx_feeds(_session(onnx_path), arrays)
+    return onnx_feeds(open_session(onnx_path), arrays)
 
 
 # Tokenizer in the graph -----------------------------------------------------------------------
@@ -245,7 +270,7 @@ def build_tokenizer_model(onnx_path: Path, tokenizer, out_path: Path, max_length
 
 def run_tokenizer_model(path: Path, text: str) -> list[np.ndarray]:
     """Outputs of ``model_with_tokenizer.onnx`` for one raw string."""
-    session = _session(path, extensions=True)
+    session = open_session(path, extensions=True)
     name = session.get_inputs()[0].name
     return session.run(None, {name: np.array([text])})
 
@@ -267,9 +292,12 @@ def genai_entry(out_dir: Path, log) -> dict[str, Any]:
 def build_bundle(src: Path, out_dir: Path, task: str, config: BundleConfig, labels: list[str] | None = None,
                  max_length: int | None = None, recipe_hash: str | None = None, recipe_name: str | None = None,
                  figures: dict[str, Any] | None = None, log=lambda message: None,
-                 provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+                 provenance: dict[str, Any] | None = None, lineage: list[Artifact] | None = None,
+                 texts: list[str] | None = None) -> dict[str, Any]:
     """Build the bundle from the ONNX folder ``src`` into ``out_dir``; return the manifest entries.
-    ``provenance`` (the teacher and the data it was distilled on) goes into the metadata and card."""
+    ``provenance`` (the teacher and the data it was distilled on) goes into the metadata and card;
+    ``lineage`` (the input artifact and its ancestors) and ``texts`` (real inputs to compare on) are
+    what ``config.fixed_shape`` needs."""
     from transformers import AutoTokenizer
 
     out_dir = Path(out_dir)
@@ -292,17 +320,38 @@ def build_bundle(src: Path, out_dir: Path, task: str, config: BundleConfig, labe
         entries["tokenizer_in_graph"] = {"written": False, "reason": "only text-classification bundles take raw strings"}
     if task == "causal-lm":
         entries["genai"] = genai_entry(out_dir, log)
+    if config.fixed_shape:
+        entries["fixed_shape"] = fixed_shape_entry(lineage or [], out_dir, task, tokenizer, config,
+                                                   config.fixed_length or metadata["max_length"], texts, log)
     if config.mobile_check:
         log("checking mobile usability (NNAPI, CoreML)")
         entries["mobile_usability"] = mobile_usability(out_dir / ONNX_FILE)
     sidecar = {**metadata, "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()),
                "mobile_usability": entries.get("mobile_usability")}
+    if "fixed_shape" in entries:
+        sidecar["fixed_shape"] = {key: value for key, value in entries["fixed_shape"].items() if key != "operator_sets"}
     atomic_write_json(out_dir / METADATA_FILE, sidecar)
     entries["figures"] = {"size_bytes": onnx_size_bytes(out_dir / ONNX_FILE), **(figures or {})}
     if entries.get("ort", {}).get("written"):
         entries["figures"]["ort_size_bytes"] = entries["ort"]["size_bytes"]
     write_model_card(out_dir, entries["figures"])
     return entries
+
+
+def fixed_shape_entry(lineage: list[Artifact], out_dir: Path, task: str, tokenizer, config: BundleConfig,
+                      length: int, texts: list[str] | None, log) -> dict[str, Any]:
+    """``model_fixed.ort`` from the torch model the release was exported from, compared with that export."""
+    from edgeslim.export.fixed_shape import build_fixed_shape
+
+    kinds = [artifact.kind for artifact in lineage]
+    if "torch" not in kinds or kinds.index("torch") == 0:
+        raise EdgeslimError("bundle.fixed_shape needs the torch model the release was exported from, and no stage "
+                            "folder before the export holds it; rerun the recipe's stages, or set bundle.fixed_shape: false")
+    torch_model = lineage[kinds.index("torch")]
+    dynamic = lineage[kinds.index("torch") - 1]  # the export of that torch model: fp32, dynamic shapes
+    samples = [SAMPLE_TEXT] + list(texts or [])
+    return build_fixed_shape(torch_model.path, dynamic.onnx_path, out_dir, task, tokenizer, samples, length,
+                             config.fixed_atol, config.ort_target_platform, log)
 
 
 def provenance(recipe) -> dict[str, Any]:
@@ -324,14 +373,18 @@ def run(config: BundleConfig, artifact: Artifact, ctx) -> Artifact:
     recipe_hash = fingerprint() if callable(fingerprint) else None
     upstream = (artifact.manifest or {}).get("metrics", {})
     figures = {key: upstream[key] for key in ("accuracy", "perplexity", "agreement", "parity_max_abs") if key in upstream}
+    texts = [example.text for example in data.eval[:FIXED_SHAPE_TEXTS]] if data is not None else []
     entries = build_bundle(artifact.path, ctx.out_dir, ctx.task, config, labels, max_length, recipe_hash,
-                           getattr(ctx.recipe, "name", None), figures, log=ctx.log, provenance=provenance(ctx.recipe))
+                           getattr(ctx.recipe, "name", None), figures, log=ctx.log, provenance=provenance(ctx.recipe),
+                           lineage=list(artifact.lineage()), texts=texts)
     metrics = {"size_bytes": entries["figures"]["size_bytes"]}
     nondeterministic = {}
     if entries.get("ort", {}).get("written"):
         metrics["ort_size_bytes"] = entries["ort"]["size_bytes"]
         metrics["ort_max_abs_vs_onnx"] = entries["ort"]["max_abs_vs_onnx"]
-        nondeterministic[ORT_FILE] = ("onnxruntime's ORT-format converter writes different bytes (even sizes) for "
-                                      "the same model on each call; its outputs are checked against model.onnx instead")
+        nondeterministic[ORT_FILE] = ORT_NONDETERMINISM
+    if entries.get("fixed_shape", {}).get("written"):
+        metrics["fixed_max_abs_vs_dynamic"] = entries["fixed_shape"]["parity"]["max_abs_vs_dynamic"]
+        nondeterministic[FIXED_ORT_FILE] = ORT_NONDETERMINISM
     return Artifact(ctx.out_dir, "bundle", {"metrics": metrics, "nondeterministic_files": nondeterministic,
                                             **{k: v for k, v in entries.items() if k != "figures"}})

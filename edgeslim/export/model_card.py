@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeslim.artifacts import ONNX_FILE, atomic_write_text, read_json
-from edgeslim.export.bundle_files import CARD_FILE, GENAI_FILE, METADATA_FILE, OPERATORS_FILE, ORT_FILE, TOKENIZER_MODEL_FILE
+from edgeslim.export.bundle_files import (CARD_FILE, FIXED_OPERATORS_FILE, FIXED_ORT_FILE, GENAI_FILE, METADATA_FILE,
+                                          OPERATORS_FILE, ORT_FILE, TOKENIZER_MODEL_FILE)
 
 FIGURES_START = "<!-- edgeslim:figures -->"
 FIGURES_END = "<!-- /edgeslim:figures -->"
@@ -24,11 +25,12 @@ def write_model_card(bundle_dir: Path, figures: dict[str, Any]) -> Path:
     (a name -> value, or -> {key: value} for one row per key, e.g. per device)."""
     bundle_dir = Path(bundle_dir)
     meta = read_json(bundle_dir / METADATA_FILE)
-    files = [name for name in (ONNX_FILE, ORT_FILE, OPERATORS_FILE, TOKENIZER_MODEL_FILE, GENAI_FILE, "config.json",
+    files = [name for name in (ONNX_FILE, ORT_FILE, OPERATORS_FILE, FIXED_ORT_FILE, FIXED_OPERATORS_FILE,
+                                TOKENIZER_MODEL_FILE, GENAI_FILE, "config.json",
                                 "tokenizer.json", METADATA_FILE) if (bundle_dir / name).exists()]
     lines = front_matter(meta, figures) + [f"# {meta.get('title') or meta.get('recipe') or 'edgeslim model'}", ""]
     lines += about(meta) + interface(meta) + ["", "## Files", ""] + [f"- `{name}`" for name in files]
-    lines += usage(meta, bundle_dir) + mobile_providers(meta)
+    lines += usage(meta, bundle_dir) + mobile_providers(meta) + fixed_shape_section(meta)
     lines += [FIGURES_START, "## Measured figures", ""] + _figure_lines(figures) + [FIGURES_END, ""]
     path = bundle_dir / CARD_FILE
     atomic_write_text(path, "\n".join(lines))
@@ -164,6 +166,38 @@ def mobile_providers(meta: dict[str, Any]) -> list[str]:
         lines.append(f"| {ep} | {entry['verdict']} | {entry['supported_nodes']}/{entry['nodes']} | "
                      f"{entry['partitions']} | {', '.join(entry['unsupported_ops']) or '-'} |")
     return lines + ["", f"Recommendation: {usability.get('recommendation')}.", ""]
+
+
+def fixed_shape_section(meta: dict[str, Any]) -> list[str]:
+    """``model_fixed.ort``: what it takes, how close it is to the dynamic model, and the code that puts
+    it on NNAPI (Android) or CoreML (iOS)."""
+    fixed = meta.get("fixed_shape")
+    if not fixed or not fixed.get("written"):
+        return []
+    length, parity = fixed["sequence_length"], fixed["parity"]
+    verdicts = ", ".join(f"{ep} {entry['verdict']} ({entry['supported_nodes']}/{entry['nodes']} nodes, "
+                         f"{entry['partitions']} partition{'s' if entry['partitions'] != 1 else ''})"
+                         for ep, entry in fixed["mobile_usability"]["providers"].items())
+    return [
+        "## Mobile accelerators: `model_fixed.ort`", "",
+        f"An fp32 model for NNAPI and CoreML: batch 1, exactly {length} tokens (pad with the tokenizer's pad id and "
+        f"mask 0, truncate longer texts), inputs `input_ids` and `attention_mask` as **int32** [1, {length}]. "
+        f"Its largest logit difference from the dynamic fp32 export was {parity['max_abs_vs_dynamic']:.2g} on "
+        f"{parity['texts']} texts (argmax agreement {parity['argmax_agreement']:.0%}; GELU is its tanh form).", "",
+        f"onnxruntime's mobile usability check: {verdicts}. Measure it against `model.ort` on the CPU EP on your "
+        "phones: the accelerator wins only when the whole graph stays on it.", "",
+        "```kotlin",
+        "val options = OrtSession.SessionOptions().apply { addNnapi() }",
+        'val session = env.createSession(context.assets.open("model_fixed.ort").readBytes(), options)',
+        f"// inputs: OnnxTensor.createTensor(env, IntBuffer.wrap(ids), longArrayOf(1, {length})) for each name",
+        "```", "",
+        "```swift",
+        "let options = try ORTSessionOptions()",
+        "try options.appendCoreMLExecutionProvider(with: ORTCoreMLExecutionProviderOptions())",
+        'let path = Bundle.main.path(forResource: "model_fixed", ofType: "ort")!',
+        "let session = try ORTSession(env: env, modelPath: path, sessionOptions: options)",
+        "```", "",
+    ]
 
 
 def _figure_lines(figures: dict[str, Any]) -> list[str]:
