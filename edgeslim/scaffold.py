@@ -107,10 +107,11 @@ def inspect_data(data: str, task: str) -> DataFacts:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise EdgeslimError(f"data '{path.name}': cannot tell the format from its suffix; use .csv, .tsv, .jsonl, "
-                            ".parquet or .txt")
+                            ".parquet, .txt or a .zip of them")
     encoding = "utf-8"
     try:
-        path.read_bytes()[:1 << 20].decode("utf-8")
+        if fmt != "zip":  # a zip's bytes are compressed; its members are read as utf-8
+            path.read_bytes()[:1 << 20].decode("utf-8")
     except UnicodeDecodeError:
         encoding = "latin-1"
     frame = read_frame(path, fmt, _Reading(encoding))

@@ -128,7 +128,7 @@ def test_init_from_a_gguf_file(capsys, tmp_path, monkeypatch):
     assert main(["check", str(out)]) == 0, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".tsv"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".tsv", ".zip"])
 def test_init_reads_every_labelled_format(capsys, tmp_path, suffix):
     import pandas as pd
 
@@ -139,6 +139,12 @@ def test_init_reads_every_labelled_format(capsys, tmp_path, suffix):
         frame.to_json(data, orient="records", lines=True)
     elif suffix == ".parquet":
         frame.to_parquet(data)
+    elif suffix == ".zip":  # two splits, as datasets ship them: read as one table
+        import zipfile
+
+        with zipfile.ZipFile(data, "w") as archive:
+            archive.writestr("train.tsv", frame[:30].to_csv(sep="\t", index=False))
+            archive.writestr("test.tsv", frame[30:].to_csv(sep="\t", index=False))
     else:
         frame.to_csv(data, sep="\t", index=False)
     out = tmp_path / "r.yaml"

@@ -1,0 +1,57 @@
+"""Reading data sources: a zip archive of data files is one table (datasets ship their splits so)."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from conftest import write_recipe
+from edgeslim.cli import main
+from edgeslim.data import load_data
+from edgeslim.recipe import load_recipe
+
+ROWS = [(f"review number {i}: {'great, it worked' if i % 2 else 'awful side effects'}", ["bad", "good"][i % 2])
+        for i in range(40)]
+
+
+def _tsv(rows) -> str:
+    return "review\trating\n" + "".join(f"{text}\t{label}\n" for text, label in rows)
+
+
+def _recipe(tmp_path, recipe_dict, source: str):
+    recipe_dict["data"] = {"source": source, "text_column": "review", "label_column": "rating",
+                           "labels": ["bad", "good"], "eval_size": 10, "max_length": 32}
+    return write_recipe(tmp_path, recipe_dict)
+
+
+def test_every_data_member_of_a_zip_is_read_and_split_once(tmp_path, recipe_dict):
+    with zipfile.ZipFile(tmp_path / "reviews.zip", "w") as archive:
+        archive.writestr("splits/train.tsv", _tsv(ROWS[:25]))
+        archive.writestr("splits/test.tsv", _tsv(ROWS[25:]))
+        archive.writestr("README", "not data")  # no data suffix: skipped
+    recipe = load_recipe(_recipe(tmp_path, recipe_dict, "reviews.zip"))
+    data = load_data(recipe.data, recipe.base_dir, recipe.task)
+    texts = [ex.text for ex in data.train + data.eval]
+    assert len(data.eval) == 10 and sorted(texts) == sorted(text for text, _ in ROWS)
+    labels = {text: label for text, label in ROWS}
+    assert all(data.labels[ex.label] == labels[ex.text] for ex in data.train + data.eval)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a zip at all", "is not a readable zip archive"),
+    (None, "holds no csv, tsv, jsonl, parquet or txt file"),
+])
+def test_a_bad_archive_is_one_line(tmp_path, recipe_dict, capsys, content, message):
+    path = tmp_path / "data.zip"
+    if content is None:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.md", "nothing to train on")
+    else:
+        path.write_bytes(content)
+    recipe = _recipe(tmp_path, recipe_dict, "data.zip")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["check", str(recipe)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "data.zip" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
