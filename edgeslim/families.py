@@ -16,16 +16,19 @@ from dataclasses import dataclass
 class Family:
     """One model type.
 
-    ``structure``: ``"bert"`` (``encoder.layer[i].attention.self.query`` ...) or ``"llama"``
+    ``structure``: an encoder layout of :data:`edgeslim.compress.hf_fixups.ENCODER_LAYOUTS` (``"bert"``:
+    ``encoder.layer[i].attention.self.query`` ..., ``"distilbert"``, ``"mpnet"``) or ``"llama"``
     (``layers[i].self_attn.q_proj`` + ``mlp.gate_proj``) where prune and lowrank ``targets`` find
     heads and FFN channels; ``None`` where they do not (lowrank ``modules`` still work).
     ``fusion``: the onnxruntime.transformers optimizer model type whose fusion rules fit, or ``None``.
     ``shared_layers``: every layer uses one set of weights (no per-layer blocks to select or fuse).
+    ``fixed_heads``: the reason head pruning is refused for a type whose FFN can be pruned.
     """
 
     structure: str | None = None
     fusion: str | None = None
     shared_layers: bool = False
+    fixed_heads: str | None = None  # why heads cannot be pruned where the rest of the structure can
 
 
 FAMILIES: dict[str, Family] = {
@@ -36,8 +39,10 @@ FAMILIES: dict[str, Family] = {
     "electra": Family("bert", "bert"),
     "camembert": Family("bert", "bert"),
     "ernie": Family("bert", None),
-    "distilbert": Family(None, "bert"),
-    "mpnet": Family(None, "bert"),
+    "distilbert": Family("distilbert", "bert"),
+    "mpnet": Family("mpnet", "bert", fixed_heads=(
+        "MPNet's relative position bias is one table with a column per head, shared by every layer, and "
+        "transformers rebuilds it with all heads on load")),
     # the bert rules fuse each use of ALBERT's shared weights into its own copy, so the file grows
     # with the layer count; unfused, the graph keeps one copy
     "albert": Family(None, None, shared_layers=True),
@@ -48,8 +53,8 @@ FAMILIES: dict[str, Family] = {
     "llama": Family("llama", "gpt2"),
     "mistral": Family("llama", "gpt2"),
     "qwen2": Family("llama", "gpt2"),
-    "qwen3": Family(None, "qwen3"),
-    "gemma2": Family(),
+    "qwen3": Family("llama", "qwen3"),
+    "gemma2": Family("llama"),
     "phi3": Family(),
     "gpt2": Family(None, "gpt2"),
     "gpt_neox": Family(None, "gpt_neox"),
@@ -72,6 +77,11 @@ def supported_types() -> str:
 def fusion_type(model_type: str | None) -> str | None:
     family = FAMILIES.get(model_type or "")
     return family.fusion if family else None
+
+
+def fixed_heads_reason(model_type: str | None) -> str | None:
+    family = FAMILIES.get(model_type or "")
+    return family.fixed_heads if family else None
 
 
 def shares_layers(model_type: str | None) -> bool:

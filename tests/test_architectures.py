@@ -108,13 +108,14 @@ def test_the_families_table_is_consistent_with_the_libraries():
     from onnxruntime.transformers.optimizer import MODEL_TYPES
     from transformers import CONFIG_MAPPING
 
+    from edgeslim.compress.hf_fixups import ENCODER_LAYOUTS
     from edgeslim.families import FAMILIES
     from edgeslim.model_shape import READABLE_TYPES
 
     for model_type, family in FAMILIES.items():
         assert model_type in CONFIG_MAPPING, model_type
         assert family.fusion is None or family.fusion in MODEL_TYPES, (model_type, family.fusion)
-        assert family.structure in (None, "bert", "llama"), model_type
+        assert family.structure in (None, "llama", *ENCODER_LAYOUTS), model_type
     assert READABLE_TYPES == set(FAMILIES)
 
 

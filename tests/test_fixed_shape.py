@@ -45,7 +45,7 @@ def encoder_lineage(root: Path, model_type: str) -> Artifact:
     model.save_pretrained(root / "torch")
     tokenizer().save_pretrained(root / "torch")
     (root / "torch" / MANIFEST).write_text(json.dumps({"kind": "torch", "name": "distill"}))
-    onnx_path = export_onnx(root / "torch", root / "onnx", "text-classification")
+    export_onnx(root / "torch", root / "onnx", "text-classification")
     (root / "onnx" / MANIFEST).write_text(json.dumps({"kind": "onnx", "name": "export",
                                                       "input": {"path": str(root / "torch")}}))
     return Artifact.load(root / "onnx")

@@ -406,15 +406,53 @@ def _qwen2():
                                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=32)).eval()
 
 
-@pytest.mark.parametrize("build, auto", [(_roberta, AutoModelForSequenceClassification), (_qwen2, AutoModelForCausalLM)])
-def test_other_family_members_reload_exactly(tmp_path, build, auto):
+def _tiny(model_type: str, **extra):
+    """A tiny random model of ``model_type`` (encoders get a 3-class head, decoders an LM head)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=40, num_labels=3, **extra)
+    torch.manual_seed(0)
+    auto = AutoModelForCausalLM if model_type in ("qwen3", "gemma2") else AutoModelForSequenceClassification
+    return auto.from_config(config).eval()
+
+
+ENCODER, DECODER = AutoModelForSequenceClassification, AutoModelForCausalLM
+FAMILY_CASES = {  # family: (tiny model, its auto class, prune options besides heads and ffn 0.5)
+    "roberta": (_roberta, ENCODER, {}),
+    "qwen2": (_qwen2, DECODER, {"hidden": 0.25}),
+    "distilbert": (lambda: _tiny("distilbert", hidden_dim=64), ENCODER, {}),
+    "mpnet": (lambda: _tiny("mpnet"), ENCODER, {"heads": 0.0}),  # heads refused: see the next test
+    "qwen3": (lambda: _tiny("qwen3", num_key_value_heads=2, head_dim=8), DECODER, {"hidden": 0.25}),
+    "gemma2": (lambda: _tiny("gemma2", num_key_value_heads=2, head_dim=8), DECODER, {"hidden": 0.25}),  # 4 norms a layer
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+@pytest.mark.parametrize("scope", ["uniform", "global"])
+def test_other_family_members_reload_exactly(tmp_path, family, scope):
+    build, auto, extra = FAMILY_CASES[family]
     model = build()
-    extra = {"hidden": 0.25} if auto is AutoModelForCausalLM else {}
-    summary = prune_model(model, PruneConfig(heads=0.5, ffn=0.5, **extra))
+    options = {"heads": 0.5, "ffn": 0.5, "scope": scope, **extra}
+    if options.get("hidden") and scope == "global":
+        options["scope"] = "uniform"
+    summary = prune_model(model, PruneConfig(**options))
     assert summary["params_after"] < summary["params_before"]
+    if options["heads"]:
+        assert sum(summary["heads_per_layer"]) < 2 * 4
     model.save_pretrained(tmp_path)
     batch = inputs()
     assert torch.equal(logits(auto.from_pretrained(tmp_path).eval(), batch), logits(model, batch))
+
+
+def test_mpnet_heads_are_refused_with_the_reason_and_ffn_alone_is_not():
+    from edgeslim.model_shape import ModelShape
+
+    config = ModelShape.from_dict({"model_type": "mpnet", "num_hidden_layers": 2, "hidden_size": 32,
+                                   "num_attention_heads": 4, "intermediate_size": 64})
+    with pytest.raises(ValueError, match="mpnet heads cannot be pruned .*relative position bias.*set heads: 0"):
+        PruneConfig(heads=0.5, ffn=0.5).check_against(config, "text-classification")
+    PruneConfig(ffn=0.5).check_against(config, "text-classification")
 
 
 def _dg_group(model, module, handler):

@@ -7,7 +7,7 @@ model whose config disagrees with its weights fails to reload. This module knows
 * BERT family (BERT, RoBERTa, ELECTRA, ...: ``encoder.layer[i].attention.self.query``): pruned heads
   are recorded in ``config.pruned_heads`` (original head numbers), which HF itself replays on
   ``from_pretrained``, so every layer may keep a different number of heads.
-* Llama family (Llama, Mistral, Qwen2: ``layers[i].self_attn.q_proj`` + ``mlp.gate_proj``): the unit
+* Llama family (Llama, Mistral, Qwen2, Qwen3, Gemma2: ``layers[i].self_attn.q_proj`` + ``mlp.gate_proj``): the unit
   of head pruning is a key/value group (one K/V head and the query heads that share it), so grouped-
   query attention stays grouped; the config holds one head count for all layers.
 
@@ -26,6 +26,48 @@ import torch_pruning as tp
 from torch import nn
 
 from edgeslim.families import family_of_type, supported_types
+
+@dataclass(frozen=True)
+class EncoderLayout:
+    """Where an encoder family keeps what prune and lowrank cut: attribute paths from the base model
+    (``layers``) and from one layer (the rest). ``attention`` is the module that owns ``pruned_heads``
+    and transformers' own ``prune_heads``; ``ffn_key`` the config field holding the FFN width."""
+
+    layers: str
+    attention: str
+    q: str
+    k: str
+    v: str
+    o: str
+    head_size: str
+    ffn_in: str
+    ffn_out: str
+    ffn_key: str
+
+
+ENCODER_LAYOUTS = {
+    "bert": EncoderLayout("encoder.layer", "attention", "attention.self.query", "attention.self.key",
+                          "attention.self.value", "attention.output.dense", "attention.self.attention_head_size",
+                          "intermediate.dense", "output.dense", "intermediate_size"),
+    "distilbert": EncoderLayout("transformer.layer", "attention", "attention.q_lin", "attention.k_lin",
+                                "attention.v_lin", "attention.out_lin", "attention.attention_head_size",
+                                "ffn.lin1", "ffn.lin2", "hidden_dim"),
+    "mpnet": EncoderLayout("encoder.layer", "attention", "attention.attn.q", "attention.attn.k", "attention.attn.v",
+                           "attention.attn.o", "attention.attn.attention_head_size", "intermediate.dense",
+                           "output.dense", "intermediate_size"),
+}
+
+
+def _at(module, path: str):
+    for name in path.split("."):
+        module = getattr(module, name)
+    return module
+
+
+def encoder_layers(model: nn.Module) -> tuple[EncoderLayout, list[nn.Module]]:
+    layout = ENCODER_LAYOUTS[family_of(model)]
+    return layout, list(_at(base_model(model), layout.layers))
+
 
 @dataclass
 class AttentionBlock:
@@ -89,14 +131,13 @@ def attention_blocks(model: nn.Module, gqa: str = "groups") -> list[AttentionBlo
     query heads) or ``queries`` (one query head; K/V heads stay, every group must keep as many)."""
     family, base, config = family_of(model), base_model(model), model.config
     blocks = []
-    if family == "bert":
-        n_orig = config.num_attention_heads
-        for i, layer in enumerate(base.encoder.layer):
-            attn = layer.attention
-            kept = [h for h in range(n_orig) if h not in attn.pruned_heads]
-            s = attn.self
-            blocks.append(AttentionBlock(i, attn, s.query, s.key, s.value, attn.output.dense,
-                                         s.attention_head_size, 1, 1, kept))
+    if family in ENCODER_LAYOUTS:
+        layout, layers = encoder_layers(model)
+        for i, layer in enumerate(layers):
+            attn = _at(layer, layout.attention)
+            kept = [h for h in range(config.num_attention_heads) if h not in attn.pruned_heads]
+            blocks.append(AttentionBlock(i, attn, _at(layer, layout.q), _at(layer, layout.k), _at(layer, layout.v),
+                                         _at(layer, layout.o), int(_at(layer, layout.head_size)), 1, 1, kept))
         return blocks
     for i, layer in enumerate(base.layers):
         a = layer.self_attn
@@ -113,8 +154,9 @@ def attention_blocks(model: nn.Module, gqa: str = "groups") -> list[AttentionBlo
 
 def ffn_blocks(model: nn.Module) -> list[FfnBlock]:
     family, base = family_of(model), base_model(model)
-    if family == "bert":
-        return [FfnBlock(i, [l.intermediate.dense], l.output.dense) for i, l in enumerate(base.encoder.layer)]
+    if family in ENCODER_LAYOUTS:
+        layout, layers = encoder_layers(model)
+        return [FfnBlock(i, [_at(l, layout.ffn_in)], _at(l, layout.ffn_out)) for i, l in enumerate(layers)]
     return [FfnBlock(i, [l.mlp.gate_proj, l.mlp.up_proj], l.mlp.down_proj) for i, l in enumerate(base.layers)]
 
 
@@ -122,25 +164,24 @@ def ffn_blocks(model: nn.Module) -> list[FfnBlock]:
 
 
 def remove_units(block: AttentionBlock, drop: list[int]) -> None:
-    """Remove attention units ``drop`` (current positions) with torch-pruning and fix the module."""
+    """Remove attention units ``drop`` (current positions) and fix the module: encoders through
+    transformers' own ``prune_heads`` (it records ``pruned_heads``), Llama with torch-pruning."""
     if not drop:
         return
     drop = sorted(set(drop))
     q_rows = [r for u in drop for r in block.query_rows(u)]
     kv_rows = [r for u in drop for r in block.kv_rows(u)]
+    removed = {block.original_units[u] for u in drop}
+    block.original_units = [u for u in block.original_units if u not in removed]
+    module = block.module
+    if hasattr(module, "pruned_heads"):  # encoders: transformers cuts them, and replays config.pruned_heads on load
+        module.prune_heads(sorted(removed))
+        return
     tp.prune_linear_out_channels(block.q, q_rows)
     tp.prune_linear_out_channels(block.k, kv_rows)
     tp.prune_linear_out_channels(block.v, kv_rows)
     tp.prune_linear_in_channels(block.o, q_rows)
-    removed = {block.original_units[u] for u in drop}
-    block.original_units = [u for u in block.original_units if u not in removed]
-    module = block.module
-    if hasattr(module, "pruned_heads"):  # BERT family: HF replays config.pruned_heads on load
-        s = module.self
-        s.num_attention_heads = block.q.out_features // s.attention_head_size
-        s.all_head_size = s.num_attention_heads * s.attention_head_size
-        module.pruned_heads = set(module.pruned_heads) | removed
-    elif block.kv_per_unit == 0:  # Llama, query heads removed: fewer query heads share each K/V head
+    if block.kv_per_unit == 0:  # Llama, query heads removed: fewer query heads share each K/V head
         module.num_key_value_groups = block.q.out_features // block.head_dim // block.kv_heads
     # Llama, whole groups removed: head_dim and num_key_value_groups are unchanged.
 
@@ -217,11 +258,12 @@ def sync_config(model: nn.Module) -> None:
     """
     config, family = model.config, family_of(model)
     ffns = ffn_blocks(model)
-    config.intermediate_size = ffns[0].width
     blocks = attention_blocks(model)
-    if family == "bert":
+    if family in ENCODER_LAYOUTS:
+        setattr(config, ENCODER_LAYOUTS[family].ffn_key, ffns[0].width)
         config.pruned_heads = {b.index: sorted(b.module.pruned_heads) for b in blocks if b.module.pruned_heads}
         return
+    config.intermediate_size = ffns[0].width
     b = blocks[0]
     config.head_dim = b.head_dim
     config.num_key_value_heads = b.units * b.kv_per_unit
@@ -253,12 +295,13 @@ def hidden_slices(model: nn.Module) -> list[HiddenSlice]:
         raise ValueError("hidden width pruning supports Llama-family models only (a BERT config ties the "
                          "head size to hidden_size / num_attention_heads); set hidden: 0")
     base = base_model(model)
+    width = hidden_width(model)
     slices = [HiddenSlice(base.embed_tokens, "embedding")]
     for layer in base.layers:
         a, mlp = layer.self_attn, layer.mlp
-        slices += [HiddenSlice(layer.input_layernorm, "norm"), HiddenSlice(a.q_proj, "linear_in"),
-                   HiddenSlice(a.k_proj, "linear_in"), HiddenSlice(a.v_proj, "linear_in"),
-                   HiddenSlice(a.o_proj, "linear_out"), HiddenSlice(layer.post_attention_layernorm, "norm"),
+        slices += [HiddenSlice(norm, "norm") for norm in residual_norms(layer, width)]
+        slices += [HiddenSlice(a.q_proj, "linear_in"), HiddenSlice(a.k_proj, "linear_in"),
+                   HiddenSlice(a.v_proj, "linear_in"), HiddenSlice(a.o_proj, "linear_out"),
                    HiddenSlice(mlp.gate_proj, "linear_in"), HiddenSlice(mlp.up_proj, "linear_in"),
                    HiddenSlice(mlp.down_proj, "linear_out")]
     slices.append(HiddenSlice(base.norm, "norm"))
@@ -266,6 +309,15 @@ def hidden_slices(model: nn.Module) -> list[HiddenSlice]:
     if head is not None and head.weight is not base.embed_tokens.weight:
         slices.append(HiddenSlice(head, "linear_in"))
     return slices
+
+
+def residual_norms(layer: nn.Module, width: int) -> list[nn.Module]:
+    """The norms of a decoder layer that act on the residual stream: its direct children with a 1-D
+    weight of the hidden width (Llama has two, Gemma2 four; Qwen3's per-head q/k norms sit inside the
+    attention module and are left alone)."""
+    return [child for child in layer.children()
+            if not isinstance(child, (nn.Linear, nn.Embedding)) and isinstance(getattr(child, "weight", None), torch.Tensor)
+            and child.weight.dim() == 1 and child.weight.shape[0] == width]
 
 
 def hidden_width(model: nn.Module) -> int:
@@ -287,6 +339,8 @@ def remove_hidden(model: nn.Module, drop: list[int]) -> None:
             tp.prune_embedding_out_channels(s.module, drop)
         elif s.kind == "norm":
             s.module.weight = nn.Parameter(s.module.weight.data[keep].clone())
+            if isinstance(getattr(s.module, "bias", None), torch.Tensor):
+                s.module.bias = nn.Parameter(s.module.bias.data[keep].clone())
         elif s.kind == "linear_in":
             tp.prune_linear_in_channels(s.module, drop)
         else:

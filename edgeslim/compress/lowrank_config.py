@@ -67,7 +67,8 @@ class LowRankConfig(StageConfig):
 
 def _target_shapes(config, targets: list[str], family: str) -> list[int]:
     """The smaller side of each targeted matrix, from the config (heads assumed unpruned)."""
-    hidden, inter = config.hidden_size, config.intermediate_size
+    hidden = config.hidden_size
+    inter = getattr(config, "intermediate_size", None) or config.hidden_dim  # DistilBERT names it hidden_dim
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     sides = []
     if "ffn" in targets:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgeslim.families import family_of_type, supported_types
+from edgeslim.families import family_of_type, fixed_heads_reason, supported_types
 from edgeslim.compress.recovery_config import Recovery
 from edgeslim.stage import StageConfig, register_stage
 
@@ -82,6 +82,10 @@ class PruneConfig(StageConfig):
         if self.hidden > 0 and family_of_type(model_config.model_type) != "llama":
             raise ValueError("hidden: width pruning supports Llama-family models only (a BERT config ties the "
                              "head size to hidden_size / num_attention_heads); set hidden: 0")
+        fixed = fixed_heads_reason(model_config.model_type)
+        if fixed and (self.heads > 0 or any(o.heads for o in self.layers.values())):
+            raise ValueError(f"heads: {model_config.model_type} heads cannot be pruned ({fixed}); set heads: 0 "
+                             "and prune ffn only")
         n_layers = model_config.num_hidden_layers
         for layer in self.layers:
             if not 0 <= layer < n_layers:
