@@ -16,10 +16,11 @@ from dataclasses import dataclass
 class Family:
     """One model type.
 
-    ``structure``: an encoder layout of :data:`edgeslim.compress.hf_fixups.ENCODER_LAYOUTS` (``"bert"``:
-    ``encoder.layer[i].attention.self.query`` ..., ``"distilbert"``, ``"mpnet"``) or ``"llama"``
-    (``layers[i].self_attn.q_proj`` + ``mlp.gate_proj``) where prune and lowrank ``targets`` find
-    heads and FFN channels; ``None`` where they do not (lowrank ``modules`` still work).
+    ``structure``: a layout of :data:`edgeslim.compress.hf_fixups.LAYOUTS` (``"bert"``:
+    ``encoder.layer[i].attention.self.query`` ..., ``"distilbert"``, ``"mpnet"``, ``"gpt2"``, ``"opt"``,
+    ``"gpt_neox"``, ``"falcon"``) or ``"llama"`` (``layers[i].self_attn.q_proj`` + ``mlp.gate_proj``,
+    grouped-query heads) where prune and lowrank ``targets`` find heads and FFN channels; ``None`` where
+    they do not (lowrank ``modules`` still work).
     ``fusion``: the onnxruntime.transformers optimizer model type whose fusion rules fit, or ``None``.
     ``shared_layers``: every layer uses one set of weights (no per-layer blocks to select or fuse).
     ``fixed_heads``: the reason head pruning is refused for a type whose FFN can be pruned.
@@ -30,6 +31,9 @@ class Family:
     shared_layers: bool = False
     fixed_heads: str | None = None  # why heads cannot be pruned where the rest of the structure can
 
+
+DERIVED_HEAD_SIZE = ("its attention derives the head size from hidden_size / num_attention_heads and keeps no "
+                     "pruned_heads, so transformers cannot reload a model with fewer heads")
 
 FAMILIES: dict[str, Family] = {
     # encoders
@@ -55,11 +59,11 @@ FAMILIES: dict[str, Family] = {
     "qwen2": Family("llama", "gpt2"),
     "qwen3": Family("llama", "qwen3"),
     "gemma2": Family("llama"),
-    "phi3": Family(),
-    "gpt2": Family(None, "gpt2"),
-    "gpt_neox": Family(None, "gpt_neox"),
-    "opt": Family(),
-    "falcon": Family(),
+    "phi3": Family("llama"),  # fused qkv_proj and gate_up_proj, cut through views of their rows
+    "gpt2": Family("gpt2", "gpt2"),
+    "gpt_neox": Family("gpt_neox", "gpt_neox", fixed_heads=DERIVED_HEAD_SIZE),
+    "opt": Family("opt", fixed_heads=DERIVED_HEAD_SIZE),
+    "falcon": Family("falcon", fixed_heads=DERIVED_HEAD_SIZE),
 }
 
 

@@ -108,14 +108,14 @@ def test_the_families_table_is_consistent_with_the_libraries():
     from onnxruntime.transformers.optimizer import MODEL_TYPES
     from transformers import CONFIG_MAPPING
 
-    from edgeslim.compress.hf_fixups import ENCODER_LAYOUTS
+    from edgeslim.compress.hf_fixups import LAYOUTS
     from edgeslim.families import FAMILIES
     from edgeslim.model_shape import READABLE_TYPES
 
     for model_type, family in FAMILIES.items():
         assert model_type in CONFIG_MAPPING, model_type
         assert family.fusion is None or family.fusion in MODEL_TYPES, (model_type, family.fusion)
-        assert family.structure in (None, "llama", *ENCODER_LAYOUTS), model_type
+        assert family.structure in (None, "llama", *LAYOUTS), model_type
     assert READABLE_TYPES == set(FAMILIES)
 
 
@@ -155,3 +155,26 @@ def test_a_sparse_config_json_falls_back_to_transformers_defaults(tmp_path):
     assert fast_shape(tmp_path) is None
     shape = teacher_shape(TeacherConfig(source=str(tmp_path)), None)
     assert not isinstance(shape, ModelShape) and shape.num_hidden_layers == 12  # BertConfig's default
+
+
+def test_lowrank_factorizes_gpt2_conv1d_projections_and_reloads(tmp_path):
+    """GPT-2's projections are transformers' Conv1D (x @ W + b), not Linear: they are factorized as
+    the Linear computing the same thing, and load_factorized rebuilds them."""
+    from edgeslim.compress.lowrank import load_factorized
+
+    config = AutoConfig.for_model("gpt2", vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_inner=64)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # rank-4 weights, so a rank-4 factorization is exact
+        for block in model.transformer.h:
+            weight = block.mlp.c_fc.weight
+            weight.copy_(torch.randn(weight.shape[0], 4) @ torch.randn(4, weight.shape[1]) / 4)
+    ids = torch.tensor([[1, 5, 9, 13]])
+    before = model(input_ids=ids).logits
+    summary = factorize(model, LowRankConfig(rank=4, targets=[], modules=["*.mlp.c_fc"]))
+    assert sorted(summary["ranks"]) == ["transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc"]
+    assert type(model.transformer.h[0].mlp.c_fc).__name__ == "LowRankLinear"
+    assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-4)
+    model.save_pretrained(tmp_path)
+    reloaded = load_factorized(tmp_path, "causal-lm")
+    assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 from pydantic import ValidationError
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from edgeslim.compress.prune import plan_global, prune_model
 from edgeslim.compress.prune_config import PruneConfig, keep_count
@@ -208,7 +208,7 @@ def test_values_that_need_the_model_fail_check_against_in_one_line(values, messa
 
 def test_unsupported_family_and_every_head_fail_at_run_time_as_edgeslim_errors():
     with pytest.raises(ValueError, match="prune supports model types"):
-        PruneConfig(heads=0.5).check_against(GPT2Config(), "causal-lm")
+        PruneConfig(heads=0.5).check_against(AutoConfig.for_model("deberta-v2"), "text-classification")
     with pytest.raises(EdgeslimError, match="removes every head"):
         prune_model(tiny_llama(kv=2), PruneConfig(heads=0.8))
 
@@ -406,14 +406,16 @@ def _qwen2():
                                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=32)).eval()
 
 
+DECODER_TYPES = ("qwen3", "gemma2", "phi3", "gpt2", "opt", "gpt_neox", "falcon")
+
+
 def _tiny(model_type: str, **extra):
     """A tiny random model of ``model_type`` (encoders get a 3-class head, decoders an LM head)."""
-    from transformers import AutoConfig
 
     config = AutoConfig.for_model(model_type, vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=40, num_labels=3, **extra)
     torch.manual_seed(0)
-    auto = AutoModelForCausalLM if model_type in ("qwen3", "gemma2") else AutoModelForSequenceClassification
+    auto = AutoModelForCausalLM if model_type in DECODER_TYPES else AutoModelForSequenceClassification
     return auto.from_config(config).eval()
 
 
@@ -425,6 +427,12 @@ FAMILY_CASES = {  # family: (tiny model, its auto class, prune options besides h
     "mpnet": (lambda: _tiny("mpnet"), ENCODER, {"heads": 0.0}),  # heads refused: see the next test
     "qwen3": (lambda: _tiny("qwen3", num_key_value_heads=2, head_dim=8), DECODER, {"hidden": 0.25}),
     "gemma2": (lambda: _tiny("gemma2", num_key_value_heads=2, head_dim=8), DECODER, {"hidden": 0.25}),  # 4 norms a layer
+    "phi3": (lambda: _tiny("phi3", num_key_value_heads=2, pad_token_id=0), DECODER, {"hidden": 0.25}),  # fused
+    "gpt2": (lambda: _tiny("gpt2", n_inner=64), DECODER, {}),  # Conv1D projections, transformers' prune_heads
+    # heads refused (the head size is derived from the width): the FFN alone
+    "opt": (lambda: _tiny("opt", ffn_dim=64, word_embed_proj_dim=32), DECODER, {"heads": 0.0}),
+    "gpt_neox": (lambda: _tiny("gpt_neox"), DECODER, {"heads": 0.0}),
+    "falcon": (lambda: _tiny("falcon", new_decoder_architecture=False, multi_query=True), DECODER, {"heads": 0.0}),
 }
 
 
@@ -445,13 +453,17 @@ def test_other_family_members_reload_exactly(tmp_path, family, scope):
     assert torch.equal(logits(auto.from_pretrained(tmp_path).eval(), batch), logits(model, batch))
 
 
-def test_mpnet_heads_are_refused_with_the_reason_and_ffn_alone_is_not():
+@pytest.mark.parametrize("model_type, reason", [("mpnet", "relative position bias"), ("opt", "derives the head size"),
+                                                ("gpt_neox", "derives the head size"), ("falcon", "derives the head size")])
+def test_heads_are_refused_with_the_reason_where_transformers_cannot_reload_fewer(model_type, reason):
     from edgeslim.model_shape import ModelShape
 
-    config = ModelShape.from_dict({"model_type": "mpnet", "num_hidden_layers": 2, "hidden_size": 32,
+    config = ModelShape.from_dict({"model_type": model_type, "num_hidden_layers": 2, "hidden_size": 32,
                                    "num_attention_heads": 4, "intermediate_size": 64})
-    with pytest.raises(ValueError, match="mpnet heads cannot be pruned .*relative position bias.*set heads: 0"):
+    with pytest.raises(ValueError, match=f"{model_type} heads cannot be pruned .*{reason}.*set heads: 0"):
         PruneConfig(heads=0.5, ffn=0.5).check_against(config, "text-classification")
+    with pytest.raises(ValueError, match="heads cannot be pruned"):
+        PruneConfig(ffn=0.5, layers={0: {"heads": [1]}}).check_against(config, "text-classification")
     PruneConfig(ffn=0.5).check_against(config, "text-classification")
 
 
@@ -499,3 +511,24 @@ def test_hand_coupling_matches_torch_pruning_dependency_graph():
     kind_to_handler = {"embedding": "prune_out_channels", "linear_in": "prune_in_channels", "linear_out": "prune_out_channels"}
     assert layers == {(names[s.module], kind_to_handler[s.kind]) for s in slices if s.kind != "norm"}
     assert unwrapped == sum(s.kind == "norm" for s in slices)
+
+
+def test_phi3_fused_projections_are_cut_like_separate_ones_and_reload(tmp_path):
+    """Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj: heads (here one K/V group of
+    layer 0 only, so layer 0 is zero-padded back) and FFN channels are cut through views of their
+    rows, giving what zeroing their output columns gives, and the folder reloads exactly."""
+    model = _tiny("phi3", num_key_value_heads=2, pad_token_id=0)
+    original = copy.deepcopy(model)
+    summary = prune_model(model, PruneConfig(ffn=0.5, layers={0: {"heads": [1]}}, importance="magnitude"))
+    assert summary["removed_head_units"] == [[1], []] and summary["padded"]["head_units"] == 1
+    assert model.config.intermediate_size == 32 and model.model.layers[0].mlp.gate_up_proj.out_features == 64
+    per_group = HEAD * 2  # two query heads share each K/V head
+    with torch.no_grad():
+        layer = original.model.layers[0]
+        layer.self_attn.o_proj.weight[:, per_group:2 * per_group] = 0  # group 1 of layer 0 says nothing
+        for block, channels in zip(original.model.layers, summary["removed_ffn_channels"]):
+            block.mlp.down_proj.weight[:, channels] = 0
+    batch = inputs()
+    torch.testing.assert_close(logits(model, batch), logits(original, batch), atol=1e-5, rtol=1e-4)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path).eval(), batch), logits(model, batch))

@@ -28,16 +28,17 @@ from torch import nn
 from edgeslim.families import family_of_type, supported_types
 
 @dataclass(frozen=True)
-class EncoderLayout:
-    """Where an encoder family keeps what prune and lowrank cut: attribute paths from the base model
+class Layout:
+    """Where a family keeps what prune and lowrank cut: attribute paths from the base model
     (``layers``) and from one layer (the rest). ``attention`` is the module that owns ``pruned_heads``
-    and transformers' own ``prune_heads``; ``ffn_key`` the config field holding the FFN width."""
+    and transformers' own ``prune_heads``; ``q``/``k``/``v`` are ``None`` where one fused projection
+    holds them (GPT-2, GPT-NeoX, Falcon); ``ffn_key`` is the config field holding the FFN width."""
 
     layers: str
     attention: str
-    q: str
-    k: str
-    v: str
+    q: str | None
+    k: str | None
+    v: str | None
     o: str
     head_size: str
     ffn_in: str
@@ -45,28 +46,113 @@ class EncoderLayout:
     ffn_key: str
 
 
-ENCODER_LAYOUTS = {
-    "bert": EncoderLayout("encoder.layer", "attention", "attention.self.query", "attention.self.key",
-                          "attention.self.value", "attention.output.dense", "attention.self.attention_head_size",
-                          "intermediate.dense", "output.dense", "intermediate_size"),
-    "distilbert": EncoderLayout("transformer.layer", "attention", "attention.q_lin", "attention.k_lin",
-                                "attention.v_lin", "attention.out_lin", "attention.attention_head_size",
-                                "ffn.lin1", "ffn.lin2", "hidden_dim"),
-    "mpnet": EncoderLayout("encoder.layer", "attention", "attention.attn.q", "attention.attn.k", "attention.attn.v",
-                           "attention.attn.o", "attention.attn.attention_head_size", "intermediate.dense",
-                           "output.dense", "intermediate_size"),
+LAYOUTS = {
+    "bert": Layout("encoder.layer", "attention", "attention.self.query", "attention.self.key",
+                   "attention.self.value", "attention.output.dense", "attention.self.attention_head_size",
+                   "intermediate.dense", "output.dense", "intermediate_size"),
+    "distilbert": Layout("transformer.layer", "attention", "attention.q_lin", "attention.k_lin", "attention.v_lin",
+                         "attention.out_lin", "attention.attention_head_size", "ffn.lin1", "ffn.lin2", "hidden_dim"),
+    "mpnet": Layout("encoder.layer", "attention", "attention.attn.q", "attention.attn.k", "attention.attn.v",
+                    "attention.attn.o", "attention.attn.attention_head_size", "intermediate.dense", "output.dense",
+                    "intermediate_size"),
+    "gpt2": Layout("h", "attn", None, None, None, "attn.c_proj", "attn.head_dim", "mlp.c_fc", "mlp.c_proj", "n_inner"),
+    "opt": Layout("decoder.layers", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                  "self_attn.out_proj", "self_attn.head_dim", "fc1", "fc2", "ffn_dim"),
+    "gpt_neox": Layout("layers", "attention", None, None, None, "attention.dense", "attention.head_size",
+                       "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", "intermediate_size"),
+    "falcon": Layout("h", "self_attention", None, None, None, "self_attention.dense", "self_attention.head_dim",
+                     "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", "ffn_hidden_size"),
 }
 
 
-def _at(module, path: str):
+def _at(module, path: str | None):
+    if path is None:
+        return None
     for name in path.split("."):
         module = getattr(module, name)
     return module
 
 
-def encoder_layers(model: nn.Module) -> tuple[EncoderLayout, list[nn.Module]]:
-    layout = ENCODER_LAYOUTS[family_of(model)]
+def family_layers(model: nn.Module) -> tuple[Layout, list[nn.Module]]:
+    layout = LAYOUTS[family_of(model)]
     return layout, list(_at(base_model(model), layout.layers))
+
+
+# A projection is an nn.Linear (weight out x in) or transformers' Conv1D (GPT-2: weight in x out).
+
+def is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D"
+
+
+def out_dim(module: nn.Module) -> int:
+    """The weight dimension that indexes the projection's outputs."""
+    return 1 if is_conv1d(module) else 0
+
+
+def in_dim(module: nn.Module) -> int:
+    return 0 if is_conv1d(module) else 1
+
+
+def in_width(module: nn.Module) -> int:
+    return module.weight.shape[in_dim(module)]
+
+
+def cut_outputs(module: nn.Module, drop: list[int]) -> None:
+    if isinstance(module, RowView):
+        cut_outputs(module.parent, [module.offset + i for i in drop])
+        module.count -= len(set(drop))
+        return
+    if not is_conv1d(module):
+        return tp.prune_linear_out_channels(module, drop)
+    keep = [i for i in range(module.weight.shape[1]) if i not in set(drop)]
+    module.weight = nn.Parameter(module.weight.data[:, keep].clone())
+    module.bias = nn.Parameter(module.bias.data[keep].clone())
+    module.nf = len(keep)
+
+
+def cut_inputs(module: nn.Module, drop: list[int]) -> None:
+    if not is_conv1d(module):
+        return tp.prune_linear_in_channels(module, drop)
+    keep = [i for i in range(module.weight.shape[0]) if i not in set(drop)]
+    module.weight = nn.Parameter(module.weight.data[keep].clone())
+    module.nx = len(keep)
+
+
+class RowView:
+    """Outputs ``[offset, offset + count)`` of a fused projection (Phi-3's ``qkv_proj`` and
+    ``gate_up_proj``), scored, cut and padded as if they were a Linear of their own.
+
+    Views of one projection are cut or padded from the highest offset down, so the offsets of the
+    others stay valid (see :func:`remove_units`, :func:`remove_channels`, :func:`pad_units`).
+    """
+
+    def __init__(self, parent: nn.Linear, offset: int, count: int):
+        self.parent, self.offset, self.count = parent, offset, count
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.parent.weight[self.offset:self.offset + self.count]
+
+    @property
+    def grad(self) -> torch.Tensor | None:
+        grad = self.parent.weight.grad
+        return None if grad is None else grad[self.offset:self.offset + self.count]
+
+    @property
+    def out_features(self) -> int:
+        return self.count
+
+
+def weight_and_grad(projection) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A projection's (or a fused projection's view's) weight and its gradient."""
+    if isinstance(projection, RowView):
+        return projection.weight, projection.grad
+    return projection.weight, projection.weight.grad
+
+
+def module_of(projection) -> nn.Module:
+    """The module that holds a projection's weight (a view's fused projection)."""
+    return projection.parent if isinstance(projection, RowView) else projection
 
 
 @dataclass
@@ -79,10 +165,10 @@ class AttentionBlock:
 
     index: int
     module: nn.Module
-    q: nn.Linear
-    k: nn.Linear
-    v: nn.Linear
-    o: nn.Linear
+    q: nn.Linear | None  # None: fused with k and v into one projection (scored and cut through o)
+    k: nn.Linear | None
+    v: nn.Linear | None
+    o: nn.Module
     head_dim: int
     heads_per_unit: int  # query heads per unit
     kv_per_unit: int  # key/value heads per unit: 1, or 0 when units are single query heads (gqa: queries)
@@ -91,7 +177,7 @@ class AttentionBlock:
 
     @property
     def units(self) -> int:
-        return self.q.out_features // (self.head_dim * self.heads_per_unit)
+        return in_width(self.o) // (self.head_dim * self.heads_per_unit)
 
     def query_rows(self, unit: int) -> list[int]:
         width = self.head_dim * self.heads_per_unit
@@ -112,7 +198,7 @@ class FfnBlock:
 
     @property
     def width(self) -> int:
-        return self.output.in_features
+        return in_width(self.output)
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -131,33 +217,53 @@ def attention_blocks(model: nn.Module, gqa: str = "groups") -> list[AttentionBlo
     query heads) or ``queries`` (one query head; K/V heads stay, every group must keep as many)."""
     family, base, config = family_of(model), base_model(model), model.config
     blocks = []
-    if family in ENCODER_LAYOUTS:
-        layout, layers = encoder_layers(model)
+    if family in LAYOUTS:
+        layout, layers = family_layers(model)
         for i, layer in enumerate(layers):
             attn = _at(layer, layout.attention)
-            kept = [h for h in range(config.num_attention_heads) if h not in attn.pruned_heads]
+            kept = [h for h in range(config.num_attention_heads) if h not in getattr(attn, "pruned_heads", ())]
             blocks.append(AttentionBlock(i, attn, _at(layer, layout.q), _at(layer, layout.k), _at(layer, layout.v),
                                          _at(layer, layout.o), int(_at(layer, layout.head_size)), 1, 1, kept))
         return blocks
     for i, layer in enumerate(base.layers):
         a = layer.self_attn
-        groups = a.k_proj.out_features // a.head_dim
+        q, k, v = query_key_value(a)
+        groups = k.out_features // a.head_dim
         if gqa == "queries":
-            heads = a.q_proj.out_features // a.head_dim
-            blocks.append(AttentionBlock(i, a, a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.head_dim, 1, 0,
-                                         list(range(heads)), groups))
+            if isinstance(q, RowView):
+                raise ValueError("gqa: queries cannot cut a fused qkv_proj; use gqa: groups")
+            heads = q.out_features // a.head_dim
+            blocks.append(AttentionBlock(i, a, q, k, v, a.o_proj, a.head_dim, 1, 0, list(range(heads)), groups))
         else:
-            blocks.append(AttentionBlock(i, a, a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.head_dim,
-                                         a.num_key_value_groups, 1, list(range(groups)), groups))
+            blocks.append(AttentionBlock(i, a, q, k, v, a.o_proj, a.head_dim, a.num_key_value_groups, 1,
+                                         list(range(groups)), groups))
     return blocks
+
+
+def query_key_value(attention: nn.Module) -> tuple:
+    """A Llama-style attention's query, key and value projections (views of Phi-3's fused qkv_proj)."""
+    if not hasattr(attention, "qkv_proj"):
+        return attention.q_proj, attention.k_proj, attention.v_proj
+    queries = in_width(attention.o_proj)
+    kv = (attention.qkv_proj.out_features - queries) // 2
+    fused = attention.qkv_proj
+    return RowView(fused, 0, queries), RowView(fused, queries, kv), RowView(fused, queries + kv, kv)
 
 
 def ffn_blocks(model: nn.Module) -> list[FfnBlock]:
     family, base = family_of(model), base_model(model)
-    if family in ENCODER_LAYOUTS:
-        layout, layers = encoder_layers(model)
+    if family in LAYOUTS:
+        layout, layers = family_layers(model)
         return [FfnBlock(i, [_at(l, layout.ffn_in)], _at(l, layout.ffn_out)) for i, l in enumerate(layers)]
-    return [FfnBlock(i, [l.mlp.gate_proj, l.mlp.up_proj], l.mlp.down_proj) for i, l in enumerate(base.layers)]
+    return [FfnBlock(i, gate_and_up(l.mlp), l.mlp.down_proj) for i, l in enumerate(base.layers)]
+
+
+def gate_and_up(mlp: nn.Module) -> list:
+    """A gated MLP's gate and up projections (views of Phi-3's fused gate_up_proj)."""
+    if not hasattr(mlp, "gate_up_proj"):
+        return [mlp.gate_proj, mlp.up_proj]
+    width = in_width(mlp.down_proj)
+    return [RowView(mlp.gate_up_proj, 0, width), RowView(mlp.gate_up_proj, width, width)]
 
 
 # ----------------------------------------------------------------------------------- surgery
@@ -177,12 +283,14 @@ def remove_units(block: AttentionBlock, drop: list[int]) -> None:
     if hasattr(module, "pruned_heads"):  # encoders: transformers cuts them, and replays config.pruned_heads on load
         module.prune_heads(sorted(removed))
         return
-    tp.prune_linear_out_channels(block.q, q_rows)
-    tp.prune_linear_out_channels(block.k, kv_rows)
-    tp.prune_linear_out_channels(block.v, kv_rows)
-    tp.prune_linear_in_channels(block.o, q_rows)
+    cut_outputs(block.v, kv_rows)  # highest offset first: views of a fused qkv_proj stay valid
+    cut_outputs(block.k, kv_rows)
+    cut_outputs(block.q, q_rows)
+    cut_inputs(block.o, q_rows)
     if block.kv_per_unit == 0:  # Llama, query heads removed: fewer query heads share each K/V head
         module.num_key_value_groups = block.q.out_features // block.head_dim // block.kv_heads
+    elif hasattr(module, "num_key_value_heads"):  # Phi-3 reads it to split its fused qkv_proj
+        module.num_key_value_heads = block.k.out_features // block.head_dim
     # Llama, whole groups removed: head_dim and num_key_value_groups are unchanged.
 
 
@@ -191,30 +299,58 @@ def remove_channels(block: FfnBlock, drop: list[int]) -> None:
     if not drop:
         return
     drop = sorted(set(drop))
-    for linear in block.inputs:
-        tp.prune_linear_out_channels(linear, drop)
-    tp.prune_linear_in_channels(block.output, drop)
+    for linear in reversed(block.inputs):  # highest offset first, for views of a fused gate_up_proj
+        cut_outputs(linear, drop)
+    cut_inputs(block.output, drop)
 
 
-def _pad_rows(linear: nn.Linear, extra: int) -> None:
-    weight = linear.weight.data
-    linear.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(extra, weight.shape[1])], 0))
+def _pad_rows(linear: nn.Module, extra: int) -> None:
+    """Append ``extra`` zero outputs to a projection (rows of a Linear, columns of a Conv1D, rows
+    after a view of a fused projection)."""
+    if isinstance(linear, RowView):
+        return _insert_zero_rows(linear, extra)
+    weight, dim = linear.weight.data, out_dim(linear)
+    linear.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(_grown(weight.shape, dim, extra))], dim))
     if linear.bias is not None:
         linear.bias = nn.Parameter(torch.cat([linear.bias.data, linear.bias.data.new_zeros(extra)]))
-    linear.out_features = linear.weight.shape[0]
+    if is_conv1d(linear):
+        linear.nf = linear.weight.shape[1]
+    else:
+        linear.out_features = linear.weight.shape[0]
 
 
-def _pad_cols(linear: nn.Linear, extra: int) -> None:
-    weight = linear.weight.data
-    linear.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(weight.shape[0], extra)], 1))
-    linear.in_features = linear.weight.shape[1]
+def _pad_cols(linear: nn.Module, extra: int) -> None:
+    """Append ``extra`` zero inputs to a projection (columns of a Linear, rows of a Conv1D)."""
+    weight, dim = linear.weight.data, in_dim(linear)
+    linear.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(_grown(weight.shape, dim, extra))], dim))
+    if is_conv1d(linear):
+        linear.nx = linear.weight.shape[0]
+    else:
+        linear.in_features = linear.weight.shape[1]
+
+
+def _insert_zero_rows(view: RowView, extra: int) -> None:
+    parent, end = view.parent, view.offset + view.count
+    weight = parent.weight.data
+    parent.weight = nn.Parameter(torch.cat([weight[:end], weight.new_zeros(extra, weight.shape[1]), weight[end:]]))
+    if parent.bias is not None:
+        bias = parent.bias.data
+        parent.bias = nn.Parameter(torch.cat([bias[:end], bias.new_zeros(extra), bias[end:]]))
+    parent.out_features = parent.weight.shape[0]
+    view.count += extra
+
+
+def _grown(shape: torch.Size, dim: int, extra: int) -> list[int]:
+    sizes = list(shape)
+    sizes[dim] = extra
+    return sizes
 
 
 def pad_channels(block: FfnBlock, width: int) -> int:
     """Zero-pad an FFN to ``width`` channels (outputs unchanged: act(0)·0 = 0); returns channels added."""
     extra = width - block.width
     if extra > 0:
-        for linear in block.inputs:
+        for linear in reversed(block.inputs):
             _pad_rows(linear, extra)
         _pad_cols(block.output, extra)
     return max(extra, 0)
@@ -227,10 +363,12 @@ def pad_units(block: AttentionBlock, units: int) -> int:
     if extra > 0 and block.kv_per_unit == 0:
         _pad_query_heads(block, units // block.kv_heads)
     elif extra > 0:
-        _pad_rows(block.q, extra * block.head_dim * block.heads_per_unit)
+        _pad_rows(block.v, extra * block.head_dim * block.kv_per_unit)  # highest offset first
         _pad_rows(block.k, extra * block.head_dim * block.kv_per_unit)
-        _pad_rows(block.v, extra * block.head_dim * block.kv_per_unit)
+        _pad_rows(block.q, extra * block.head_dim * block.heads_per_unit)
         _pad_cols(block.o, extra * block.head_dim * block.heads_per_unit)
+        if hasattr(block.module, "num_key_value_heads"):
+            block.module.num_key_value_heads = block.k.out_features // block.head_dim
     return max(extra, 0)
 
 
@@ -259,9 +397,9 @@ def sync_config(model: nn.Module) -> None:
     config, family = model.config, family_of(model)
     ffns = ffn_blocks(model)
     blocks = attention_blocks(model)
-    if family in ENCODER_LAYOUTS:
-        setattr(config, ENCODER_LAYOUTS[family].ffn_key, ffns[0].width)
-        config.pruned_heads = {b.index: sorted(b.module.pruned_heads) for b in blocks if b.module.pruned_heads}
+    if family in LAYOUTS:
+        setattr(config, LAYOUTS[family].ffn_key, ffns[0].width)
+        config.pruned_heads = {b.index: sorted(b.module.pruned_heads) for b in blocks if getattr(b.module, "pruned_heads", None)}
         return
     config.intermediate_size = ffns[0].width
     b = blocks[0]
@@ -300,10 +438,9 @@ def hidden_slices(model: nn.Module) -> list[HiddenSlice]:
     for layer in base.layers:
         a, mlp = layer.self_attn, layer.mlp
         slices += [HiddenSlice(norm, "norm") for norm in residual_norms(layer, width)]
-        slices += [HiddenSlice(a.q_proj, "linear_in"), HiddenSlice(a.k_proj, "linear_in"),
-                   HiddenSlice(a.v_proj, "linear_in"), HiddenSlice(a.o_proj, "linear_out"),
-                   HiddenSlice(mlp.gate_proj, "linear_in"), HiddenSlice(mlp.up_proj, "linear_in"),
-                   HiddenSlice(mlp.down_proj, "linear_out")]
+        readers = dict.fromkeys(module_of(p) for p in (*query_key_value(a), *gate_and_up(mlp)))  # fused ones once
+        slices += [HiddenSlice(m, "linear_in") for m in readers]
+        slices += [HiddenSlice(a.o_proj, "linear_out"), HiddenSlice(mlp.down_proj, "linear_out")]
     slices.append(HiddenSlice(base.norm, "norm"))
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None and head.weight is not base.embed_tokens.weight:

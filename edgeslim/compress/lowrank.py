@@ -67,6 +67,26 @@ class LowRankLinear(nn.Module):
         return module
 
 
+def as_linear(module: nn.Module) -> nn.Linear | None:
+    """``module`` as an ``nn.Linear`` computing the same function, or ``None`` when it is not one.
+
+    A Linear (subclasses such as Falcon's included) is itself; transformers' ``Conv1D`` (GPT-2: ``x @ W + b``
+    with ``W`` in x out) becomes a Linear holding ``W`` transposed, so it is factorized like any Linear and
+    replaced by a :class:`LowRankLinear` that computes the same thing.
+    """
+    if isinstance(module, nn.Linear):
+        return module
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+        nx, nf = module.weight.shape
+        linear = nn.Linear(nx, nf, bias=module.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.t())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        return linear
+    return None
+
+
 def svd(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD of the weight, in float64 so ranks and energies do not depend on rounding."""
     return torch.linalg.svd(linear.weight.detach().double(), full_matrices=False)
@@ -96,18 +116,20 @@ def target_linears(model: nn.Module, config: LowRankConfig) -> dict[str, nn.Line
     if config.targets:
         for block in fx.ffn_blocks(model):
             if "ffn" in config.targets:
-                wanted.update(id(m) for m in [*block.inputs, block.output])
+                wanted.update(id(fx.module_of(m)) for m in [*block.inputs, block.output])
         for block in fx.attention_blocks(model):
             if "attention_output" in config.targets:
                 wanted.add(id(block.o))
             if "attention_qkv" in config.targets:
-                wanted.update(id(m) for m in (block.q, block.k, block.v))
+                wanted.update(id(fx.module_of(m)) for m in (block.q, block.k, block.v) if m is not None)
     found = {}
     for name, module in model.named_modules():
         if name.endswith(".lowrank_in"):
             continue  # already the first factor of a LowRankLinear
-        if isinstance(module, nn.Linear) and (id(module) in wanted or any(fnmatch.fnmatch(name, p) for p in config.modules)):
-            found[name] = module
+        if id(module) in wanted or any(fnmatch.fnmatch(name, p) for p in config.modules):
+            linear = as_linear(module)
+            if linear is not None:
+                found[name] = linear
     if config.modules and not any(any(fnmatch.fnmatch(n, p) for n in found) for p in config.modules):
         raise EdgeslimError(f"lowrank: modules {config.modules} match no Linear in the model; check the names")
     return found
@@ -203,8 +225,8 @@ def apply_ranks(model: nn.Module, ranks: dict[str, int]) -> None:
     names = dict(model.named_modules())
     for name, rank in ranks.items():
         target = name if name in names else name.removeprefix(prefix + ".")
-        linear = names.get(target)
-        if not isinstance(linear, nn.Linear):
+        linear = as_linear(names[target]) if target in names else None
+        if linear is None:
             raise EdgeslimError(f"lowrank: config names module '{name}' that this model does not have as a Linear")
         _set_module(model, target, LowRankLinear(linear.in_features, linear.out_features, rank, linear.bias is not None))
 

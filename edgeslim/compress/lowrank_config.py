@@ -65,10 +65,14 @@ class LowRankConfig(StageConfig):
                                  f"(smallest side {smallest}); use a rank below {smallest}")
 
 
+# The config fields that hold the FFN width, by architecture (GPT-2's n_inner: null means 4 x hidden).
+FFN_WIDTH_KEYS = ("intermediate_size", "hidden_dim", "ffn_dim", "n_inner", "ffn_hidden_size")
+
+
 def _target_shapes(config, targets: list[str], family: str) -> list[int]:
     """The smaller side of each targeted matrix, from the config (heads assumed unpruned)."""
     hidden = config.hidden_size
-    inter = getattr(config, "intermediate_size", None) or config.hidden_dim  # DistilBERT names it hidden_dim
+    inter = next((getattr(config, key) for key in FFN_WIDTH_KEYS if getattr(config, key, None)), 4 * hidden)
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     sides = []
     if "ffn" in targets:

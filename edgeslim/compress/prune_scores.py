@@ -16,10 +16,14 @@ from edgeslim.errors import EdgeslimError
 
 
 def _unit_params(block: fx.AttentionBlock, unit: int) -> list[tuple[torch.Tensor, torch.Tensor | None, int, list[int]]]:
-    """(weight, grad, dim, indices) of every weight slice a head unit owns."""
+    """(weight, grad, dim, indices) of every weight slice a head unit owns (where q, k and v are one
+    fused projection, only its slice of the output projection)."""
     q, kv = block.query_rows(unit), block.kv_rows(unit)
-    return [(block.q.weight, block.q.weight.grad, 0, q), (block.k.weight, block.k.weight.grad, 0, kv),
-            (block.v.weight, block.v.weight.grad, 0, kv), (block.o.weight, block.o.weight.grad, 1, q)]
+    owned = [(block.o.weight, block.o.weight.grad, fx.in_dim(block.o), q)]
+    if block.q is not None:
+        owned += [(*fx.weight_and_grad(block.q), 0, q), (*fx.weight_and_grad(block.k), 0, kv),
+                  (*fx.weight_and_grad(block.v), 0, kv)]
+    return owned
 
 
 def _slice_score(weight, grad, dim, idx, method) -> torch.Tensor:
@@ -62,8 +66,9 @@ def magnitude_or_taylor(model: nn.Module, method: str, hidden: bool = False, gqa
     ffns = []
     for block in fx.ffn_blocks(model):
         idx = list(range(block.width))
-        score = sum(_slice_score(l.weight, l.weight.grad, 0, idx, method) for l in block.inputs)
-        ffns.append(score + _slice_score(block.output.weight, block.output.weight.grad, 1, idx, method))
+        score = sum(_slice_score(*fx.weight_and_grad(l), fx.out_dim(fx.module_of(l)), idx, method) for l in block.inputs)
+        output = block.output
+        ffns.append(score + _slice_score(output.weight, output.weight.grad, fx.in_dim(output), idx, method))
     return Scores(heads, ffns, _hidden_weight_scores(model, method) if hidden else None)
 
 
@@ -112,10 +117,15 @@ def calibration_scores(model: nn.Module, batches: Iterable[dict], hidden: bool =
             handle.remove()
     if not count:
         raise EdgeslimError("prune: importance: calibration needs training examples, but the train split is empty")
-    heads = [(sums[b.o] / count * b.o.weight.norm(dim=0)).reshape(b.units, -1).sum(1) for b in attn]
-    ffns = [sums[b.output] / count * b.output.weight.norm(dim=0) for b in ffn]
+    heads = [(sums[b.o] / count * _input_norms(b.o)).reshape(b.units, -1).sum(1) for b in attn]
+    ffns = [sums[b.output] / count * _input_norms(b.output) for b in ffn]
     residual = sum(sums[m] / count for m in watched[len(attn) + len(ffn):]) if hidden else None
     return Scores(heads, ffns, residual)
+
+
+def _input_norms(projection: nn.Module) -> torch.Tensor:
+    """The L2 norm of the weights each input channel of a projection feeds."""
+    return projection.weight.norm(dim=fx.out_dim(projection))
 
 
 def importance(model: nn.Module, method: str, batches: Iterable[dict] | None = None, hidden: bool = False,
