@@ -411,7 +411,6 @@ DECODER_TYPES = ("qwen3", "gemma2", "phi3", "gpt2", "opt", "gpt_neox", "falcon")
 
 def _tiny(model_type: str, **extra):
     """A tiny random model of ``model_type`` (encoders get a 3-class head, decoders an LM head)."""
-
     config = AutoConfig.for_model(model_type, vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=40, num_labels=3, **extra)
     torch.manual_seed(0)
