@@ -233,6 +233,7 @@ def _load_model(teacher, recipe, ctx: StageContext, tokenizer):
                             label2id={name: i for i, name in enumerate(labels)})
     if teacher.build is not None:
         config = _config_from_dict({**teacher.build, "vocab_size": len(tokenizer), **label_fields})
+        fit_special_tokens(config, tokenizer, given=set(teacher.build))
         auto = AutoModelForSequenceClassification if classification else AutoModelForCausalLM
         return auto.from_config(config), classification
     source = resolve_model_source(teacher.source, recipe.base_dir)
@@ -252,6 +253,24 @@ def _load_model(teacher, recipe, ctx: StageContext, tokenizer):
         raise EdgeslimError(f"teacher.source '{teacher.source}': its weights cannot be loaded ({first_line(exc)}); "
                             "give safetensors weights (save_pretrained(..., safe_serialization=True))") from None
     return model, not same_labels
+
+
+# Which of the tokenizer's special tokens stands for a config's ``<name>_token_id``, in order of preference.
+SPECIAL_TOKENS = {"pad": ("pad", "unk"), "bos": ("bos", "cls"), "cls": ("cls", "bos"), "eos": ("eos", "sep"),
+                  "sep": ("sep", "eos"), "unk": ("unk",), "mask": ("mask",)}
+
+
+def fit_special_tokens(config, tokenizer, given: set[str]) -> None:
+    """Point a built config's special token ids (its architecture's defaults, e.g. ModernBERT's pad id
+    50283) at the tokenizer's own, so none lies outside the vocabulary the model is built with; ids the
+    recipe's ``build`` gives are kept."""
+    for attribute, choices in SPECIAL_TOKENS.items():
+        key = f"{attribute}_token_id"
+        value = getattr(config, key, None)
+        if key in given or not isinstance(value, int) or 0 <= value < config.vocab_size:
+            continue
+        ids = [getattr(tokenizer, f"{choice}_token_id", None) for choice in choices]
+        setattr(config, key, next((i for i in ids if i is not None), None))
 
 
 # --------------------------------------------------------------------------------------------------

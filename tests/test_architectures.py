@@ -178,3 +178,20 @@ def test_lowrank_factorizes_gpt2_conv1d_projections_and_reloads(tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = load_factorized(tmp_path, "causal-lm")
     assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_a_built_teacher_gets_the_special_token_ids_of_its_trained_tokenizer(tmp_path):
+    """ModernBERT's config defaults to pad id 50283; built with a 300-token trained vocabulary it
+    crashed (exit 3, "Padding_idx must be within num_embeddings"). Ids the recipe gives are kept."""
+    from edgeslim.teacher import fit_special_tokens, train_wordpiece
+
+    tokenizer = train_wordpiece(["a small text", "another small text"], 300, tmp_path)
+    config = AutoConfig.for_model("modernbert", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, num_labels=3, bos_token_id=3)
+    assert config.pad_token_id >= config.vocab_size  # the architecture's default, outside this vocabulary
+    fit_special_tokens(config, tokenizer, given={"model_type", "bos_token_id"})
+    assert (config.pad_token_id, config.cls_token_id, config.sep_token_id) == (
+        tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    assert config.bos_token_id == 3
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    assert model(input_ids=torch.tensor([[2, 7, 9, 3]])).logits.shape == (1, 3)
