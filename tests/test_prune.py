@@ -334,9 +334,30 @@ def test_hidden_width_with_heads_and_ffn_and_calibration(tmp_path):
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path).eval(), batch), logits(model, batch))
 
 
-def test_hidden_width_on_bert_fails_check_in_one_line():
-    with pytest.raises(ValueError, match="hidden: width pruning supports Llama-family models only"):
-        PruneConfig(hidden=0.25).check_against(tiny_bert().config, "text-classification")
+@pytest.mark.parametrize("model_type, extra", [("bert", {}), ("roberta", {}), ("electra", {"embedding_size": 16})])
+@pytest.mark.parametrize("importance", ["magnitude", "calibration"])
+def test_bert_hidden_width_goes_with_whole_heads_and_reloads_exactly(tmp_path, model_type, extra, importance):
+    """Hidden 32 -> 24 with head size 8: every layer keeps 3 of its 4 heads, so the config says
+    hidden 24 / 3 heads with nothing in pruned_heads, and from_pretrained rebuilds the same model
+    (pooler, classifier head and ELECTRA's embedding projection cut too)."""
+    model = _tiny(model_type, **extra)
+    batches = [{k: v[:1] for k, v in inputs().items()}]
+    summary = prune_model(model, PruneConfig(hidden=0.25, ffn=0.25, importance=importance), batches)
+    config = model.config
+    assert (config.hidden_size, config.num_attention_heads, config.pruned_heads) == (24, 3, {})
+    assert summary["heads_per_layer"] == [3, 3] and len(summary["removed_hidden_channels"]) == 8
+    model.save_pretrained(tmp_path)
+    batch = inputs()
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert torch.equal(logits(reloaded, batch), logits(model, batch))
+
+
+def test_hidden_width_needs_heads_left_to_it_and_a_family_that_can_say_it():
+    with pytest.raises(ValueError, match="keeps hidden width / head size heads in every layer"):
+        PruneConfig(hidden=0.25, heads=0.5).check_against(tiny_bert().config, "text-classification")
+    with pytest.raises(ValueError, match="supports the Llama and BERT families, not 'distilbert'"):
+        PruneConfig(hidden=0.25).check_against(AutoConfig.for_model("distilbert"), "text-classification")
+    PruneConfig(hidden=0.25).check_against(tiny_bert().config, "text-classification")
 
 
 def masked_llama_queries(model, head_drops, ffn_drops):

@@ -424,14 +424,17 @@ class HiddenSlice:
 
 
 def hidden_slices(model: nn.Module) -> list[HiddenSlice]:
-    """Every weight indexed by the hidden (residual) width of a Llama-family model.
+    """Every weight indexed by the hidden (residual) width of a Llama- or BERT-family model.
 
-    BERT-family configs derive the head size from ``hidden_size / num_attention_heads``, so a narrower
-    hidden width cannot be expressed there; only Llama-family models (explicit ``head_dim``) qualify.
+    A BERT config derives the head size from ``hidden_size / num_attention_heads``, so its hidden width
+    is cut together with whole heads (see :func:`heads_for_width`); other layouts keep their width.
     """
-    if family_of(model) != "llama":
-        raise ValueError("hidden width pruning supports Llama-family models only (a BERT config ties the "
-                         "head size to hidden_size / num_attention_heads); set hidden: 0")
+    family = family_of(model)
+    if family == "bert":
+        return _bert_hidden_slices(model)
+    if family != "llama":
+        raise ValueError(f"hidden width pruning supports the Llama and BERT families, not {model.config.model_type}; "
+                         "set hidden: 0")
     base = base_model(model)
     width = hidden_width(model)
     slices = [HiddenSlice(base.embed_tokens, "embedding")]
@@ -448,6 +451,48 @@ def hidden_slices(model: nn.Module) -> list[HiddenSlice]:
     return slices
 
 
+def _bert_hidden_slices(model: nn.Module) -> list[HiddenSlice]:
+    """BERT family: the embeddings (or ELECTRA's projection out of narrower ones), every LayerNorm,
+    the Linears that read or write the residual stream, and the pooler and classifier around them
+    (any Linear or LayerNorm outside the embeddings and layers with a side of the hidden width)."""
+    base, width = base_model(model), hidden_width(model)
+    embeddings = base.embeddings
+    slices = []
+    for module in embeddings.modules():
+        if isinstance(module, nn.Embedding) and module.embedding_dim == width:
+            slices.append(HiddenSlice(module, "embedding"))
+        elif isinstance(module, nn.LayerNorm) and module.normalized_shape == (width,):
+            slices.append(HiddenSlice(module, "norm"))
+    projection = getattr(base, "embeddings_project", None)  # ELECTRA with embedding_size != hidden_size
+    if projection is not None:
+        slices.append(HiddenSlice(projection, "linear_out"))
+    for layer in base.encoder.layer:
+        slices += [HiddenSlice(layer.attention.self.query, "linear_in"), HiddenSlice(layer.attention.self.key, "linear_in"),
+                   HiddenSlice(layer.attention.self.value, "linear_in"), HiddenSlice(layer.attention.output.dense, "linear_out"),
+                   HiddenSlice(layer.attention.output.LayerNorm, "norm"), HiddenSlice(layer.intermediate.dense, "linear_in"),
+                   HiddenSlice(layer.output.dense, "linear_out"), HiddenSlice(layer.output.LayerNorm, "norm")]
+    inside = {id(m) for part in (embeddings, base.encoder) for m in part.modules()}
+    if projection is not None:
+        inside.add(id(projection))
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        if isinstance(module, nn.Linear):
+            if module.out_features == width:
+                slices.append(HiddenSlice(module, "linear_out"))
+            if module.in_features == width:
+                slices.append(HiddenSlice(module, "linear_in"))
+        elif isinstance(module, nn.LayerNorm) and module.normalized_shape == (width,):
+            slices.append(HiddenSlice(module, "norm"))
+    return slices
+
+
+def heads_for_width(model: nn.Module, width: int) -> int:
+    """Heads each BERT layer keeps at hidden width ``width``: its head size is ``hidden / heads``."""
+    head_size = attention_blocks(model)[0].head_dim
+    return width // head_size
+
+
 def residual_norms(layer: nn.Module, width: int) -> list[nn.Module]:
     """The norms of a decoder layer that act on the residual stream: its direct children with a 1-D
     weight of the hidden width (Llama has two, Gemma2 four; Qwen3's per-head q/k norms sit inside the
@@ -458,7 +503,10 @@ def residual_norms(layer: nn.Module, width: int) -> list[nn.Module]:
 
 
 def hidden_width(model: nn.Module) -> int:
-    return base_model(model).embed_tokens.embedding_dim
+    base = base_model(model)
+    if family_of(model) == "bert":
+        return base.encoder.layer[0].output.dense.out_features
+    return base.embed_tokens.embedding_dim
 
 
 def remove_hidden(model: nn.Module, drop: list[int]) -> None:
@@ -469,7 +517,8 @@ def remove_hidden(model: nn.Module, drop: list[int]) -> None:
     drop = sorted(set(drop))
     base = base_model(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    tied = head is not None and head.weight is base.embed_tokens.weight
+    embed = getattr(base, "embed_tokens", None)
+    tied = head is not None and embed is not None and head.weight is embed.weight
     keep = torch.tensor([i for i in range(hidden_width(model)) if i not in set(drop)])
     for s in hidden_slices(model):
         if s.kind == "embedding":
@@ -478,6 +527,8 @@ def remove_hidden(model: nn.Module, drop: list[int]) -> None:
             s.module.weight = nn.Parameter(s.module.weight.data[keep].clone())
             if isinstance(getattr(s.module, "bias", None), torch.Tensor):
                 s.module.bias = nn.Parameter(s.module.bias.data[keep].clone())
+            if hasattr(s.module, "normalized_shape"):  # LayerNorm checks its input against it
+                s.module.normalized_shape = (len(keep),)
         elif s.kind == "linear_in":
             tp.prune_linear_in_channels(s.module, drop)
         else:
@@ -486,3 +537,9 @@ def remove_hidden(model: nn.Module, drop: list[int]) -> None:
         head.weight = base.embed_tokens.weight
         head.in_features = head.weight.shape[1]
     model.config.hidden_size = hidden_width(model)
+    if family_of(model) == "bert":  # every layer kept hidden / head size heads: a plain config says so
+        blocks = attention_blocks(model)
+        for block in blocks:
+            block.module.pruned_heads = set()
+        model.config.num_attention_heads = blocks[0].units
+        model.config.pruned_heads = {}

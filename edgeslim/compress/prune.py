@@ -160,7 +160,13 @@ def prune_model(model: nn.Module, config: PruneConfig, batches: Iterable[dict] |
     scores = importance(model, config.importance, batches, hidden=config.hidden > 0, gqa=gqa)
     kv_groups = [b.kv_heads for b in fx.attention_blocks(model, gqa)] if gqa == "queries" else None
     head_drops, ffn_drops = plan(config, scores.heads, scores.ffn, kv_groups)
-    hidden_drops = plan_hidden(config, scores.hidden)
+    if config.hidden > 0 and fx.family_of(model) == "bert":
+        head_size = fx.attention_blocks(model)[0].head_dim
+        hidden_drops = plan_uniform([scores.hidden], [config.hidden], head_size)[0]
+        keep_heads = fx.heads_for_width(model, fx.hidden_width(model) - len(hidden_drops))
+        head_drops = [_lowest(s, keep_heads) for s in scores.heads]  # the head size stays hidden / heads
+    else:
+        hidden_drops = plan_hidden(config, scores.hidden)
     summary = apply_plan(model, head_drops, ffn_drops, gqa)
     fx.remove_hidden(model, hidden_drops)
     summary.update(params_before=before, params_after=count_params(model), hidden_size=model.config.hidden_size,

@@ -52,7 +52,8 @@ class PruneConfig(StageConfig):
 
     heads: float = Field(0.0, description="fraction of attention heads (Llama: K/V groups) removed")
     ffn: float = Field(0.0, description="fraction of FFN channels removed")
-    hidden: float = Field(0.0, description="fraction of hidden (residual) channels removed; Llama family only")
+    hidden: float = Field(0.0, description="fraction of hidden (residual) channels removed; Llama and BERT families "
+                                            "(BERT: heads go in proportion, so the head size stays)")
     gqa: Literal["groups", "queries"] = Field(
         "groups", description="Llama heads: remove whole K/V groups, or query heads within every group")
     importance: Literal["magnitude", "taylor", "calibration"] = "magnitude"
@@ -79,9 +80,13 @@ class PruneConfig(StageConfig):
             return
         if family_of_type(getattr(model_config, "model_type", None)) is None:
             raise ValueError(f"prune supports model types {supported_types()}, not '{model_config.model_type}'")
-        if self.hidden > 0 and family_of_type(model_config.model_type) != "llama":
-            raise ValueError("hidden: width pruning supports Llama-family models only (a BERT config ties the "
-                             "head size to hidden_size / num_attention_heads); set hidden: 0")
+        structure = family_of_type(model_config.model_type)
+        if self.hidden > 0 and structure not in ("llama", "bert"):
+            raise ValueError(f"hidden: width pruning supports the Llama and BERT families, not "
+                             f"'{model_config.model_type}'; set hidden: 0")
+        if self.hidden > 0 and structure == "bert" and (self.heads > 0 or any(o.heads for o in self.layers.values())):
+            raise ValueError("heads: with hidden > 0 a BERT-family model keeps hidden width / head size heads in every "
+                             "layer (its config ties the two); leave heads at 0")
         fixed = fixed_heads_reason(model_config.model_type)
         if fixed and (self.heads > 0 or any(o.heads for o in self.layers.values())):
             raise ValueError(f"heads: {model_config.model_type} heads cannot be pruned ({fixed}); set heads: 0 "
