@@ -34,6 +34,9 @@ sys.path.insert(0, str(REPO))
 from edgeslim.families import FAMILIES, family_of_type, fixed_heads_reason  # noqa: E402
 
 STAGES = ("distill", "prune", "lowrank", "vocab", "export", "quantize", "bundle")
+DOC = REPO / "docs" / "compress.md"
+TABLE_START = "<!-- bench/architectures.py: support table -->"
+TABLE_END = "<!-- /bench/architectures.py -->"
 DECODERS = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "opt", "falcon"}
 TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 64,
         "max_position_embeddings": 128}
@@ -165,11 +168,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_doc(markdown: str) -> None:
+    """Replace the table between the markers in docs/compress.md (the tests compare it with check)."""
+    text = DOC.read_text()
+    before, rest = text.split(TABLE_START, 1)
+    _, after = rest.split(TABLE_END, 1)
+    DOC.write_text(f"{before}{TABLE_START}\n{markdown}\n{TABLE_END}{after}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--types", nargs="*", default=list(FAMILIES), help="model types (default: the families table)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--keep", type=Path, help="keep the runs in this folder (default: a temporary one)")
+    parser.add_argument("--write-doc", action="store_true", help=f"put the table into {DOC.relative_to(REPO)}")
     args = parser.parse_args()
     unknown = [t for t in args.types if t not in FAMILIES]
     if unknown:
@@ -186,6 +198,8 @@ def main() -> int:
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.write_doc:
+        write_doc(table(rows))
     return 0 if all(row["exit_code"] in (0, 1) for row in rows) else 1
 
 

@@ -17,7 +17,7 @@ class Family:
     """One model type.
 
     ``structure``: a layout of :data:`edgeslim.compress.hf_fixups.LAYOUTS` (``"bert"``:
-    ``encoder.layer[i].attention.self.query`` ..., ``"distilbert"``, ``"mpnet"``, ``"gpt2"``, ``"opt"``,
+    ``encoder.layer[i].attention.self.query`` ..., ``"distilbert"``, ``"mpnet"``, ``"deberta"``, ``"gpt2"``, ``"opt"``,
     ``"gpt_neox"``, ``"falcon"``) or ``"llama"`` (``layers[i].self_attn.q_proj`` + ``mlp.gate_proj``,
     grouped-query heads) where prune and lowrank ``targets`` find heads and FFN channels; ``None`` where
     they do not (lowrank ``modules`` still work).
@@ -50,7 +50,9 @@ FAMILIES: dict[str, Family] = {
     # the bert rules fuse each use of ALBERT's shared weights into its own copy, so the file grows
     # with the layer count; unfused, the graph keeps one copy
     "albert": Family(None, None, shared_layers=True),
-    "deberta-v2": Family(),
+    "deberta-v2": Family("deberta", fixed_heads=(
+        "DeBERTa-v2 builds its attention output projection hidden_size x hidden_size and keeps no pruned_heads, so "
+        "transformers cannot reload a model with fewer heads")),
     "mobilebert": Family(),
     "modernbert": Family(),
     # decoders; the gpt2 rules fuse Llama-family RMSNorm (SimplifiedLayerNormalization) and rotary embeddings

@@ -208,7 +208,7 @@ def test_values_that_need_the_model_fail_check_against_in_one_line(values, messa
 
 def test_unsupported_family_and_every_head_fail_at_run_time_as_edgeslim_errors():
     with pytest.raises(ValueError, match="prune supports model types"):
-        PruneConfig(heads=0.5).check_against(AutoConfig.for_model("deberta-v2"), "text-classification")
+        PruneConfig(heads=0.5).check_against(AutoConfig.for_model("mobilebert"), "text-classification")
     with pytest.raises(EdgeslimError, match="removes every head"):
         prune_model(tiny_llama(kv=2), PruneConfig(heads=0.8))
 
@@ -445,6 +445,8 @@ FAMILY_CASES = {  # family: (tiny model, its auto class, prune options besides h
     "qwen2": (_qwen2, DECODER, {"hidden": 0.25}),
     "distilbert": (lambda: _tiny("distilbert", hidden_dim=64), ENCODER, {}),
     "mpnet": (lambda: _tiny("mpnet"), ENCODER, {"heads": 0.0}),  # heads refused: see the next test
+    "deberta-v2": (lambda: _tiny("deberta-v2", relative_attention=True, pos_att_type=["p2c", "c2p"]), ENCODER,
+                   {"heads": 0.0}),
     "qwen3": (lambda: _tiny("qwen3", num_key_value_heads=2, head_dim=8), DECODER, {"hidden": 0.25}),
     "gemma2": (lambda: _tiny("gemma2", num_key_value_heads=2, head_dim=8), DECODER, {"hidden": 0.25}),  # 4 norms a layer
     "phi3": (lambda: _tiny("phi3", num_key_value_heads=2, pad_token_id=0), DECODER, {"hidden": 0.25}),  # fused
@@ -473,7 +475,8 @@ def test_other_family_members_reload_exactly(tmp_path, family, scope):
     assert torch.equal(logits(auto.from_pretrained(tmp_path).eval(), batch), logits(model, batch))
 
 
-@pytest.mark.parametrize("model_type, reason", [("mpnet", "relative position bias"), ("opt", "derives the head size"),
+@pytest.mark.parametrize("model_type, reason", [("mpnet", "relative position bias"), ("deberta-v2", "hidden_size x hidden_size"),
+                                                ("opt", "derives the head size"),
                                                 ("gpt_neox", "derives the head size"), ("falcon", "derives the head size")])
 def test_heads_are_refused_with_the_reason_where_transformers_cannot_reload_fewer(model_type, reason):
     from edgeslim.model_shape import ModelShape
