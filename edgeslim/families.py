@@ -62,7 +62,9 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family("llama", "qwen3"),
     "gemma2": Family("llama"),
     "phi3": Family("llama"),  # fused qkv_proj and gate_up_proj, cut through views of their rows
-    "gpt2": Family("gpt2", "gpt2"),
+    "gpt2": Family("gpt2", "gpt2", fixed_heads=(
+        "transformers can replay GPT-2's pruned_heads, but the KV-cache export sizes every layer's cache by n_head, "
+        "so a decoder with fewer heads does not export")),
     "gpt_neox": Family("gpt_neox", "gpt_neox", fixed_heads=DERIVED_HEAD_SIZE),
     "opt": Family("opt", fixed_heads=DERIVED_HEAD_SIZE),
     "falcon": Family("falcon", fixed_heads=DERIVED_HEAD_SIZE),

@@ -22,9 +22,9 @@ import architectures as matrix  # noqa: E402
 from edgeslim.families import FAMILIES  # noqa: E402
 
 DOC = REPO / "docs" / "compress.md"
-# One type per layout and per special case: BERT (the demo's), DistilBERT and GPT-2 (transformers'
-# prune_heads), Phi-3 (fused projections), OPT (heads refused), DeBERTa-v2 (no layout: prune refused,
-# lowrank by name), ALBERT (shared layers: layer selection refused).
+# One type per layout and per special case: BERT (the demo's), DistilBERT (transformers' prune_heads),
+# GPT-2 (Conv1D projections), Phi-3 (fused projections), OPT (heads refused), DeBERTa-v2 (FFN only),
+# ALBERT (shared layers: layer selection and prune refused, lowrank by name).
 RUN_TYPES = ["bert", "distilbert", "gpt2", "phi3", "opt", "deberta-v2", "albert"]
 
 

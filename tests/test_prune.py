@@ -450,7 +450,7 @@ FAMILY_CASES = {  # family: (tiny model, its auto class, prune options besides h
     "qwen3": (lambda: _tiny("qwen3", num_key_value_heads=2, head_dim=8), DECODER, {"hidden": 0.25}),
     "gemma2": (lambda: _tiny("gemma2", num_key_value_heads=2, head_dim=8), DECODER, {"hidden": 0.25}),  # 4 norms a layer
     "phi3": (lambda: _tiny("phi3", num_key_value_heads=2, pad_token_id=0), DECODER, {"hidden": 0.25}),  # fused
-    "gpt2": (lambda: _tiny("gpt2", n_inner=64), DECODER, {}),  # Conv1D projections, transformers' prune_heads
+    "gpt2": (lambda: _tiny("gpt2", n_inner=64), DECODER, {"heads": 0.0}),  # Conv1D projections
     # heads refused (the head size is derived from the width): the FFN alone
     "opt": (lambda: _tiny("opt", ffn_dim=64, word_embed_proj_dim=32), DECODER, {"heads": 0.0}),
     "gpt_neox": (lambda: _tiny("gpt_neox"), DECODER, {"heads": 0.0}),
@@ -476,7 +476,7 @@ def test_other_family_members_reload_exactly(tmp_path, family, scope):
 
 
 @pytest.mark.parametrize("model_type, reason", [("mpnet", "relative position bias"), ("deberta-v2", "hidden_size x hidden_size"),
-                                                ("opt", "derives the head size"),
+                                                ("opt", "derives the head size"), ("gpt2", "sizes every layer's cache"),
                                                 ("gpt_neox", "derives the head size"), ("falcon", "derives the head size")])
 def test_heads_are_refused_with_the_reason_where_transformers_cannot_reload_fewer(model_type, reason):
     from edgeslim.model_shape import ModelShape
