@@ -24,12 +24,15 @@ class Family:
     ``fusion``: the onnxruntime.transformers optimizer model type whose fusion rules fit, or ``None``.
     ``shared_layers``: every layer uses one set of weights (no per-layer blocks to select or fuse).
     ``fixed_heads``: the reason head pruning is refused for a type whose FFN can be pruned.
+    ``genai``: onnxruntime-genai 0.18 loads its bundle and generates (gpt2 loads but fails on the
+    inputs of Optimum's export; gpt_neox, opt and falcon are not model types it knows).
     """
 
     structure: str | None = None
     fusion: str | None = None
     shared_layers: bool = False
     fixed_heads: str | None = None  # why heads cannot be pruned where the rest of the structure can
+    genai: bool = False  # onnxruntime-genai runs its KV-cache decoder (bench/architectures.py checked it)
 
 
 DERIVED_HEAD_SIZE = ("its attention derives the head size from hidden_size / num_attention_heads and keeps no "
@@ -56,12 +59,12 @@ FAMILIES: dict[str, Family] = {
     "mobilebert": Family(),
     "modernbert": Family(),
     # decoders; the gpt2 rules fuse Llama-family RMSNorm (SimplifiedLayerNormalization) and rotary embeddings
-    "llama": Family("llama", "gpt2"),
-    "mistral": Family("llama", "gpt2"),
-    "qwen2": Family("llama", "gpt2"),
-    "qwen3": Family("llama", "qwen3"),
-    "gemma2": Family("llama"),
-    "phi3": Family("llama"),  # fused qkv_proj and gate_up_proj, cut through views of their rows
+    "llama": Family("llama", "gpt2", genai=True),
+    "mistral": Family("llama", "gpt2", genai=True),
+    "qwen2": Family("llama", "gpt2", genai=True),
+    "qwen3": Family("llama", "qwen3", genai=True),
+    "gemma2": Family("llama", genai=True),
+    "phi3": Family("llama", genai=True),  # fused qkv_proj and gate_up_proj, cut through views of their rows
     "gpt2": Family("gpt2", "gpt2", fixed_heads=(
         "transformers can replay GPT-2's pruned_heads, but the KV-cache export sizes every layer's cache by n_head, "
         "so a decoder with fewer heads does not export")),
@@ -90,6 +93,11 @@ def fusion_type(model_type: str | None) -> str | None:
 def fixed_heads_reason(model_type: str | None) -> str | None:
     family = FAMILIES.get(model_type or "")
     return family.fixed_heads if family else None
+
+
+def genai_runs(model_type: str | None) -> bool:
+    family = FAMILIES.get(model_type or "")
+    return bool(family and family.genai)
 
 
 def shares_layers(model_type: str | None) -> bool:

@@ -82,3 +82,27 @@ def test_every_accepted_stage_runs_and_its_outputs_reload(tmp_path, model_type):
     report = json.loads((run / "report" / "report.json").read_text())
     release = next(a for a in report["artifacts"] if a["name"] == report["release"])
     assert release["devices"]["x86-64-cpu"]["status"] == "measured", release
+    if task == "causal-lm":
+        assert_genai_as_documented(model_type, run / "model")
+
+
+def assert_genai_as_documented(model_type: str, bundle):
+    """A decoder bundle has genai_config.json exactly where onnxruntime-genai runs the type, and then
+    the real runtime generates from it; elsewhere the manifest says why not."""
+    from edgeslim.families import genai_runs
+
+    entry = json.loads((bundle / "manifest.json").read_text())["genai"]
+    assert entry["written"] == genai_runs(model_type), entry
+    if not entry["written"]:
+        assert f"does not run model type '{model_type}'" in entry["reason"]
+        return
+    import onnxruntime_genai as og
+
+    model = og.Model(str(bundle))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=8)
+    generator = og.Generator(model, params)
+    generator.append_tokens([[5, 6, 7]])
+    while not generator.is_done():
+        generator.generate_next_token()
+    assert len(generator.get_sequence(0)) == 8

@@ -23,6 +23,8 @@ from typing import Any
 from edgeslim.artifacts import ONNX_FILE, atomic_write_json
 from edgeslim.errors import EdgeslimError
 from edgeslim.export.bundle_files import GENAI_FILE
+from edgeslim.families import FAMILIES, genai_runs
+from edgeslim.model_shape import ModelShape
 
 
 def genai_config(folder: Path) -> dict[str, Any]:
@@ -31,7 +33,12 @@ def genai_config(folder: Path) -> dict[str, Any]:
     import onnx
 
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if not genai_runs(model_type):
+        raise EdgeslimError(f"onnxruntime-genai 0.18 does not run model type '{model_type}' (it runs "
+                            f"{', '.join(t for t in FAMILIES if genai_runs(t))})")
+    # with the standard names filled in from an architecture's own (GPT-2's n_head, n_embd, n_layer, ...)
+    config = vars(ModelShape.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8"))))
     graph = onnx.load(str(folder / ONNX_FILE), load_external_data=False).graph
     inputs = {i.name for i in graph.input}
     outputs = {o.name for o in graph.output}
@@ -44,13 +51,14 @@ def genai_config(folder: Path) -> dict[str, Any]:
              "past_value_names": "past_key_values.%d.value"}
     names.update({name: name for name in ("attention_mask", "position_ids") if name in inputs})
     generation = _generation_config(folder)
+    eos = _first_id(generation.get("eos_token_id"), config.get("eos_token_id"), config.get("sep_token_id"),
+                    config.get("pad_token_id"))
     return {
         "model": {
             "type": config["model_type"],
-            "bos_token_id": generation.get("bos_token_id", config.get("bos_token_id")),
-            "eos_token_id": generation.get("eos_token_id", config.get("eos_token_id")),
-            "pad_token_id": config.get("pad_token_id") if config.get("pad_token_id") is not None
-            else generation.get("eos_token_id", config.get("eos_token_id")),
+            "bos_token_id": _first_id(generation.get("bos_token_id"), config.get("bos_token_id"), eos),
+            "eos_token_id": eos,
+            "pad_token_id": _first_id(config.get("pad_token_id"), eos),
             "vocab_size": int(config["vocab_size"]),
             "context_length": int(config.get("max_position_embeddings", 2048)),
             "decoder": {
@@ -77,6 +85,11 @@ def write_genai_config(folder: Path) -> dict[str, Any]:
     """Write ``genai_config.json`` beside the decoder; the manifest entry saying so."""
     atomic_write_json(Path(folder) / GENAI_FILE, genai_config(folder))
     return {"written": True, "file": GENAI_FILE, "runtime": "onnxruntime-genai"}
+
+
+def _first_id(*candidates):
+    """The first token id given (onnxruntime-genai needs a number where a config may say null)."""
+    return next((c for c in candidates if c is not None), 0)
 
 
 def _generation_config(folder: Path) -> dict[str, Any]:
