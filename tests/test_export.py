@@ -19,7 +19,7 @@ import torch
 from edgeslim.data import DataBundle, Example
 from edgeslim.errors import EdgeslimError
 from edgeslim.export import onnx as export_onnx_mod
-from edgeslim.export.mobile import convert_to_ort
+from edgeslim.export.ort_format import convert_to_ort
 from edgeslim.export.export_config import ExportConfig
 from edgeslim.export.onnx import export_model, export_onnx
 from edgeslim.export.parity import check_parity, tokenized_case

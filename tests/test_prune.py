@@ -10,6 +10,7 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from edgeslim.compress.hidden_width import hidden_slices
 from edgeslim.compress.prune import plan_global, prune_model
 from edgeslim.compress.prune_config import PruneConfig, keep_count
 from edgeslim.compress.prune import run as run_prune
@@ -530,7 +531,7 @@ def test_hand_coupling_matches_torch_pruning_dependency_graph():
     layers, _ = _dg_group(llama, ffn.inputs[0], tp.prune_linear_out_channels)
     assert layers == {(names[l], "prune_out_channels") for l in ffn.inputs} | {(names[ffn.output], "prune_in_channels")}
     layers, unwrapped = _dg_group(llama, llama.model.embed_tokens, tp.prune_embedding_out_channels)
-    slices = fx.hidden_slices(llama)
+    slices = hidden_slices(llama)
     kind_to_handler = {"embedding": "prune_out_channels", "linear_in": "prune_in_channels", "linear_out": "prune_out_channels"}
     assert layers == {(names[s.module], kind_to_handler[s.kind]) for s in slices if s.kind != "norm"}
     assert unwrapped == sum(s.kind == "norm" for s in slices)

@@ -1,31 +1,35 @@
 """Where the prunable parts of a Hugging Face transformer are, and how to cut them so it still reloads.
 
-torch-pruning removes rows and columns of ``nn.Linear`` weights but leaves the HF bookkeeping stale
-(``num_attention_heads``, ``attention_head_size``, ``all_head_size``, ``intermediate_size``, ...), and a
-model whose config disagrees with its weights fails to reload. This module knows two families:
+Cutting rows and columns leaves the HF bookkeeping stale (``num_attention_heads``, ``all_head_size``,
+``intermediate_size``, ...), and a model whose config disagrees with its weights fails to reload. Two
+kinds of architecture are known (the ``structure`` of :mod:`edgeslim.families`):
 
-* BERT family (BERT, RoBERTa, ELECTRA, ...: ``encoder.layer[i].attention.self.query``): pruned heads
-  are recorded in ``config.pruned_heads`` (original head numbers), which HF itself replays on
-  ``from_pretrained``, so every layer may keep a different number of heads.
-* Llama family (Llama, Mistral, Qwen2, Qwen3, Gemma2: ``layers[i].self_attn.q_proj`` + ``mlp.gate_proj``): the unit
-  of head pruning is a key/value group (one K/V head and the query heads that share it), so grouped-
-  query attention stays grouped; the config holds one head count for all layers.
+* a :class:`Layout` (BERT and its relatives, DistilBERT, MPNet, DeBERTa-v2, GPT-2, OPT, GPT-NeoX,
+  Falcon): attribute paths to each layer's attention and FFN. Heads are removed by transformers' own
+  ``prune_heads`` and recorded in ``config.pruned_heads`` (original head numbers), which HF replays on
+  ``from_pretrained``, so every layer may keep a different number; types whose attention cannot be
+  reloaded with fewer heads refuse head pruning (``Family.fixed_heads``) and prune the FFN only.
+* the Llama family (Llama, Mistral, Qwen2, Qwen3, Gemma2, Phi-3: ``layers[i].self_attn.q_proj`` +
+  ``mlp.gate_proj``, or Phi-3's fused ``qkv_proj``/``gate_up_proj``): the unit of head pruning is a
+  key/value group (one K/V head and the query heads that share it), so grouped-query attention stays
+  grouped; the config holds one head count for all layers.
 
 A standard config holds one FFN width (and, for Llama, one head count) for all layers. Where layers
 end up different, the narrower ones are padded with exact zeros (zero rows in, zero columns out) up to
 the widest: the model reloads with ``AutoModel...from_pretrained`` and identical outputs, but the padded
-channels still cost time, so uniform pruning is the fast choice.
+channels still cost time, so uniform pruning is the fast choice. The cuts and pads themselves are in
+:mod:`edgeslim.compress.projections`, hidden-width pruning in :mod:`edgeslim.compress.hidden_width`.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
+from edgeslim.compress.projections import RowView, cut_inputs, cut_outputs, in_width, pad_inputs, pad_outputs
 from edgeslim.families import family_of_type, supported_types
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -79,83 +83,6 @@ def _at(module, path: str | None):
 def family_layers(model: nn.Module) -> tuple[Layout, list[nn.Module]]:
     layout = LAYOUTS[family_of(model)]
     return layout, list(_at(base_model(model), layout.layers))
-
-
-# A projection is an nn.Linear (weight out x in) or transformers' Conv1D (GPT-2: weight in x out).
-
-def is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D"
-
-
-def out_dim(module: nn.Module) -> int:
-    """The weight dimension that indexes the projection's outputs."""
-    return 1 if is_conv1d(module) else 0
-
-
-def in_dim(module: nn.Module) -> int:
-    return 0 if is_conv1d(module) else 1
-
-
-def in_width(module: nn.Module) -> int:
-    return module.weight.shape[in_dim(module)]
-
-
-def cut_outputs(module: nn.Module, drop: list[int]) -> None:
-    if isinstance(module, RowView):
-        cut_outputs(module.parent, [module.offset + i for i in drop])
-        module.count -= len(set(drop))
-        return
-    if not is_conv1d(module):
-        return tp.prune_linear_out_channels(module, drop)
-    keep = [i for i in range(module.weight.shape[1]) if i not in set(drop)]
-    module.weight = nn.Parameter(module.weight.data[:, keep].clone())
-    module.bias = nn.Parameter(module.bias.data[keep].clone())
-    module.nf = len(keep)
-
-
-def cut_inputs(module: nn.Module, drop: list[int]) -> None:
-    if not is_conv1d(module):
-        return tp.prune_linear_in_channels(module, drop)
-    keep = [i for i in range(module.weight.shape[0]) if i not in set(drop)]
-    module.weight = nn.Parameter(module.weight.data[keep].clone())
-    module.nx = len(keep)
-
-
-class RowView:
-    """Outputs ``[offset, offset + count)`` of a fused projection (Phi-3's ``qkv_proj`` and
-    ``gate_up_proj``), scored, cut and padded as if they were a Linear of their own.
-
-    Views of one projection are cut or padded from the highest offset down, so the offsets of the
-    others stay valid (see :func:`remove_units`, :func:`remove_channels`, :func:`pad_units`).
-    """
-
-    def __init__(self, parent: nn.Linear, offset: int, count: int):
-        self.parent, self.offset, self.count = parent, offset, count
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.parent.weight[self.offset:self.offset + self.count]
-
-    @property
-    def grad(self) -> torch.Tensor | None:
-        grad = self.parent.weight.grad
-        return None if grad is None else grad[self.offset:self.offset + self.count]
-
-    @property
-    def out_features(self) -> int:
-        return self.count
-
-
-def weight_and_grad(projection) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A projection's (or a fused projection's view's) weight and its gradient."""
-    if isinstance(projection, RowView):
-        return projection.weight, projection.grad
-    return projection.weight, projection.weight.grad
-
-
-def module_of(projection) -> nn.Module:
-    """The module that holds a projection's weight (a view's fused projection)."""
-    return projection.parent if isinstance(projection, RowView) else projection
 
 
 @dataclass
@@ -307,55 +234,13 @@ def remove_channels(block: FfnBlock, drop: list[int]) -> None:
     cut_inputs(block.output, drop)
 
 
-def _pad_rows(linear: nn.Module, extra: int) -> None:
-    """Append ``extra`` zero outputs to a projection (rows of a Linear, columns of a Conv1D, rows
-    after a view of a fused projection)."""
-    if isinstance(linear, RowView):
-        return _insert_zero_rows(linear, extra)
-    weight, dim = linear.weight.data, out_dim(linear)
-    linear.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(_grown(weight.shape, dim, extra))], dim))
-    if linear.bias is not None:
-        linear.bias = nn.Parameter(torch.cat([linear.bias.data, linear.bias.data.new_zeros(extra)]))
-    if is_conv1d(linear):
-        linear.nf = linear.weight.shape[1]
-    else:
-        linear.out_features = linear.weight.shape[0]
-
-
-def _pad_cols(linear: nn.Module, extra: int) -> None:
-    """Append ``extra`` zero inputs to a projection (columns of a Linear, rows of a Conv1D)."""
-    weight, dim = linear.weight.data, in_dim(linear)
-    linear.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(_grown(weight.shape, dim, extra))], dim))
-    if is_conv1d(linear):
-        linear.nx = linear.weight.shape[0]
-    else:
-        linear.in_features = linear.weight.shape[1]
-
-
-def _insert_zero_rows(view: RowView, extra: int) -> None:
-    parent, end = view.parent, view.offset + view.count
-    weight = parent.weight.data
-    parent.weight = nn.Parameter(torch.cat([weight[:end], weight.new_zeros(extra, weight.shape[1]), weight[end:]]))
-    if parent.bias is not None:
-        bias = parent.bias.data
-        parent.bias = nn.Parameter(torch.cat([bias[:end], bias.new_zeros(extra), bias[end:]]))
-    parent.out_features = parent.weight.shape[0]
-    view.count += extra
-
-
-def _grown(shape: torch.Size, dim: int, extra: int) -> list[int]:
-    sizes = list(shape)
-    sizes[dim] = extra
-    return sizes
-
-
 def pad_channels(block: FfnBlock, width: int) -> int:
     """Zero-pad an FFN to ``width`` channels (outputs unchanged: act(0)·0 = 0); returns channels added."""
     extra = width - block.width
     if extra > 0:
         for linear in reversed(block.inputs):
-            _pad_rows(linear, extra)
-        _pad_cols(block.output, extra)
+            pad_outputs(linear, extra)
+        pad_inputs(block.output, extra)
     return max(extra, 0)
 
 
@@ -366,10 +251,10 @@ def pad_units(block: AttentionBlock, units: int) -> int:
     if extra > 0 and block.kv_per_unit == 0:
         _pad_query_heads(block, units // block.kv_heads)
     elif extra > 0:
-        _pad_rows(block.v, extra * block.head_dim * block.kv_per_unit)  # highest offset first
-        _pad_rows(block.k, extra * block.head_dim * block.kv_per_unit)
-        _pad_rows(block.q, extra * block.head_dim * block.heads_per_unit)
-        _pad_cols(block.o, extra * block.head_dim * block.heads_per_unit)
+        pad_outputs(block.v, extra * block.head_dim * block.kv_per_unit)  # highest offset first
+        pad_outputs(block.k, extra * block.head_dim * block.kv_per_unit)
+        pad_outputs(block.q, extra * block.head_dim * block.heads_per_unit)
+        pad_inputs(block.o, extra * block.head_dim * block.heads_per_unit)
         if hasattr(block.module, "num_key_value_heads"):
             block.module.num_key_value_heads = block.k.out_features // block.head_dim
     return max(extra, 0)
@@ -409,140 +294,3 @@ def sync_config(model: nn.Module) -> None:
     config.head_dim = b.head_dim
     config.num_key_value_heads = b.units * b.kv_per_unit
     config.num_attention_heads = b.units * b.heads_per_unit
-
-
-# ------------------------------------------------------------------------------ hidden width
-
-
-@dataclass
-class HiddenSlice:
-    """One weight that carries the residual stream: ``dim`` of ``module.weight`` indexes hidden channels."""
-
-    module: nn.Module
-    kind: str  # "embedding" | "norm" | "linear_in" | "linear_out"
-
-    @property
-    def dim(self) -> int:
-        return 0 if self.kind in ("norm", "linear_out") else 1
-
-
-def hidden_slices(model: nn.Module) -> list[HiddenSlice]:
-    """Every weight indexed by the hidden (residual) width of a Llama- or BERT-family model.
-
-    A BERT config derives the head size from ``hidden_size / num_attention_heads``, so its hidden width
-    is cut together with whole heads (see :func:`heads_for_width`); other layouts keep their width.
-    """
-    family = family_of(model)
-    if family == "bert":
-        return _bert_hidden_slices(model)
-    if family != "llama":
-        raise ValueError(f"hidden width pruning supports the Llama and BERT families, not {model.config.model_type}; "
-                         "set hidden: 0")
-    base = base_model(model)
-    width = hidden_width(model)
-    slices = [HiddenSlice(base.embed_tokens, "embedding")]
-    for layer in base.layers:
-        a, mlp = layer.self_attn, layer.mlp
-        slices += [HiddenSlice(norm, "norm") for norm in residual_norms(layer, width)]
-        readers = dict.fromkeys(module_of(p) for p in (*query_key_value(a), *gate_and_up(mlp)))  # fused ones once
-        slices += [HiddenSlice(m, "linear_in") for m in readers]
-        slices += [HiddenSlice(a.o_proj, "linear_out"), HiddenSlice(mlp.down_proj, "linear_out")]
-    slices.append(HiddenSlice(base.norm, "norm"))
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and head.weight is not base.embed_tokens.weight:
-        slices.append(HiddenSlice(head, "linear_in"))
-    return slices
-
-
-def _bert_hidden_slices(model: nn.Module) -> list[HiddenSlice]:
-    """BERT family: the embeddings (or ELECTRA's projection out of narrower ones), every LayerNorm,
-    the Linears that read or write the residual stream, and the pooler and classifier around them
-    (any Linear or LayerNorm outside the embeddings and layers with a side of the hidden width)."""
-    base, width = base_model(model), hidden_width(model)
-    embeddings = base.embeddings
-    slices = []
-    for module in embeddings.modules():
-        if isinstance(module, nn.Embedding) and module.embedding_dim == width:
-            slices.append(HiddenSlice(module, "embedding"))
-        elif isinstance(module, nn.LayerNorm) and module.normalized_shape == (width,):
-            slices.append(HiddenSlice(module, "norm"))
-    projection = getattr(base, "embeddings_project", None)  # ELECTRA with embedding_size != hidden_size
-    if projection is not None:
-        slices.append(HiddenSlice(projection, "linear_out"))
-    for layer in base.encoder.layer:
-        slices += [HiddenSlice(layer.attention.self.query, "linear_in"), HiddenSlice(layer.attention.self.key, "linear_in"),
-                   HiddenSlice(layer.attention.self.value, "linear_in"), HiddenSlice(layer.attention.output.dense, "linear_out"),
-                   HiddenSlice(layer.attention.output.LayerNorm, "norm"), HiddenSlice(layer.intermediate.dense, "linear_in"),
-                   HiddenSlice(layer.output.dense, "linear_out"), HiddenSlice(layer.output.LayerNorm, "norm")]
-    inside = {id(m) for part in (embeddings, base.encoder) for m in part.modules()}
-    if projection is not None:
-        inside.add(id(projection))
-    for module in model.modules():
-        if id(module) in inside:
-            continue
-        if isinstance(module, nn.Linear):
-            if module.out_features == width:
-                slices.append(HiddenSlice(module, "linear_out"))
-            if module.in_features == width:
-                slices.append(HiddenSlice(module, "linear_in"))
-        elif isinstance(module, nn.LayerNorm) and module.normalized_shape == (width,):
-            slices.append(HiddenSlice(module, "norm"))
-    return slices
-
-
-def heads_for_width(model: nn.Module, width: int) -> int:
-    """Heads each BERT layer keeps at hidden width ``width``: its head size is ``hidden / heads``."""
-    head_size = attention_blocks(model)[0].head_dim
-    return width // head_size
-
-
-def residual_norms(layer: nn.Module, width: int) -> list[nn.Module]:
-    """The norms of a decoder layer that act on the residual stream: its direct children with a 1-D
-    weight of the hidden width (Llama has two, Gemma2 four; Qwen3's per-head q/k norms sit inside the
-    attention module and are left alone)."""
-    return [child for child in layer.children()
-            if not isinstance(child, (nn.Linear, nn.Embedding)) and isinstance(getattr(child, "weight", None), torch.Tensor)
-            and child.weight.dim() == 1 and child.weight.shape[0] == width]
-
-
-def hidden_width(model: nn.Module) -> int:
-    base = base_model(model)
-    if family_of(model) == "bert":
-        return base.encoder.layer[0].output.dense.out_features
-    return base.embed_tokens.embedding_dim
-
-
-def remove_hidden(model: nn.Module, drop: list[int]) -> None:
-    """Remove hidden channels ``drop`` from every weight on the residual stream (torch-pruning's
-    embedding/linear pruners; RMSNorm weights sliced), re-tie a tied LM head, update the config."""
-    if not drop:
-        return
-    drop = sorted(set(drop))
-    base = base_model(model)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    embed = getattr(base, "embed_tokens", None)
-    tied = head is not None and embed is not None and head.weight is embed.weight
-    keep = torch.tensor([i for i in range(hidden_width(model)) if i not in set(drop)])
-    for s in hidden_slices(model):
-        if s.kind == "embedding":
-            tp.prune_embedding_out_channels(s.module, drop)
-        elif s.kind == "norm":
-            s.module.weight = nn.Parameter(s.module.weight.data[keep].clone())
-            if isinstance(getattr(s.module, "bias", None), torch.Tensor):
-                s.module.bias = nn.Parameter(s.module.bias.data[keep].clone())
-            if hasattr(s.module, "normalized_shape"):  # LayerNorm checks its input against it
-                s.module.normalized_shape = (len(keep),)
-        elif s.kind == "linear_in":
-            tp.prune_linear_in_channels(s.module, drop)
-        else:
-            tp.prune_linear_out_channels(s.module, drop)
-    if tied:
-        head.weight = base.embed_tokens.weight
-        head.in_features = head.weight.shape[1]
-    model.config.hidden_size = hidden_width(model)
-    if family_of(model) == "bert":  # every layer kept hidden / head size heads: a plain config says so
-        blocks = attention_blocks(model)
-        for block in blocks:
-            block.module.pruned_heads = set()
-        model.config.num_attention_heads = blocks[0].units
-        model.config.pruned_heads = {}

@@ -29,6 +29,7 @@ from torch import nn
 from edgeslim.artifacts import Artifact
 from edgeslim.compress import hf_fixups as fx
 from edgeslim.compress.lowrank_config import LowRankConfig
+from edgeslim.compress.projections import module_of
 from edgeslim.compress.torch_artifacts import auto_class, count_params, read_vocab_map, recover, save_torch
 from edgeslim.errors import EdgeslimError
 from edgeslim.stage import StageContext
@@ -116,12 +117,12 @@ def target_linears(model: nn.Module, config: LowRankConfig) -> dict[str, nn.Line
     if config.targets:
         for block in fx.ffn_blocks(model):
             if "ffn" in config.targets:
-                wanted.update(id(fx.module_of(m)) for m in [*block.inputs, block.output])
+                wanted.update(id(module_of(m)) for m in [*block.inputs, block.output])
         for block in fx.attention_blocks(model):
             if "attention_output" in config.targets:
                 wanted.add(id(block.o))
             if "attention_qkv" in config.targets:
-                wanted.update(id(fx.module_of(m)) for m in (block.q, block.k, block.v) if m is not None)
+                wanted.update(id(module_of(m)) for m in (block.q, block.k, block.v) if m is not None)
     found = {}
     for name, module in model.named_modules():
         if name.endswith(".lowrank_in"):

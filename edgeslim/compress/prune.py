@@ -26,6 +26,7 @@ from torch import nn
 
 from edgeslim.artifacts import Artifact
 from edgeslim.compress import hf_fixups as fx
+from edgeslim.compress import hidden_width as hw
 from edgeslim.compress.prune_scores import importance
 from edgeslim.compress.prune_config import PruneConfig, keep_count
 from edgeslim.compress.torch_artifacts import count_params, load_torch, read_vocab_map, recover, save_torch
@@ -163,12 +164,12 @@ def prune_model(model: nn.Module, config: PruneConfig, batches: Iterable[dict] |
     if config.hidden > 0 and fx.family_of(model) == "bert":
         head_size = fx.attention_blocks(model)[0].head_dim
         hidden_drops = plan_uniform([scores.hidden], [config.hidden], head_size)[0]
-        keep_heads = fx.heads_for_width(model, fx.hidden_width(model) - len(hidden_drops))
+        keep_heads = hw.heads_for_width(model, hw.hidden_width(model) - len(hidden_drops))
         head_drops = [_lowest(s, keep_heads) for s in scores.heads]  # the head size stays hidden / heads
     else:
         hidden_drops = plan_hidden(config, scores.hidden)
     summary = apply_plan(model, head_drops, ffn_drops, gqa)
-    fx.remove_hidden(model, hidden_drops)
+    hw.remove_hidden(model, hidden_drops)
     summary.update(params_before=before, params_after=count_params(model), hidden_size=model.config.hidden_size,
                    removed_head_units=head_drops, removed_ffn_channels=ffn_drops, removed_hidden_channels=hidden_drops)
     return summary

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from edgeslim.compress import hf_fixups as fx
+from edgeslim.compress import hidden_width as hw
+from edgeslim.compress import projections as pj
 from edgeslim.errors import EdgeslimError
 
 
@@ -19,10 +21,10 @@ def _unit_params(block: fx.AttentionBlock, unit: int) -> list[tuple[torch.Tensor
     """(weight, grad, dim, indices) of every weight slice a head unit owns (where q, k and v are one
     fused projection, only its slice of the output projection)."""
     q, kv = block.query_rows(unit), block.kv_rows(unit)
-    owned = [(block.o.weight, block.o.weight.grad, fx.in_dim(block.o), q)]
+    owned = [(block.o.weight, block.o.weight.grad, pj.in_dim(block.o), q)]
     if block.q is not None:
-        owned += [(*fx.weight_and_grad(block.q), 0, q), (*fx.weight_and_grad(block.k), 0, kv),
-                  (*fx.weight_and_grad(block.v), 0, kv)]
+        owned += [(*pj.weight_and_grad(block.q), 0, q), (*pj.weight_and_grad(block.k), 0, kv),
+                  (*pj.weight_and_grad(block.v), 0, kv)]
     return owned
 
 
@@ -47,7 +49,7 @@ class Scores:
 
 def _hidden_weight_scores(model: nn.Module, method: str) -> torch.Tensor:
     total = 0
-    for s in fx.hidden_slices(model):
+    for s in hw.hidden_slices(model):
         weight = s.module.weight
         if weight.dim() == 1:  # a norm's scale
             w = weight.detach()
@@ -66,9 +68,9 @@ def magnitude_or_taylor(model: nn.Module, method: str, hidden: bool = False, gqa
     ffns = []
     for block in fx.ffn_blocks(model):
         idx = list(range(block.width))
-        score = sum(_slice_score(*fx.weight_and_grad(l), fx.out_dim(fx.module_of(l)), idx, method) for l in block.inputs)
+        score = sum(_slice_score(*pj.weight_and_grad(l), pj.out_dim(pj.module_of(l)), idx, method) for l in block.inputs)
         output = block.output
-        ffns.append(score + _slice_score(output.weight, output.weight.grad, fx.in_dim(output), idx, method))
+        ffns.append(score + _slice_score(output.weight, output.weight.grad, pj.in_dim(output), idx, method))
     return Scores(heads, ffns, _hidden_weight_scores(model, method) if hidden else None)
 
 
@@ -99,7 +101,7 @@ def calibration_scores(model: nn.Module, batches: Iterable[dict], hidden: bool =
     attn, ffn = fx.attention_blocks(model, gqa), fx.ffn_blocks(model)
     watched = [b.o for b in attn] + [b.output for b in ffn]
     if hidden:
-        watched += [s.module for s in fx.hidden_slices(model) if s.kind == "norm"]
+        watched += [s.module for s in hw.hidden_slices(model) if s.kind == "norm"]
     sums: dict[nn.Module, torch.Tensor] = {}
     count = 0
 
@@ -125,7 +127,7 @@ def calibration_scores(model: nn.Module, batches: Iterable[dict], hidden: bool =
 
 def _input_norms(projection: nn.Module) -> torch.Tensor:
     """The L2 norm of the weights each input channel of a projection feeds."""
-    return projection.weight.norm(dim=fx.out_dim(projection))
+    return projection.weight.norm(dim=pj.out_dim(projection))
 
 
 def importance(model: nn.Module, method: str, batches: Iterable[dict] | None = None, hidden: bool = False,

@@ -210,7 +210,7 @@ def fixed_feeds(tokenizer, texts: Iterable[str], length: int) -> list[dict[str, 
 def compare_with_dynamic(fixed_model: Path, dynamic_onnx: Path, tokenizer, texts: list[str], length: int) -> dict[str, Any]:
     """Largest logit difference and argmax agreement of the fixed-shape model (padded inputs) against
     the dynamic fp32 export (unpadded inputs) on ``texts``."""
-    from edgeslim.export.mobile import open_session
+    from edgeslim.export.ort_format import open_session
     from edgeslim.export.parity import onnx_feeds
 
     fixed, dynamic = open_session(fixed_model), open_session(dynamic_onnx)
@@ -230,7 +230,7 @@ def build_fixed_shape(torch_dir: Path, dynamic_onnx: Path, out_dir: Path, task: 
 
     Raises :class:`EdgeslimError` when the model differs from the dynamic export by more than ``atol``.
     """
-    from edgeslim.export.mobile import convert_to_ort
+    from edgeslim.export.ort_format import convert_to_ort
     from edgeslim.export.mobile_check import mobile_usability
     from onnxruntime.tools.onnx_model_utils import optimize_model
 
