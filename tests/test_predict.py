@@ -144,3 +144,14 @@ def test_devices_calibrate_writes_a_profile_with_fitted_figures_and_provenance(t
     refused = run_cli("devices", "calibrate", "raspberry-pi-4", "--out", tmp_path / "pi.yaml")
     assert refused.returncode == 2 and "has no runner to measure on" in refused.stderr
     assert not (tmp_path / "pi.yaml").exists()
+
+
+def test_whole_reference_models_weigh_as_much_as_all_the_kernels_in_the_fit():
+    """Calibration fits whole models as much as kernels: they are what a profile predicts."""
+    from edgeslim.targets.calibrate import REFERENCE_ENCODERS, WHOLE_MODEL_PREFIX, weights
+
+    names = [f"{WHOLE_MODEL_PREFIX}h128-l2-fp32", f"{WHOLE_MODEL_PREFIX}h128-l2-int8", "enc-h128-fp32",
+             "enc-h128-int8", "attention-s64", "empty"]
+    assert weights(names) == [2.0, 2.0, 1.0, 1.0, 1.0, 1.0]
+    assert weights(["enc-h128-fp32", "empty"]) == [1.0, 1.0]
+    assert len(REFERENCE_ENCODERS) >= 3
