@@ -36,7 +36,7 @@ from edgeslim.targets.profile import DeviceProfile
 #: (hidden width, layers) of the whole reference encoders in the suite (fp32 and dynamic INT8 each):
 #: whole models cost more than the sum of their kernels measured alone (cache misses between
 #: operators, fused attention and quantization kernels at small shapes), and the fit must see that.
-REFERENCE_ENCODERS = ((128, 2), (256, 4), (512, 2))
+REFERENCE_ENCODERS = ((128, 2), (256, 4), (512, 2), (768, 2))
 WHOLE_MODEL_PREFIX = "bert-"
 
 #: (name, sequence length, hidden width) of the matrix-product blocks in the suite.
@@ -190,14 +190,15 @@ def predicted_ms(arrays, figures: dict[str, float], threads: int, efficiency: fl
     flops, moved, integer, nbits, runs = arrays
     rate = figures["gflops_per_thread"] * 1e9 * (1 + (threads - 1) * efficiency)
     rate = np.where(integer, rate * figures["int8_speedup"], np.where(nbits, rate * figures["nbits_speedup"], rate))
-    seconds = np.maximum(flops / rate, moved / (figures["memory_gbps"] * 1e9)) + figures["op_overhead_us"] * 1e-6
+    overhead = figures["op_overhead_us"] + np.where(integer | nbits, figures["quantized_op_overhead_us"], 0.0)
+    seconds = np.maximum(flops / rate, moved / (figures["memory_gbps"] * 1e9)) + overhead * 1e-6
     return 1000.0 * float(seconds.sum()) / max(runs, 1) + figures["call_overhead_us"] / 1000.0
 
 
 #: Where the fit starts, and the suite models it always keeps (alone they fix the two overheads,
 #: so leaving them out of a fit says nothing about how it generalises).
 START = {"gflops_per_thread": 40.0, "memory_gbps": 20.0, "op_overhead_us": 1.0, "call_overhead_us": 5.0,
-         "int8_speedup": 2.0, "nbits_speedup": 1.0}
+         "int8_speedup": 2.0, "nbits_speedup": 1.0, "quantized_op_overhead_us": 1.0}
 ANCHORS = ("tiny-ops", "empty")
 
 

@@ -138,11 +138,14 @@ def node_seconds(node: NodeCost, figures: Predict, threads: int) -> float:
     """Roofline time of one node on a device with these figures and threads."""
     scale = 1.0 + (threads - 1) * figures.thread_efficiency
     rate = figures.gflops_per_thread * 1e9 * scale
+    overhead = figures.op_overhead_us
     if node.op in INTEGER_MATMULS:
         rate *= figures.int8_speedup
+        overhead += figures.quantized_op_overhead_us
     elif node.op in NBITS_MATMULS:
         rate *= figures.nbits_speedup
-    return max(node.flops / rate, node.bytes / (figures.memory_gbps * 1e9)) + figures.op_overhead_us * 1e-6
+        overhead += figures.quantized_op_overhead_us
+    return max(node.flops / rate, node.bytes / (figures.memory_gbps * 1e9)) + overhead * 1e-6
 
 
 def predict_latency_ms(profile: DeviceProfile, model: Path, inputs: list[dict[str, np.ndarray]],

@@ -90,7 +90,8 @@ class Predict(_Section):
     ``gflops_per_thread`` is the sustained FP32 matmul rate of one core; ``int8_speedup`` how much
     faster INT8 matmuls run than FP32; ``memory_gbps`` the sustained memory bandwidth;
     ``thread_efficiency`` the fraction of linear speed-up each extra thread adds;
-    ``op_overhead_us`` the fixed cost of dispatching one operator; ``call_overhead_us`` the fixed cost
+    ``op_overhead_us`` the fixed cost of dispatching one operator, ``quantized_op_overhead_us`` what an INT8
+    or low-bit matmul adds to it; ``call_overhead_us`` the fixed cost
     of one ``session.run`` (binding inputs and outputs). ``calibration`` says where the
     figures come from when they were fitted on the device (date, host, ISA, onnxruntime version,
     threads, and ``max_error``: the largest relative error of the fit on models it did not see);
@@ -104,6 +105,8 @@ class Predict(_Section):
     memory_gbps: float = Field(gt=0)
     thread_efficiency: float = Field(default=0.8, gt=0, le=1)
     op_overhead_us: float = Field(default=5.0, ge=0)
+    quantized_op_overhead_us: float = Field(default=0.0, ge=0, description=(
+        "extra fixed cost of each INT8 or low-bit matmul (quantizing its activations, unpacking weights)"))
     call_overhead_us: float = Field(default=0.0, ge=0, description="fixed cost of one inference call")
     calibration: dict[str, Any] | None = None
 
