@@ -124,10 +124,14 @@ def test_without_the_torch_model_it_says_what_to_do(tmp_path):
         bundle_with_fixed_shape(tmp_path, Artifact.load(source.path))
 
 
-def test_fixed_shape_is_refused_for_a_causal_lm():
+def test_fixed_shape_is_refused_for_a_causal_lm_and_beyond_the_model_positions():
     with pytest.raises(ValueError, match="fixed_shape is for text-classification bundles, not causal-lm"):
         BundleConfig(fixed_shape=True).check_against(None, "causal-lm")
     BundleConfig(fixed_shape=True).check_against(None, "text-classification")
+    shape = SimpleNamespace(max_position_embeddings=64)
+    with pytest.raises(ValueError, match="fixed_length 128 is longer than the model's 64 positions; use at most 64"):
+        BundleConfig(fixed_shape=True, fixed_length=128).check_against(shape, "text-classification")
+    BundleConfig(fixed_shape=True, fixed_length=64).check_against(shape, "text-classification")
 
 
 def test_static_rewrites_turn_shape_ops_into_slice_and_reshape(tmp_path):

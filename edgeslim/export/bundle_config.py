@@ -32,6 +32,10 @@ class BundleConfig(StageConfig):
     def check_against(self, model_config: Any, task: str) -> None:
         if self.fixed_shape and task != "text-classification":
             raise ValueError(f"fixed_shape is for text-classification bundles, not {task}; set bundle.fixed_shape: false")
+        positions = getattr(model_config, "max_position_embeddings", None)
+        if self.fixed_shape and self.fixed_length and isinstance(positions, int) and self.fixed_length > positions:
+            raise ValueError(f"fixed_length {self.fixed_length} is longer than the model's {positions} positions; "
+                             f"use at most {positions}")
 
 
 register_stage("bundle", config=BundleConfig, function="edgeslim.export.mobile:run", consumes="onnx", produces="bundle")
