@@ -150,7 +150,7 @@ def static_rewrites(onnx_path: Path) -> int:
     Returns how many nodes were rewritten.
     """
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
     graph = model.graph
@@ -164,21 +164,13 @@ def static_rewrites(onnx_path: Path) -> int:
         static = shape is not None and all(d is not None for d in shape)
         index = constants.get(node.input[1]) if node.op_type == "Gather" and len(node.input) > 1 else None
         if static and node.op_type in ("Unsqueeze", "Squeeze"):
-            target = _constant(added, f"{node.output[0]}/shape", np.array(shape, dtype=np.int64))
-            nodes.append(helper.make_node("Reshape", [node.input[0], target], list(node.output), name=node.name))
+            replacement = [_reshape(node, node.input[0], shape, added)]
         elif static and index is not None and index.ndim == 0 and node.input[0] not in constants:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            start = int(index)
-            sliced = f"{node.output[0]}/slice"
-            inputs = [node.input[0]] + [_constant(added, f"{sliced}/{key}", np.array([value], dtype=np.int64))
-                                        for key, value in (("starts", start), ("ends", start + 1 if start != -1 else 2**62),
-                                                           ("axes", axis))]
-            target = _constant(added, f"{node.output[0]}/shape", np.array(shape, dtype=np.int64))
-            nodes += [helper.make_node("Slice", inputs, [sliced], name=f"{node.name}/slice"),
-                      helper.make_node("Reshape", [sliced, target], list(node.output), name=node.name)]
+            replacement = _gather_as_slice(node, int(index), shape, added)
         else:
             nodes.append(node)
             continue
+        nodes += replacement
         rewritten += 1
     del graph.node[:]
     graph.node.extend(nodes)
@@ -189,6 +181,28 @@ def static_rewrites(onnx_path: Path) -> int:
     onnx.checker.check_model(model)
     onnx.save(model, str(onnx_path))
     return rewritten
+
+
+def _reshape(node, data: str, shape: list[int], added: list):
+    """``node``'s output as a Reshape of ``data`` to the static ``shape``."""
+    from onnx import helper
+
+    target = _constant(added, f"{node.output[0]}/shape", np.array(shape, dtype=np.int64))
+    return helper.make_node("Reshape", [data, target], list(node.output), name=node.name)
+
+
+def _gather_as_slice(node, index: int, shape: list[int], added: list) -> list:
+    """A Gather of one constant ``index`` along its axis as the one-row Slice there, reshaped to the
+    Gather's output (which drops that axis)."""
+    from onnx import helper
+
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    end = index + 1 if index != -1 else 2**62  # the last row: slice to the end
+    sliced = f"{node.output[0]}/slice"
+    bounds = [_constant(added, f"{sliced}/{key}", np.array([value], dtype=np.int64))
+              for key, value in (("starts", index), ("ends", end), ("axes", axis))]
+    return [helper.make_node("Slice", [node.input[0], *bounds], [sliced], name=f"{node.name}/slice"),
+            _reshape(node, sliced, shape, added)]
 
 
 def _constant(initializers: list, name: str, value: np.ndarray) -> str:
