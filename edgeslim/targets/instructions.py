@@ -24,6 +24,8 @@ else:  # run as a script under callgrind: only the sibling harness
 
 #: This file, which callgrind runs.
 COUNTER = Path(__file__).resolve()
+#: Files of the handshake that switches instrumentation on after the warm-up (see :func:`wait_for_instrumentation`).
+READY_FILE, GO_FILE = "warmed-up", "instrumenting"
 #: How far two counts of the same model and inputs may differ across processes and hosts, relative:
 #: identical on some CPUs, up to ~1.4e-4 apart on others (AVX2 EPYC: 74,157 vs 74,166; 1,427 of
 #: 10.57M). Gates on instruction counts must allow at least this much.
@@ -63,12 +65,25 @@ def run_count(spec):
     feeds = [{key: aligned(value) for key, value in feed.items()} for feed in harness.feeds_for(session, inputs)]
     for w in range(max(2 * len(feeds), int(spec.get("warmup", 1)))):  # every input shape seen twice
         session.run(None, feeds[w % len(feeds)])
+    if spec.get("handshake"):
+        wait_for_instrumentation(Path(spec["handshake"]))
     for r in range(int(spec["runs"])):
         feed = feeds[r % len(feeds)]
         os.getloadavg()
         session.run(None, feed)
         os.ctermid()
     return {name: {"runs": int(spec["runs"])}}
+
+
+def wait_for_instrumentation(folder: Path, poll_s: float = 0.02) -> None:
+    """Tell the parent this process (pid in ``READY_FILE``) has warmed up, then wait until it has
+    switched callgrind's instrumentation on and says so (``GO_FILE``). The warm-up then runs under
+    valgrind uninstrumented, several times faster; the counted inferences are fully instrumented."""
+    import time
+
+    (folder / READY_FILE).write_text(str(os.getpid()), encoding="ascii")
+    while not (folder / GO_FILE).exists():
+        time.sleep(poll_s)
 
 
 def engine_instructions(path: Path) -> int:

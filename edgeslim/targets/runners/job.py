@@ -39,8 +39,9 @@ def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], input
                warmup: int, runs: int, mode: str = "latency", memory: bool = True,
                outputs: str | None = None, providers: list[str] | None = None, samples: bool = False,
                min_time_s: float = 0.0, model_inputs: dict[str, str] | None = None,
-               node_placement: bool = False, new_tokens: int = 20) -> Path:
-    """The harness's JSON spec, taking the runtime settings from the profile."""
+               node_placement: bool = False, new_tokens: int = 20, handshake: str | None = None) -> Path:
+    """The harness's JSON spec, taking the runtime settings from the profile (``handshake``: the
+    folder of the instruction counter's warm-up handshake, see :mod:`edgeslim.targets.instructions`)."""
     runtime = profile.runtime
     spec = {
         "mode": mode,
@@ -62,6 +63,7 @@ def write_spec(path: Path, profile: DeviceProfile, models: dict[str, str], input
         "model_inputs": model_inputs or {},
         "node_placement": node_placement,
         "new_tokens": int(new_tokens),
+        "handshake": handshake,
     }
     Path(path).write_text(json.dumps(spec), encoding="utf-8")
     return Path(path)

@@ -17,11 +17,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-from edgeslim.targets.instructions import COUNTER, engine_instructions
+from edgeslim.targets.instructions import COUNTER, GO_FILE, READY_FILE, engine_instructions
 from edgeslim.targets.profile import DeviceProfile
 from edgeslim.errors import last_line
 from edgeslim.targets.runners.job import HARNESS, cells_for_all, cells_from_result, write_inputs, write_spec
@@ -50,6 +51,35 @@ def run_harness(command: list[str], workdir: Path, env: dict[str, str], timeout_
     if proc.returncode != 0:
         raise RuntimeError(f"harness failed (exit {proc.returncode}): {last_line(proc.stderr or proc.stdout)}")
     return json.loads((workdir / result_name).read_text(encoding="utf-8"))
+
+
+def run_instrumented(command: list[str], workdir: Path, env: dict[str, str], timeout_s: int) -> None:
+    """Run the instruction counter under callgrind with instrumentation off, and switch it on with
+    ``callgrind_control`` once the counter has warmed up (session creation and warm-up run several
+    times faster uninstrumented; the counted inferences are instrumented all through)."""
+    control = shutil.which("callgrind_control")
+    if control is None:
+        raise RuntimeError("valgrind is installed without callgrind_control; install valgrind's full package")
+    ready, go = workdir / READY_FILE, workdir / GO_FILE
+    deadline = time.monotonic() + timeout_s
+    with subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if ready.exists():
+            switched = subprocess.run([control, "-i", "on", ready.read_text(encoding="ascii").strip()],
+                                      capture_output=True, text=True, timeout=60)
+            go.write_text("on", encoding="ascii")
+            if switched.returncode != 0:
+                proc.kill()
+                raise RuntimeError(f"callgrind_control could not switch instrumentation on: {last_line(switched.stderr)}")
+        try:
+            _, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RuntimeError(f"instruction count timed out after {timeout_s} s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"instruction count failed (exit {proc.returncode}): {last_line(stderr)}")
 
 
 def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[str, np.ndarray]], *,
@@ -118,14 +148,14 @@ def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[st
         work = Path(tmp)
         inputs_path = write_inputs(work / "inputs.npz", inputs)
         spec = write_spec(work / "spec.json", single, {"model": str(model.resolve())}, str(inputs_path),
-                          warmup=1, runs=runs + 1, memory=False)
-        command = [valgrind, "--tool=callgrind", "--separate-threads=yes", "--zero-before=getloadavg",
-                   "--dump-before=ctermid", f"--callgrind-out-file={work / 'callgrind.out'}",
+                          warmup=1, runs=runs + 1, memory=False, handshake=str(work))
+        command = [valgrind, "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+                   "--zero-before=getloadavg", "--dump-before=ctermid", f"--callgrind-out-file={work / 'callgrind.out'}",
                    sys.executable, str(COUNTER), str(spec), "result.json"]
         setarch = shutil.which("setarch")
         if setarch:  # no address randomisation: pointer-keyed hash tables then probe the same way every run
             command = [setarch, platform.machine(), "--addr-no-randomize"] + command
-        run_harness(command, work, harness_env(single), timeout_s)
+        run_instrumented(command, work, harness_env(single), timeout_s)
         # parts 2 .. runs+1 of thread 1 (the main thread): one inference each
         dumps = [work / f"callgrind.out.{part}-01" for part in range(2, runs + 2)]
         if not all(dump.is_file() for dump in dumps):
