@@ -24,7 +24,7 @@ from edgeslim.artifacts import ONNX_FILE, atomic_write_json
 from edgeslim.errors import EdgeslimError
 from edgeslim.export.bundle_files import GENAI_FILE
 from edgeslim.families import FAMILIES, genai_runs
-from edgeslim.model_shape import ModelShape
+from edgeslim.model_shape import ModelShape, read_config_json
 
 
 def genai_config(folder: Path) -> dict[str, Any]:
@@ -33,12 +33,12 @@ def genai_config(folder: Path) -> dict[str, Any]:
     import onnx
 
     folder = Path(folder)
-    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    # with the standard names filled in from an architecture's own (GPT-2's n_head, n_embd, n_layer, ...)
+    config = vars(ModelShape.from_dict(read_config_json(folder)))
+    model_type = config.get("model_type")
     if not genai_runs(model_type):
         raise EdgeslimError(f"onnxruntime-genai 0.18 does not run model type '{model_type}' (it runs "
                             f"{', '.join(t for t in FAMILIES if genai_runs(t))})")
-    # with the standard names filled in from an architecture's own (GPT-2's n_head, n_embd, n_layer, ...)
-    config = vars(ModelShape.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8"))))
     graph = onnx.load(str(folder / ONNX_FILE), load_external_data=False).graph
     inputs = {i.name for i in graph.input}
     outputs = {o.name for o in graph.output}
