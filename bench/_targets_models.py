@@ -12,16 +12,14 @@ def export_bert(path: Path, hidden: int, layers: int, seed: int = 0, int8: bool 
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
+    from edgeslim.targets.calibrate import export_token_model
+
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
                         max_position_embeddings=128)
-    model = BertForSequenceClassification(config).eval()
-    ids = torch.randint(0, 1000, (1, 16))
     fp32 = Path(path).with_suffix(".fp32.onnx") if int8 else Path(path)
-    torch.onnx.export(model, (ids, torch.ones_like(ids)), str(fp32), input_names=["input_ids", "attention_mask"],
-                      output_names=["logits"], opset_version=17, dynamo=False,
-                      dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}})
+    export_token_model(BertForSequenceClassification(config), fp32, "logits")
     if not int8:
         return fp32
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -1,20 +1,24 @@
 """Does the nvidia-gpu profile really measure on the GPU? Run it on a machine with an NVIDIA GPU.
 
     make gpu-check            # creates .venv-gpu with the pinned onnxruntime-gpu, then runs this
-    .venv-gpu/bin/python bench/gpu_check.py [--runs 200] [--run-dir runs/minilm-sentiment]
+    .venv-gpu/bin/python bench/gpu_check.py [--runs 200] [--run-dir runs/minilm-sentiment] [--json gpu.json]
 
 Builds tiny models of each precision the matrix ships (fp32, fp16, QDQ INT8, MatMulNBits INT4: a
 chain of 1024x1024 MatMuls), adds the demo's artifacts when a run folder is given, and measures each
 with the ``nvidia-gpu`` profile (CUDA execution provider) and the ``x86-64-cpu`` profile. Printed per
 model: the cell's status (``measured`` only when onnxruntime really activated CUDA; else ``error`` or
 ``skipped`` with the reason), the share of node runs CUDA executed (``node_placement``), the GPU and
-CPU p50 and their ratio. Without onnxruntime-gpu or a GPU every GPU cell says why, and the script
+CPU p50 and their ratio, and the latency the ``nvidia-gpu`` profile's uncalibrated figures predict
+(so docs/devices.md can say how far that estimate is from a real GPU). ``--json`` also writes the
+cells, the GPU's name and the onnxruntime build. Without onnxruntime-gpu or a GPU every GPU cell says why, and the script
 still exits 0: what it prints is the evidence.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgeslim.targets.predict import predict_latency_ms  # noqa: E402
 from edgeslim.targets.profile import load_profile  # noqa: E402
 from edgeslim.targets.runners import measure  # noqa: E402
 
@@ -93,14 +98,43 @@ def models(folder: Path, run_dir: Path | None) -> tuple[dict[str, Path], dict[st
     return built, inputs
 
 
+def gpu_name() -> str:
+    """The GPU nvidia-smi reports, or why there is none."""
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.strip() or "nvidia-smi printed nothing"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"no nvidia-smi ({exc})"
+
+
+def predicted(profile, paths: dict[str, Path], inputs: dict[str, list]) -> dict[str, float | None]:
+    """The profile's predicted ms per model (None where the model cannot be costed)."""
+    out = {}
+    for name, path in paths.items():
+        try:
+            out[name] = predict_latency_ms(profile, path, inputs[name])
+        except Exception as exc:  # noqa: BLE001 - a prediction that fails is reported, not fatal
+            print(f"{name}: no prediction ({exc})")
+            out[name] = None
+    return out
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/minilm-sentiment"))
+    parser.add_argument("--json", type=Path, help="also write the cells and the machine here")
     args = parser.parse_args()
     import onnxruntime
 
-    print(f"onnxruntime {onnxruntime.__version__}; providers available: {', '.join(onnxruntime.get_available_providers())}")
+    machine = {"gpu": gpu_name(), "onnxruntime": onnxruntime.__version__,
+               "providers": onnxruntime.get_available_providers()}
+    print(f"GPU: {machine['gpu']}")
+    print(f"onnxruntime {machine['onnxruntime']}; providers available: {', '.join(machine['providers'])}")
     gpu, cpu = load_profile("nvidia-gpu"), load_profile("x86-64-cpu")
     with tempfile.TemporaryDirectory(prefix="edgeslim-gpu-") as tmp:
         paths, inputs = models(Path(tmp), args.run_dir if args.run_dir.is_dir() else None)
@@ -108,16 +142,23 @@ def main() -> int:
         settings = {"warmup": 10, "runs": args.runs, "memory": False, "model_inputs": inputs}
         gpu_cells = measure(gpu, paths, inputs[first], **settings)
         cpu_cells = measure(cpu, paths, inputs[first], **settings)
-    print(f"{'model':<20} {'gpu status':<10} {'on CUDA':>8} {'gpu p50 ms':>11} {'cpu p50 ms':>11} {'cpu/gpu':>8}  reason")
+        guesses = predicted(gpu, paths, inputs)
+    print(f"{'model':<20} {'gpu status':<10} {'on CUDA':>8} {'gpu p50 ms':>11} {'cpu p50 ms':>11} {'cpu/gpu':>8} "
+          f"{'predicted':>10}  reason")
     for name in paths:
         g, c = gpu_cells[name], cpu_cells[name]
         share = ((g.get("node_placement") or {}).get("by_provider") or {}).get("CUDAExecutionProvider")
         g50 = (g.get("latency_ms") or {}).get("p50")
         c50 = (c.get("latency_ms") or {}).get("p50")
         ratio = f"{c50 / g50:.1f}x" if g50 and c50 else "-"
-        print(f"{name:<20} {g['status']:<10} {share if share is not None else '-':>8} "
-              f"{g50 if g50 is None else round(g50, 3)!s:>11} {c50 if c50 is None else round(c50, 3)!s:>11} "
-              f"{ratio:>8}  {g.get('reason') or ''}")
+        print(f"{name:<20} {g['status']:<10} {share if share is not None else '-':>8} {_ms(g50):>11} {_ms(c50):>11} "
+              f"{ratio:>8} {_ms(guesses[name]):>10}  {g.get('reason') or ''}")
+        fallback = (g.get("node_placement") or {}).get("fallback_ops")
+        if fallback:
+            print(f"{'':<20} not on CUDA: {', '.join(f'{op} x{n}' for op, n in fallback.items())}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "gpu": gpu_cells, "cpu": cpu_cells,
+                                         "predicted_ms": guesses}, indent=1, default=str))
     return 0
 
 

@@ -69,7 +69,7 @@ def main() -> int:
                 models[name] = export_bert(Path(tmp) / f"{name}.onnx", hidden, layers, int8=int8)
         nodes = {}
         for name, path in models.items():
-            node_list, runs = predict.profile_nodes(path, inputs, base.runtime.graph_optimization_level)
+            node_list, runs, _ = predict.profile_nodes(path, inputs, base.runtime.graph_optimization_level)
             nodes[name] = (node_arrays(node_list), runs)
         for threads in args.threads:
             runtime = base.runtime.model_copy(update={"threads": threads})

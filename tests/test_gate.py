@@ -193,3 +193,28 @@ def test_plot_labels_never_overlap_even_when_points_crowd():
     assert len(named) + len(keyed) == len(points)  # every point is named, beside it or in the key
     assert "04-stage-name (release) ~" in named  # the release is labelled first, beside its point
     assert svg.count('fill="white"') == 5  # predicted points are hollow
+
+
+def test_a_device_section_names_the_operators_that_fell_back_from_the_gpu(tiny_run, tmp_path):
+    """A release whose GPU cell ran partly on the CPU (what the H200 run measured for the demo's
+    dynamic-INT8 release) says so under that device's table, in the markdown too; a cell that ran
+    whole on its provider adds nothing."""
+    from edgeslim.report.gate import evaluate_gate
+    from edgeslim.report.render import ratios, write_all
+    from edgeslim.report.sections import placement_lines, sections
+
+    report = json.loads((tiny_run[0] / "report" / "report.json").read_text())
+    device = report["devices"][0]["name"]
+    assert placement_lines(report, device) == []
+    release = next(a for a in report["artifacts"] if a["name"] == report["release"])
+    release["devices"][device]["node_placement"] = {
+        "nodes": 85, "by_provider": {"CPUExecutionProvider": 0.2471, "CUDAExecutionProvider": 0.7529},
+        "fallback_ops": {"DynamicQuantizeLinear": 10, "MatMulInteger": 8}}
+    lines = placement_lines(report, device)
+    assert lines == [f"{report['release']}: node runs by provider CPUExecutionProvider 25%, CUDAExecutionProvider 75%; "
+                     "not on the first provider: DynamicQuantizeLinear x10, MatMulInteger x8"]
+    checks = evaluate_gate(report)
+    section = next(s for s in sections(report, checks, ratios(report)) if s.title.startswith(device))
+    assert section.lines == lines
+    write_all(report, checks, tmp_path)
+    assert lines[0] in (tmp_path / "report.md").read_text()

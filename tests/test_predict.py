@@ -70,7 +70,7 @@ def test_integer_matmuls_use_the_int8_rate(tmp_path):
     fp32 = matmul_model(tmp_path / "mm.onnx")
     int8 = tmp_path / "mm-int8.onnx"
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-    nodes, _ = predict.profile_nodes(int8, X, level="all")
+    nodes, _, _ = predict.profile_nodes(int8, X, level="all")
     assert any(n.op in predict.INTEGER_MATMULS for n in nodes)
     slow = predict.predict_latency_ms(device(int8=1.0), int8, X)
     fast = predict.predict_latency_ms(device(int8=4.0), int8, X)
@@ -81,7 +81,7 @@ def test_executed_matmul_flops_match_the_closed_form(tmp_path):
     hidden, layers = 48, 3
     model = token_model(tmp_path / "t.onnx", hidden=hidden, layers=layers)
     example = token_inputs(1, seq=20)
-    nodes, runs = predict.profile_nodes(model, example, level="disable")
+    nodes, runs, _ = predict.profile_nodes(model, example, level="disable")
     assert runs == 1
     matmul = sum(n.flops for n in nodes if n.op == "MatMul")
     assert matmul == token_model_flops(hidden, layers, seq=20)
@@ -104,6 +104,27 @@ def test_profile_without_figures_is_skipped(tmp_path):
     local = load_profile("x86-64-cpu").model_copy(update={"predict": None})
     cells = predict.predict_cells(local, {"t": token_model(tmp_path / "t.onnx")}, token_inputs(1))
     assert cells["t"]["status"] == "skipped" and "predict" in cells["t"]["reason"]
+
+
+def test_predictions_say_which_providers_graph_they_were_costed_on(tmp_path):
+    """A CPU device is costed on the CPU provider's graph with nothing to add; a GPU device whose
+    provider this host's onnxruntime cannot activate is costed on the CPU graph and says so."""
+    import onnxruntime
+
+    model = token_model(tmp_path / "t.onnx")
+    cpu_cell = predict.predict_cells(load_profile("raspberry-pi-5"), {"t": model}, token_inputs(1))["t"]
+    assert cpu_cell["prediction"]["costed_on"] == ["CPUExecutionProvider"]
+    assert "graph_note" not in cpu_cell["prediction"]
+    gpu = load_profile("nvidia-gpu")
+    gpu = gpu.model_copy(update={"access": gpu.access.model_copy(update={"kind": "none"})})
+    _, _, active = predict.profile_nodes(model, token_inputs(1), providers=predict.costing_providers(gpu))
+    gpu_cell = predict.predict_cells(gpu, {"t": model}, token_inputs(1))["t"]
+    assert gpu_cell["prediction"]["costed_on"] == active
+    if active[0] == "CUDAExecutionProvider":
+        assert "graph_note" not in gpu_cell["prediction"]
+    else:
+        assert active == ["CPUExecutionProvider"]
+        assert "CUDAExecutionProvider is not usable" in gpu_cell["prediction"]["graph_note"]
 
 
 def test_predictions_carry_their_band_and_a_budget_judges_its_upper_end(tmp_path):

@@ -345,6 +345,7 @@ def test_node_placement_counts_the_nodes_each_provider_ran(tiny_run, tmp_path):
     names = {i.name for i in ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()}
     placement = node_placement(model, {"threads": 1}, {k: v for k, v in feed.items() if k in names})
     assert placement["nodes"] > 0 and placement["by_provider"] == {"CPUExecutionProvider": 1.0}
+    assert placement["fallback_ops"] == {}
 
 
 def test_reduce_range_follows_the_recipes_devices(monkeypatch):

@@ -157,6 +157,20 @@ def device_rows(report: dict[str, Any], device: str) -> list[list[str]]:
     return rows
 
 
+def placement_lines(report: dict[str, Any], device: str) -> list[str]:
+    """For each artifact a GPU (or other accelerator) provider did not run whole: the share it ran
+    and the operator types that fell back to another provider (what makes a GPU release slow)."""
+    lines = []
+    for record in report["artifacts"]:
+        placement = (record["devices"].get(device) or {}).get("node_placement") or {}
+        fallback = placement.get("fallback_ops")
+        if fallback:
+            shares = ", ".join(f"{provider} {100 * share:.0f}%" for provider, share in placement["by_provider"].items())
+            ops = ", ".join(f"{op} x{runs}" for op, runs in fallback.items())
+            lines.append(f"{record['name']}: node runs by provider {shares}; not on the first provider: {ops}")
+    return lines
+
+
 def candidate_rows(quantize: dict[str, Any]) -> list[list[str]]:
     """Header plus one row per quantization candidate."""
     def num(value, fmt):
@@ -203,7 +217,8 @@ def sections(report: dict[str, Any], checks: list[Check], ratio_lines: list[str]
     for device in report["devices"]:
         threads = device.get("threads", "?")
         out.append(Section(f"{device['name']} ({device.get('access', '?')}, {threads} thread{'' if threads == 1 else 's'})",
-                           device_rows(report, device["name"]), level=3, release_row=release))
+                           device_rows(report, device["name"]), lines=placement_lines(report, device["name"]),
+                           level=3, release_row=release))
     for record in report["artifacts"]:
         quantize = record.get("quantize")
         if quantize:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.targets.predict import INTEGER_MATMULS, NBITS_MATMULS, profile_nodes
+from edgeslim.targets.predict import INTEGER_MATMULS, NBITS_MATMULS, costing_providers, profile_nodes
 from edgeslim.targets.profile import DeviceProfile
 
 #: (hidden width, layers) of the whole reference encoders in the suite (fp32 and dynamic INT8 each):
@@ -126,6 +126,27 @@ def empty(path: Path) -> Path:
                                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])]), path)
 
 
+def export_token_model(model, path: Path, output: str, seq: int = 16) -> Path:
+    """Export a transformers model that takes ``input_ids`` and ``attention_mask`` as ONNX (batch and
+    sequence dynamic; its first output as ``output``). It is called with keywords: what the positional
+    arguments after ``input_ids`` mean differs between transformers versions."""
+    import torch
+
+    class Keywords(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+    ids = torch.randint(0, model.config.vocab_size, (1, seq))
+    torch.onnx.export(Keywords(model.eval()), (ids, torch.ones_like(ids)), str(path),
+                      input_names=["input_ids", "attention_mask"], output_names=[output], opset_version=17,
+                      dynamo=False, dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}})
+    return Path(path)
+
+
 def reference_bert(path: Path, hidden: int, layers: int, seq: int = 32) -> tuple[Path, list[dict[str, np.ndarray]]]:
     """A BERT encoder of ``hidden`` x ``layers`` (random weights), exported as the export stage would
     leave it for onnxruntime (fused at load time): the operators a real transformer adds to the suite
@@ -136,11 +157,8 @@ def reference_bert(path: Path, hidden: int, layers: int, seq: int = 32) -> tuple
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers,
                                  num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
-                                 max_position_embeddings=128)).eval()
-    ids = torch.randint(0, 1000, (1, seq))
-    torch.onnx.export(model, (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"],
-                      output_names=["hidden"], opset_version=17, dynamo=False,
-                      dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}})
+                                 max_position_embeddings=128))
+    export_token_model(model, path, "hidden", seq)
     rng = np.random.default_rng(0)
     return Path(path), [{"input_ids": rng.integers(0, 1000, (1, seq)).astype(np.int64),
                          "attention_mask": np.ones((1, seq), dtype=np.int64)}]
@@ -178,9 +196,10 @@ def suite(folder: Path) -> dict[str, tuple[Path, list[dict[str, np.ndarray]]]]:
     return models
 
 
-def node_arrays(model: Path, inputs, level: str) -> tuple:
-    """FLOPs, bytes, INT8-matmul and low-bit-matmul flags of the nodes onnxruntime executes, and the run count."""
-    costs, runs = profile_nodes(model, inputs, level)
+def node_arrays(model: Path, inputs, level: str, providers: list[str] | None = None) -> tuple:
+    """FLOPs, bytes, INT8-matmul and low-bit-matmul flags of the nodes onnxruntime executes (with
+    ``providers``), and the run count."""
+    costs, runs, _ = profile_nodes(model, inputs, level, providers=providers)
     return (np.array([c.flops for c in costs], dtype=np.float64), np.array([c.bytes for c in costs], dtype=np.float64),
             np.array([c.op in INTEGER_MATMULS for c in costs]), np.array([c.op in NBITS_MATMULS for c in costs]), runs)
 
@@ -202,14 +221,16 @@ START = {"gflops_per_thread": 40.0, "memory_gbps": 20.0, "op_overhead_us": 1.0, 
 ANCHORS = ("tiny-ops", "empty")
 
 
-def fit(rows: list[tuple[Any, float, float]], threads: int, efficiency: float) -> dict[str, float]:
+def fit(rows: list[tuple[Any, float, float]], threads: int, efficiency: float,
+        start: dict[str, float] | None = None) -> dict[str, float]:
     """Figures minimising the weighted squared log error over ``rows`` (node arrays, measured ms,
-    weight): coordinate descent in log space, each figure scaled up or down while that helps, with
-    shrinking steps."""
+    weight): coordinate descent in log space from ``start`` (default :data:`START`), each figure
+    scaled up or down while that helps, with shrinking steps."""
     def loss(figures):
         return sum(w * math.log(predicted_ms(a, figures, threads, efficiency) / m) ** 2 for a, m, w in rows)
 
-    best, score = dict(START), loss(START)
+    best = dict(start or START)
+    score = loss(best)
     for step in (4.0, 2.0, 1.4, 1.15, 1.05):
         improved = True
         while improved:
@@ -235,6 +256,15 @@ def weights(names: list[str]) -> list[float]:
     return [kernels / whole if name.startswith(WHOLE_MODEL_PREFIX) and whole else 1.0 for name in names]
 
 
+def fitted_clock(profile: DeviceProfile, cell: dict) -> dict:
+    """The latency statistics a fit uses: the thread's CPU time on a one-thread CPU device (steady on
+    a loaded host), wall-clock time otherwise (a GPU's work is not the host thread's CPU time)."""
+    on_cpu = profile.runtime.execution_providers[0] == "CPUExecutionProvider"
+    if on_cpu and profile.runtime.threads == 1 and cell.get("cpu_ms"):
+        return cell["cpu_ms"]
+    return cell["latency_ms"]
+
+
 def calibrate(profile: DeviceProfile, work: Path, runs: int = 100,
               log=print) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Measure the suite on ``profile``'s device, fit its prediction figures; returns (the profile as
@@ -246,6 +276,7 @@ def calibrate(profile: DeviceProfile, work: Path, runs: int = 100,
                             "calibrate a local, ssh or cuda device")
     models = suite(work)
     level, threads = profile.runtime.graph_optimization_level, profile.runtime.threads
+    providers = costing_providers(profile)
     efficiency = profile.predict.thread_efficiency if profile.predict else 0.8
     rows, table = [], []
     for name, (path, inputs) in models.items():
@@ -253,26 +284,29 @@ def calibrate(profile: DeviceProfile, work: Path, runs: int = 100,
         cell = measure(profile, {name: path}, inputs, warmup=10, runs=runs, memory=False)[name]
         if cell["status"] != "measured":
             raise EdgeslimError(f"calibrate: {name} could not be measured on {profile.name}: {cell.get('reason')}")
-        figure = cell["cpu_ms"] if threads == 1 and cell.get("cpu_ms") else cell["latency_ms"]
-        rows.append((node_arrays(path, inputs, level), figure["p50"]))
+        figure = fitted_clock(profile, cell)
+        rows.append((node_arrays(path, inputs, level, providers), figure["p50"]))
         table.append({"model": name, "measured_ms": figure["p50"]})
     rows = [(arrays, ms, weight) for (arrays, ms), weight in zip(rows, weights([r["model"] for r in table]))]
-    figures = fit(rows, threads, efficiency)
+    start = {key: float(getattr(profile.predict, key, value) or value) for key, value in START.items()} \
+        if profile.predict else START
+    figures = fit(rows, threads, efficiency, start)
     held_out = []
     for index, row in enumerate(table):  # leave one out: how far the fit is off on a model it did not see
         if row["model"] not in ANCHORS:
             others = rows[:index] + rows[index + 1:]
-            held_out += errors([rows[index]], fit(others, threads, efficiency), threads, efficiency)
+            held_out += errors([rows[index]], fit(others, threads, efficiency, start), threads, efficiency)
     for row, arrays_ms in zip(table, rows):
         row["predicted_ms"] = round(predicted_ms(arrays_ms[0], figures, threads, efficiency), 4)
     in_sample = errors(rows, figures, threads, efficiency)
     data = profile.model_dump(mode="json")
     data["predict"] = {**(data.get("predict") or {}), **figures, "thread_efficiency": efficiency,
-                       "calibration": provenance(profile, in_sample, held_out, [r["model"] for r in table])}
+                       "calibration": provenance(profile, in_sample, held_out, [r["model"] for r in table], providers)}
     return data, table
 
 
-def provenance(profile: DeviceProfile, in_sample: list[float], held_out: list[float], models: list[str]) -> dict:
+def provenance(profile: DeviceProfile, in_sample: list[float], held_out: list[float], models: list[str],
+               providers: list[str]) -> dict:
     """Where the figures come from, and how good the fit is."""
     import onnxruntime
 
@@ -280,7 +314,8 @@ def provenance(profile: DeviceProfile, in_sample: list[float], held_out: list[fl
 
     return {"date": _dt.date.today().isoformat(), "host_cpu": cpu_model(), "arch": platform.machine(),
             "isa": cpu_isa(), "onnxruntime": onnxruntime.__version__, "threads": profile.runtime.threads,
-            "graph_optimization_level": profile.runtime.graph_optimization_level, "models": models,
+            "graph_optimization_level": profile.runtime.graph_optimization_level, "costed_on": providers,
+            "models": models,
             "fit_median_error": round(statistics.median(in_sample), 4),
             "cv_median_error": round(statistics.median(held_out), 4), "max_error": round(max(held_out), 4),
             "note": "max_error is the largest leave-one-out error of the fit; predictions carry it as their band"}

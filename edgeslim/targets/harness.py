@@ -246,7 +246,9 @@ def run_latency(spec):
 
 def node_placement(model_path, spec, feed):
     """Share of the model's node runs on each execution provider, from onnxruntime's own profile of
-    one inference (``{"nodes": n, "by_provider": {provider: share}}``): whether a GPU really ran it."""
+    one inference (``{"nodes": n, "by_provider": {provider: share}, "fallback_ops": {op: runs}}``):
+    whether a GPU really ran it, and which operator types fell back to another provider than the
+    first one asked for (the kernels that provider lacks, e.g. dynamic quantization on CUDA)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="edgeslim-profile-") as tmp:
@@ -254,13 +256,18 @@ def node_placement(model_path, spec, feed):
         session.run(None, feed)
         with open(session.end_profiling(), encoding="utf-8") as handle:
             events = json.load(handle)
-    counts = {}
+    first = (spec.get("providers") or ["CPUExecutionProvider"])[0]
+    counts, fallback = {}, {}
     for event in events:
-        provider = (event.get("args") or {}).get("provider")
+        args = event.get("args") or {}
+        provider = args.get("provider")
         if event.get("cat") == "Node" and provider and event.get("name", "").endswith("_kernel_time"):
             counts[provider] = counts.get(provider, 0) + 1
+            if provider != first:
+                fallback[args.get("op_name", "?")] = fallback.get(args.get("op_name", "?"), 0) + 1
     total = sum(counts.values())
-    return {"nodes": total, "by_provider": {p: round(c / total, 4) for p, c in sorted(counts.items())} if total else {}}
+    return {"nodes": total, "by_provider": {p: round(c / total, 4) for p, c in sorted(counts.items())} if total else {},
+            "fallback_ops": dict(sorted(fallback.items()))}
 
 
 class Decoder:

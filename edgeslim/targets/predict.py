@@ -1,8 +1,11 @@
 """Latency prediction for devices with no runner: a per-operator roofline.
 
 The operators and their concrete shapes come from onnxruntime itself: the model is run once per
-input here with profiling on, at the profile's graph-optimization level, so the prediction covers
-the fused graph onnxruntime actually executes, not the exported one. For every executed node,
+input here with profiling on, at the profile's graph-optimization level and with the profile's
+execution providers where this host's onnxruntime has them (a CUDA device is costed on the graph
+the CUDA provider runs, copies and CPU fallbacks included, when this host has onnxruntime-gpu and a
+GPU; otherwise on the CPU provider's graph, and the cell says so), so the prediction covers the
+fused graph onnxruntime actually executes, not the exported one. For every executed node,
 
     time = max(FLOPs / compute rate, bytes moved / memory bandwidth) + dispatch overhead
 
@@ -87,14 +90,25 @@ def _weight_bytes(graph) -> dict[str, float]:
     return {node.name: sum(sizes.get(name, 0.0) for name in node.input) for node in graph.node if node.name}
 
 
-def _profiling_spec(level: str, tmp: str) -> dict:
+def _profiling_spec(level: str, tmp: str, providers: list[str] | None) -> dict:
     return {"threads": 1, "graph_optimization_level": level, "profile_prefix": os.path.join(tmp, "profile"),
-            "optimized_model": os.path.join(tmp, "optimized.onnx")}
+            "optimized_model": os.path.join(tmp, "optimized.onnx"), "providers": providers}
+
+
+def costing_providers(profile: DeviceProfile) -> list[str]:
+    """The profile's execution providers that this host's onnxruntime has, in the profile's order
+    (the CPU provider alone when it has none of them): the graph a prediction is costed on."""
+    import onnxruntime
+
+    available = set(onnxruntime.get_available_providers())
+    return [p for p in profile.runtime.execution_providers if p in available] or ["CPUExecutionProvider"]
 
 
 def profile_nodes(model: Path, inputs: list[dict[str, np.ndarray]], level: str = "all",
-                  max_inputs: int = 8) -> tuple[list[NodeCost], int]:
-    """Run ``model`` on up to ``max_inputs`` inputs with profiling; the executed nodes' costs and run count.
+                  max_inputs: int = 8, providers: list[str] | None = None) -> tuple[list[NodeCost], int, list[str]]:
+    """Run ``model`` on up to ``max_inputs`` inputs with profiling; the executed nodes' costs, the run
+    count, and the providers the session really activated (onnxruntime falls back to the CPU silently,
+    e.g. when onnxruntime-gpu finds no GPU).
 
     onnxruntime's profile gives each node's concrete input and output shapes and activation bytes,
     but not the weights a kernel pre-packed at load time; those come from the optimized graph
@@ -111,7 +125,8 @@ def profile_nodes(model: Path, inputs: list[dict[str, np.ndarray]], level: str =
         named = os.path.join(tmp, "named.onnx")
         onnx.save(proto, named)
         del proto
-        session = make_session(named, _profiling_spec(level, tmp))
+        session = make_session(named, _profiling_spec(level, tmp, providers))
+        active = session.get_providers()
         wanted = [i.name for i in session.get_inputs()]
         used = inputs[:max_inputs]
         for example in used:
@@ -131,7 +146,7 @@ def profile_nodes(model: Path, inputs: list[dict[str, np.ndarray]], level: str =
             params = max(float(args.get("parameter_size", 0)), weights.get(event["name"].removesuffix("_kernel_time"), 0.0))
         moved = float(args.get("activation_size", 0)) + params + float(args.get("output_size", 0))
         costs.append(NodeCost(op, flops, moved))
-    return costs, len(used)
+    return costs, len(used), active
 
 
 def node_seconds(node: NodeCost, figures: Predict, threads: int) -> float:
@@ -148,15 +163,32 @@ def node_seconds(node: NodeCost, figures: Predict, threads: int) -> float:
     return max(node.flops / rate, node.bytes / (figures.memory_gbps * 1e9)) + overhead * 1e-6
 
 
+def predict_run(profile: DeviceProfile, model: Path, inputs: list[dict[str, np.ndarray]],
+                threads: int | None = None) -> tuple[float, list[str]]:
+    """Predicted milliseconds per inference of ``model`` on ``profile`` (mean over the inputs), and
+    the providers whose graph it was costed on."""
+    if profile.predict is None:
+        raise EdgeslimError(f"device '{profile.name}' has no 'predict' section; add one to predict its latency")
+    costs, runs, active = profile_nodes(Path(model), inputs, profile.runtime.graph_optimization_level,
+                                        providers=costing_providers(profile))
+    threads = threads or profile.runtime.threads
+    per_run = sum(node_seconds(node, profile.predict, threads) for node in costs) / max(runs, 1)
+    return 1000.0 * per_run + profile.predict.call_overhead_us / 1000.0, active
+
+
 def predict_latency_ms(profile: DeviceProfile, model: Path, inputs: list[dict[str, np.ndarray]],
                        threads: int | None = None) -> float:
     """Predicted milliseconds per inference of ``model`` on ``profile`` (mean over the inputs)."""
-    if profile.predict is None:
-        raise EdgeslimError(f"device '{profile.name}' has no 'predict' section; add one to predict its latency")
-    costs, runs = profile_nodes(Path(model), inputs, profile.runtime.graph_optimization_level)
-    threads = threads or profile.runtime.threads
-    per_run = sum(node_seconds(node, profile.predict, threads) for node in costs) / max(runs, 1)
-    return 1000.0 * per_run + profile.predict.call_overhead_us / 1000.0
+    return predict_run(profile, model, inputs, threads)[0]
+
+
+def graph_note(profile: DeviceProfile, active: list[str]) -> str | None:
+    """What a prediction's graph lacks, or None when it is the graph the device's provider runs."""
+    wanted = profile.runtime.execution_providers[0]
+    if active and active[0] == wanted:
+        return None
+    return (f"costed on the {active[0] if active else 'CPUExecutionProvider'} graph: {wanted} is not usable in "
+            "this host's onnxruntime, so its own fusions and CPU fallbacks are not seen")
 
 
 #: Where the true latency lies relative to an uncalibrated prediction (measured / predicted): on the
@@ -169,8 +201,9 @@ def prediction_band(profile: DeviceProfile) -> tuple[tuple[float, float], dict]:
     """The factor range around a prediction, and what the cell says about it."""
     calibration = (profile.predict.calibration if profile.predict else None) or {}
     error = calibration.get("max_error")
-    if isinstance(error, (int, float)) and 0 <= error < 1:
-        band = (1.0 - error, 1.0 + error)
+    if isinstance(error, (int, float)) and error >= 0:
+        # an error of 1 or more can only be an over-prediction (a prediction is never below zero)
+        band = (1.0 - error if error < 1 else 1.0 / (1.0 + error), 1.0 + error)
         return band, {"calibrated": True, "band": list(band), "calibration": calibration}
     return UNCALIBRATED_BAND, {"calibrated": False, "band": list(UNCALIBRATED_BAND),
                                "basis": "uncalibrated profile: constants from public specifications; "
@@ -185,13 +218,16 @@ def predict_cells(profile: DeviceProfile, models: dict[str, Path], inputs: list[
     cells = {}
     for name, path in models.items():
         try:
-            ms = predict_latency_ms(profile, Path(path), inputs)
+            ms, active = predict_run(profile, Path(path), inputs)
         except Exception as exc:  # noqa: BLE001 - a model ORT cannot load is that cell's error
             cells[name] = cell("error", reason=f"prediction failed: {describe(exc)}")
             continue
         stats = {"p50": ms, "p90": ms, "p99": ms, "mean": ms, "n": 0}
         (low, high), about = prediction_band(profile)
         label = "calibrated" if about["calibrated"] else "uncalibrated"
+        about = {**about, "costed_on": active}
+        if graph_note(profile, active):
+            about["graph_note"] = graph_note(profile, active)
         cells[name] = cell("predicted", latency_ms=stats, throughput=1000.0 / ms, prediction=about,
                            latency_interval_ms={q: [ms * low, ms * high] for q in ("p50", "p90", "p99")},
                            reason=f"roofline estimate from per-operator FLOPs and bytes ({label}: x{low:g}-x{high:g}); "
