@@ -97,3 +97,25 @@ def test_decoders_are_emulated_too_and_their_greedy_tokens_compared(qemu_env, tm
     assert cell["status"] == "emulated", cell
     assert cell["parity_examples"] == 2 and cell["top1_agreement"] == 1.0 and cell["outputs_match"]
     assert "greedy tokens match x86" in cell["reason"] and cell["latency_ms"] is None
+
+
+def test_the_int8_probe_judges_the_qemu_in_use_not_the_cpu_name(qemu_env, bert_models, tmp_path):
+    """Named cpus and ``max,sme=off`` compute the probe's dynamic-INT8 matmul within INT8 rounding on
+    any QEMU; plain ``max`` (SME on) is refused on QEMU 7, whose SME emulation breaks INT8 kernels
+    (measured here with 7.2), and with its version named. A profile asking for such a cpu gets error
+    cells with that reason, never an ``emulated`` verdict; verdicts are cached per qemu and cpu."""
+    cache = tmp_path / "cache"
+    version = qemu_setup.qemu_version(qemu_env.qemu)
+    assert version[0].isdigit()
+    assert qemu_setup.int8_probe(qemu_env, "cortex-a72", cache) is None
+    assert qemu_setup.int8_probe(qemu_env, "max,sme=off", cache) is None
+    reason = qemu_setup.int8_probe(qemu_env, "max", cache)
+    if version.startswith("7."):
+        assert reason and f"qemu {version} with -cpu max" in reason and "'max,sme=off'" in reason
+    verdicts = (cache / "probe" / "verdicts.json").read_text()
+    assert f"|{version}|max|onnxruntime" in verdicts and f"|{version}|cortex-a72|onnxruntime" in verdicts
+    if reason:
+        profile = load_profile("raspberry-pi-4")
+        profile = profile.model_copy(update={"access": profile.access.model_copy(update={"qemu_cpu": "max"})})
+        cells = measure(profile, {"int8": bert_models["int8"]}, bert_inputs(2), warmup=0, runs=1)
+        assert cells["int8"]["status"] == "error" and "computes INT8 matmuls wrongly" in cells["int8"]["reason"]

@@ -19,6 +19,14 @@ Everything lands in one cache folder (default ``~/.cache/edgeslim/qemu-arm``, or
 
 binfmt_misc is not available here, so the runner invokes qemu directly with ``-L SYSROOT``. A
 ``ready.json`` records what was set up; a second call with the same versions does nothing.
+
+Whether a ``-cpu`` model computes INT8 correctly depends on the QEMU version, not on its name: QEMU
+7.2's ``-cpu max`` enables SME, and onnxruntime's dynamic-INT8 matmuls then return wrong numbers
+(a probe's outputs off by more than their own size), while ``max,sme=off`` and named cpus are exact.
+:func:`int8_probe` runs one dynamic-INT8 matmul under the qemu in use with the given cpu, compares it
+with the exact fp32 product (not with this host's INT8 kernels, which saturate on AVX2-only x86),
+and the runner refuses a cpu whose result is off by more than INT8 rounding can explain; verdicts
+are cached per qemu binary, version, cpu and onnxruntime version.
 """
 
 from __future__ import annotations
@@ -253,6 +261,78 @@ def ensure(cache: Path | None = None, log=print) -> QemuEnv:
     (cache / "ready.json").write_text(json.dumps({**_ready_marker(cache), "qemu": str(qemu)}, indent=1))
     log(f"qemu-arm ready in {cache}")
     return env
+
+
+def qemu_version(qemu: Path) -> str:
+    """``qemu-aarch64 --version``'s number (e.g. ``7.2.22``), or its first line when it has none."""
+    first = _run([str(qemu), "--version"], "asking qemu its version").strip().splitlines()[0]
+    words = first.split()
+    return words[words.index("version") + 1] if "version" in words[:-1] else first
+
+
+#: Runs the probe model on the probe input and saves the output (host and emulated Python alike).
+_PROBE_RUN = ("import sys, numpy as np, onnxruntime as ort; o = ort.SessionOptions(); o.intra_op_num_threads = 1; "
+              "s = ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider']); "
+              "np.save(sys.argv[3], s.run(None, {'x': np.load(sys.argv[2])})[0])")
+
+
+def _probe_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A dynamic-INT8 matmul (64 x 256 by 256 x 256, the kernels a quantized transformer runs), its
+    input, and the exact fp32 product it approximates."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeslim.quantize.ort import quantize_dynamic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model, x, exact = folder / "int8.onnx", folder / "x.npy", folder / "exact.npy"
+    if not exact.is_file():
+        rng = np.random.default_rng(0)
+        weight = (rng.standard_normal((256, 256)) / 16).astype(np.float32)
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "probe",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 256])],
+                                  [numpy_helper.from_array(weight, "w")])
+        fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        fp32.ir_version = 9
+        onnx.save(fp32, str(folder / "fp32.onnx"))
+        quantize_dynamic(folder / "fp32.onnx", model, reduce_range=False)
+        inputs = rng.standard_normal((64, 256)).astype(np.float32)
+        np.save(x, inputs)
+        np.save(exact, inputs.astype(np.float64) @ weight)
+    return model, x, exact
+
+
+#: How far the probe's INT8 result may be from the exact product, relative to the product's largest
+#: value: INT8 rounding gives about 1.4% (measured on x86 and under qemu with sme=off); the SME
+#: error of QEMU 7.2's ``-cpu max`` gives 160%.
+PROBE_TOLERANCE = 0.05
+
+
+def int8_probe(env: QemuEnv, cpu: str, cache: Path | None = None) -> str | None:
+    """Why qemu's ``-cpu cpu`` cannot be trusted with INT8 kernels, or None when it computes the
+    probe's dynamic-INT8 matmul within INT8 rounding of the exact product."""
+    import numpy as np
+
+    cache = Path(cache or default_cache())
+    version = qemu_version(env.qemu)
+    verdicts_file = cache / "probe" / "verdicts.json"
+    verdicts = json.loads(verdicts_file.read_text()) if verdicts_file.is_file() else {}
+    key = f"{env.qemu}|{version}|{cpu}|onnxruntime {wanted_versions()['onnxruntime']}"
+    if key not in verdicts:
+        model, x, exact = _probe_files(cache / "probe")
+        emulated = cache / "probe" / "emulated.npy"
+        _run(env.command(cpu, "-c", _PROBE_RUN, str(model), str(x), str(emulated)),
+             f"running the INT8 probe under qemu -cpu {cpu}", env=env.env())
+        want, got = np.load(exact), np.load(emulated)
+        error = float(np.abs(want - got).max() / np.abs(want).max())
+        verdicts[key] = None if error <= PROBE_TOLERANCE else (
+            f"qemu {version} with -cpu {cpu} computes INT8 matmuls wrongly (a probe is {error:.0%} off the exact "
+            f"product, INT8 rounding explains {PROBE_TOLERANCE:.0%}; QEMU 7's SME emulation does this): use "
+            f"'{cpu.split(',')[0]},sme=off' or a named cpu such as cortex-a72")
+        verdicts_file.write_text(json.dumps(verdicts, indent=1))
+    return verdicts[key]
 
 
 def main(argv: list[str] | None = None) -> int:

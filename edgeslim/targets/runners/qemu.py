@@ -43,6 +43,12 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
         env = qemu_setup.ensure(log=log or (lambda message: None))
     except EdgeslimError as exc:
         return cells_for_all(models, "skipped", f"qemu-arm emulation unavailable: {exc}")
+    try:
+        untrusted = qemu_setup.int8_probe(env, profile.access.qemu_cpu)
+    except EdgeslimError as exc:
+        return cells_for_all(models, "error", f"the qemu INT8 probe failed: {exc}")
+    if untrusted:
+        return cells_for_all(models, "error", untrusted)
     single = profile.model_copy(update={"runtime": profile.runtime.model_copy(
         update={"threads": 1, "inter_op_threads": 1, "cpu_affinity": None})})
     cpu = profile.access.qemu_cpu
