@@ -28,7 +28,7 @@ from _targets_models import export_bert, text_inputs  # noqa: E402
 
 from edgeslim.targets.profile import load_profile  # noqa: E402
 from edgeslim.targets.runners import measure  # noqa: E402
-from edgeslim.targets.runners.local import count_instructions  # noqa: E402
+from edgeslim.targets.runners.local import CountPlan, count_instructions  # noqa: E402
 
 
 def main() -> int:
@@ -72,7 +72,7 @@ def main() -> int:
         counts = []
         for repeat in range(args.counts):
             start = time.perf_counter()
-            counts.append(count_instructions(profile, Path(model), inputs[:2], cycles=3))
+            counts.append(count_instructions(profile, Path(model), inputs, CountPlan(2, 3)))
             print(f"instructions per inference, count {repeat}: {counts[-1]} ({time.perf_counter() - start:.0f} s under callgrind)")
         if counts and None not in counts:
             spread = (max(counts) - min(counts)) / statistics.median(counts)

@@ -141,3 +141,30 @@ def test_instruction_count_covers_the_inference_only(models, cpu):
     # some CPUs, a few instructions in 10^4 apart on others (kernels probe allocator state)
     again = count_instructions(cpu, models["small"], inputs)
     assert abs(again - count) <= INSTRUCTION_TOLERANCE * count
+    assert cells["small"]["instructions_plan"] == {"inputs": 4, "passes": 3}
+
+
+def test_the_count_plan_shrinks_with_the_model_and_is_shared_by_the_models_compared(tmp_path, models):
+    """A small model is counted on 4 inputs x 3 passes; a larger one on fewer, so that its count
+    stays under a minute on 2 cores; models counted together (a bench table, a baseline check) all
+    get the plan of the largest, so their counts are over the same inputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeslim.targets.runners.local import COUNT_PLANS, CountPlan, count_plan
+
+    def model_of(mib: float) -> Path:
+        weight = np.zeros((int(mib * 2 ** 20 / 4 / 256), 256), dtype=np.float32)
+        graph = helper.make_graph([helper.make_node("Gather", ["w", "i"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("i", TensorProto.INT64, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])],
+                                  [numpy_helper.from_array(weight, "w")])
+        path = tmp_path / f"m{mib}.onnx"
+        onnx.save(helper.make_model(graph), str(path))
+        return path
+
+    assert count_plan([models["small"]]) == CountPlan(4, 3)
+    assert count_plan([model_of(30)]) == CountPlan(4, 1)
+    assert count_plan([model_of(90)]) == CountPlan(1, 1)
+    assert count_plan([models["small"], model_of(30)]) == CountPlan(4, 1)
+    assert [plan.inferences() for plan in COUNT_PLANS] == [21, 9, 5, 3]

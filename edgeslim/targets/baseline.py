@@ -71,9 +71,10 @@ def instruction_counts(profile: DeviceProfile, models: list[Path], inputs) -> li
     no valgrind, or a device that is not this machine)."""
     if profile.access.kind != "local":
         return [None for _ in models]
-    from edgeslim.targets.runners.local import COUNT_INPUTS, count_instructions
+    from edgeslim.targets.runners.local import count_instructions, count_plan
 
-    return [count_instructions(profile, model, inputs[:COUNT_INPUTS]) for model in models]
+    plan = count_plan(models)  # one plan for both sides, so their counts are comparable
+    return [count_instructions(profile, model, inputs, plan) for model in models]
 
 
 def session_noise(cells: dict[str, dict], key: str) -> float:

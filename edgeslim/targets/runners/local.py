@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,8 +29,41 @@ from edgeslim.errors import last_line
 from edgeslim.targets.runners.job import HARNESS, cells_for_all, cells_from_result, write_inputs, write_spec
 
 TIMEOUT_S = 1800
-#: Inputs the instruction count runs over (callgrind is ~50x slower than native).
-COUNT_INPUTS = 4
+class CountPlan(NamedTuple):
+    """How many inputs an instruction count runs over, and how many counted passes over each."""
+
+    inputs: int
+    passes: int
+
+    def inferences(self) -> int:
+        """Inferences under callgrind: the warm-up (each input twice when there are several passes,
+        else once), the first counted run whose dump also holds start-up costs, and the counted ones."""
+        return self.inputs * (2 if self.passes > 1 else 1) + 1 + self.inputs * self.passes
+
+
+#: Count plans, most thorough first. Several passes per input exist for exactness (an occasional
+#: inference costs ~100 instructions more, and the median drops it), which only small models need:
+#: 100 instructions are 1e-6 of a large model's count, far inside INSTRUCTION_TOLERANCE.
+COUNT_PLANS = (CountPlan(4, 3), CountPlan(4, 1), CountPlan(2, 1), CountPlan(1, 1))
+#: Seconds one inference takes under callgrind per MiB of model, from the demo's models on a 2-core
+#: AMD EPYC (valgrind emulates onnxruntime's AVX2 kernels): the release 0.07, the fp32 teacher 0.12.
+#: A fixed figure, not a measurement at run time, so the plan (and so the count) is the same on every host.
+CALLGRIND_S_PER_MIB = 0.12
+#: The callgrind inferences a count may cost, in seconds at that rate: a count (start-up included)
+#: stays under a minute per model on 2 cores.
+COUNT_BUDGET_S = 40.0
+
+
+def count_plan(models: list[Path]) -> CountPlan:
+    """The most thorough plan whose inferences fit :data:`COUNT_BUDGET_S` for the largest of
+    ``models`` (all of them are then counted with it, so their counts stay comparable)."""
+    from edgeslim.artifacts import onnx_size_bytes
+
+    mib = max(onnx_size_bytes(Path(model)) for model in models) / 2 ** 20
+    for plan in COUNT_PLANS:
+        if plan.inferences() * mib * CALLGRIND_S_PER_MIB <= COUNT_BUDGET_S:
+            return plan
+    return COUNT_PLANS[-1]
 
 
 def harness_env(profile: DeviceProfile) -> dict[str, str]:
@@ -109,10 +143,11 @@ def measure(profile: DeviceProfile, models: dict[str, Path], inputs: list[dict[s
         cells = cells_from_result(result, status)
     prove_providers(cells, (providers or profile.runtime.execution_providers or ["CPUExecutionProvider"])[0], status)
     if instructions:
+        plan = count_plan(list(models.values()))
         for name, path in models.items():
             if cells[name]["status"] == status:
-                cells[name]["instructions"] = count_instructions(profile, Path(path),
-                                                                 model_inputs.get(name, inputs)[:COUNT_INPUTS])
+                cells[name]["instructions"] = count_instructions(profile, Path(path), model_inputs.get(name, inputs), plan)
+                cells[name]["instructions_plan"] = plan._asdict()
     return cells
 
 
@@ -127,9 +162,11 @@ def prove_providers(cells: dict[str, dict], wanted: str, status: str) -> None:
                               "the figures would be another device's")
 
 
-def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[str, np.ndarray]], *,
-                       cycles: int = 3, timeout_s: int = TIMEOUT_S) -> int | None:
+def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[str, np.ndarray]],
+                       plan: CountPlan | None = None, *, timeout_s: int = TIMEOUT_S) -> int | None:
     """Instructions onnxruntime executes per inference, under callgrind; None without valgrind.
+    ``plan`` (default: :func:`count_plan` of this model) says over how many of ``inputs`` and how
+    many passes each.
 
     Each inference is dumped on its own (see :mod:`edgeslim.targets.instructions`) and counted in
     ``ENGINE_OBJECTS``, main thread only, on one intra-op thread whatever the profile says (thread
@@ -142,13 +179,16 @@ def count_instructions(profile: DeviceProfile, model: Path, inputs: list[dict[st
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         return None
+    plan = plan or count_plan([model])
+    inputs, cycles = inputs[:plan.inputs], plan.passes
     single = profile.model_copy(update={"runtime": profile.runtime.model_copy(update={"threads": 1, "inter_op_threads": 1})})
     runs = len(inputs) * cycles
     with tempfile.TemporaryDirectory(prefix="edgeslim-callgrind-") as tmp:
         work = Path(tmp)
         inputs_path = write_inputs(work / "inputs.npz", inputs)
         spec = write_spec(work / "spec.json", single, {"model": str(model.resolve())}, str(inputs_path),
-                          warmup=1, runs=runs + 1, memory=False, handshake=str(work))
+                          warmup=len(inputs) * (2 if cycles > 1 else 1), runs=runs + 1, memory=False,
+                          handshake=str(work))
         command = [valgrind, "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
                    "--zero-before=getloadavg", "--dump-before=ctermid", f"--callgrind-out-file={work / 'callgrind.out'}",
                    sys.executable, str(COUNTER), str(spec), "result.json"]
