@@ -31,7 +31,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeslim.families import FAMILIES, family_of_type, fixed_heads_reason  # noqa: E402
+from edgeslim.families import FAMILIES, family_of_type  # noqa: E402
 
 STAGES = ("distill", "prune", "lowrank", "vocab", "export", "quantize", "bundle")
 DOC = REPO / "docs" / "compress.md"
@@ -63,8 +63,7 @@ def stage_config(stage: str, model_type: str) -> dict:
     if stage == "distill":
         return {"layers": {"every": 2}, "epochs": 1, "lr": 0.001, "batch_size": 16, "checkpoint_every": 0}
     if stage == "prune":
-        heads = 0.0 if fixed_heads_reason(model_type) else 0.5
-        return {"heads": heads, "ffn": 0.5, "recovery": {"steps": 4, "lr": 0.0005}}
+        return {"heads": 0.5, "ffn": 0.5, "recovery": {"steps": 4, "lr": 0.0005}}
     if stage == "lowrank":
         if family_of_type(model_type):
             return {"targets": ["ffn"], "rank": 8}

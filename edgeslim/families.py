@@ -23,7 +23,8 @@ class Family:
     they do not (lowrank ``modules`` still work).
     ``fusion``: the onnxruntime.transformers optimizer model type whose fusion rules fit, or ``None``.
     ``shared_layers``: every layer uses one set of weights (no per-layer blocks to select or fuse).
-    ``fixed_heads``: the reason head pruning is refused for a type whose FFN can be pruned.
+    ``heads_with_hidden``: why this type's heads are removed only together with hidden width, the
+    same number in every layer (its config cannot describe fewer heads at the same width).
     ``genai``: onnxruntime-genai 0.18 loads its bundle and generates (gpt2 loads but fails on the
     inputs of Optimum's export; gpt_neox, opt and falcon are not model types it knows).
     """
@@ -31,12 +32,12 @@ class Family:
     structure: str | None = None
     fusion: str | None = None
     shared_layers: bool = False
-    fixed_heads: str | None = None  # why heads cannot be pruned where the rest of the structure can
+    heads_with_hidden: str | None = None  # why heads go only together with hidden width, evenly
     genai: bool = False  # onnxruntime-genai runs its KV-cache decoder (bench/architectures.py checked it)
 
 
 DERIVED_HEAD_SIZE = ("its attention derives the head size from hidden_size / num_attention_heads and keeps no "
-                     "pruned_heads, so transformers cannot reload a model with fewer heads")
+                     "pruned_heads")
 
 FAMILIES: dict[str, Family] = {
     # encoders
@@ -47,15 +48,14 @@ FAMILIES: dict[str, Family] = {
     "camembert": Family("bert", "bert"),
     "ernie": Family("bert", None),
     "distilbert": Family("distilbert", "bert"),
-    "mpnet": Family("mpnet", "bert", fixed_heads=(
+    "mpnet": Family("mpnet", "bert", heads_with_hidden=(
         "MPNet's relative position bias is one table with a column per head, shared by every layer, and "
         "transformers rebuilds it with all heads on load")),
     # the bert rules fuse each use of ALBERT's shared weights into its own copy, so the file grows
     # with the layer count; unfused, the graph keeps one copy
     "albert": Family(None, None, shared_layers=True),
-    "deberta-v2": Family("deberta", fixed_heads=(
-        "DeBERTa-v2 builds its attention output projection hidden_size x hidden_size and keeps no pruned_heads, so "
-        "transformers cannot reload a model with fewer heads")),
+    "deberta-v2": Family("deberta", heads_with_hidden=(
+        "DeBERTa-v2 builds its attention output projection hidden_size x hidden_size and keeps no pruned_heads")),
     "mobilebert": Family(),
     "modernbert": Family(),
     # decoders; the gpt2 rules fuse Llama-family RMSNorm (SimplifiedLayerNormalization) and rotary embeddings
@@ -65,12 +65,11 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family("llama", "qwen3", genai=True),
     "gemma2": Family("llama", genai=True),
     "phi3": Family("llama", genai=True),  # fused qkv_proj and gate_up_proj, cut through views of their rows
-    "gpt2": Family("gpt2", "gpt2", fixed_heads=(
-        "transformers can replay GPT-2's pruned_heads, but the KV-cache export sizes every layer's cache by n_head, "
-        "so a decoder with fewer heads does not export")),
-    "gpt_neox": Family("gpt_neox", "gpt_neox", fixed_heads=DERIVED_HEAD_SIZE),
-    "opt": Family("opt", fixed_heads=DERIVED_HEAD_SIZE),
-    "falcon": Family("falcon", fixed_heads=DERIVED_HEAD_SIZE),
+    "gpt2": Family("gpt2", "gpt2", heads_with_hidden=(
+        "transformers can replay GPT-2's pruned_heads, but the KV-cache export sizes every layer's cache by n_head")),
+    "gpt_neox": Family("gpt_neox", "gpt_neox", heads_with_hidden=DERIVED_HEAD_SIZE),
+    "opt": Family("opt", heads_with_hidden=DERIVED_HEAD_SIZE),
+    "falcon": Family("falcon", heads_with_hidden=DERIVED_HEAD_SIZE),
 }
 
 
@@ -90,9 +89,10 @@ def fusion_type(model_type: str | None) -> str | None:
     return family.fusion if family else None
 
 
-def fixed_heads_reason(model_type: str | None) -> str | None:
+def heads_with_hidden_reason(model_type: str | None) -> str | None:
+    """Why ``model_type`` loses heads only together with hidden width (None: heads go per layer)."""
     family = FAMILIES.get(model_type or "")
-    return family.fixed_heads if family else None
+    return family.heads_with_hidden if family else None
 
 
 def genai_runs(model_type: str | None) -> bool:

@@ -242,10 +242,12 @@ def test_killed_run_resumes_to_the_same_weights(trained_teacher, tmp_path):
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and child.poll() is None:
         found = list(killed.glob("stages/.distill/runs/*/last/loop_state.json"))
-        if found:
-            state = json.loads(found[0].read_text())
-            if state["step"] >= 8:
-                break
+        try:  # the trainer replaces its last checkpoint folder as a whole: it can vanish between glob and read
+            state = json.loads(found[0].read_text()) if found else state
+        except (FileNotFoundError, ValueError):
+            continue
+        if state is not None and state["step"] >= 8:
+            break
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()

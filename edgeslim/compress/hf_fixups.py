@@ -7,8 +7,10 @@ kinds of architecture are known (the ``structure`` of :mod:`edgeslim.families`):
 * a :class:`Layout` (BERT and its relatives, DistilBERT, MPNet, DeBERTa-v2, GPT-2, OPT, GPT-NeoX,
   Falcon): attribute paths to each layer's attention and FFN. Heads are removed by transformers' own
   ``prune_heads`` and recorded in ``config.pruned_heads`` (original head numbers), which HF replays on
-  ``from_pretrained``, so every layer may keep a different number; types whose attention cannot be
-  reloaded with fewer heads refuse head pruning (``Family.fixed_heads``) and prune the FFN only.
+  ``from_pretrained``, so every layer may keep a different number. Types whose config derives the
+  head size from ``hidden_size / num_attention_heads`` and cannot reload fewer heads
+  (``Family.heads_with_hidden``) lose heads together with hidden width, the same number in every
+  layer (:mod:`edgeslim.compress.hidden_width`).
 * the Llama family (Llama, Mistral, Qwen2, Qwen3, Gemma2, Phi-3: ``layers[i].self_attn.q_proj`` +
   ``mlp.gate_proj``, or Phi-3's fused ``qkv_proj``/``gate_up_proj``): the unit of head pruning is a
   key/value group (one K/V head and the query heads that share it), so grouped-query attention stays
@@ -36,7 +38,13 @@ class Layout:
     """Where a family keeps what prune and lowrank cut: attribute paths from the base model
     (``layers``) and from one layer (the rest). ``attention`` is the module that owns ``pruned_heads``
     and transformers' own ``prune_heads``; ``q``/``k``/``v`` are ``None`` where one fused projection
-    holds them (GPT-2, GPT-NeoX, Falcon); ``ffn_key`` is the config field holding the FFN width."""
+    holds them (GPT-2, GPT-NeoX, Falcon): ``qkv`` is then that projection, its rows ordered
+    ``q|k|v`` (``qkv_order="blocks"``, GPT-2) or head by head (``"heads"``: each head's q, k, v rows
+    together; Falcon with ``multi_query`` keeps all query heads first and one shared K/V head last);
+    ``ffn_key`` is the config field holding the FFN width. ``per_head`` names further projections
+    whose outputs are laid out by head (DeBERTa's position projections, where present);
+    ``head_table`` (from the base model) a table with a column per head shared by every layer
+    (MPNet's relative position bias)."""
 
     layers: str
     attention: str
@@ -48,6 +56,10 @@ class Layout:
     ffn_in: str
     ffn_out: str
     ffn_key: str
+    qkv: str | None = None
+    qkv_order: str = "blocks"
+    per_head: tuple[str, ...] = ()
+    head_table: str | None = None
 
 
 LAYOUTS = {
@@ -58,31 +70,37 @@ LAYOUTS = {
                          "attention.out_lin", "attention.attention_head_size", "ffn.lin1", "ffn.lin2", "hidden_dim"),
     "mpnet": Layout("encoder.layer", "attention", "attention.attn.q", "attention.attn.k", "attention.attn.v",
                     "attention.attn.o", "attention.attn.attention_head_size", "intermediate.dense", "output.dense",
-                    "intermediate_size"),
+                    "intermediate_size", head_table="encoder.relative_attention_bias"),
     "deberta": Layout("encoder.layer", "attention.self", "attention.self.query_proj", "attention.self.key_proj",
                       "attention.self.value_proj", "attention.output.dense", "attention.self.attention_head_size",
-                      "intermediate.dense", "output.dense", "intermediate_size"),
-    "gpt2": Layout("h", "attn", None, None, None, "attn.c_proj", "attn.head_dim", "mlp.c_fc", "mlp.c_proj", "n_inner"),
+                      "intermediate.dense", "output.dense", "intermediate_size",
+                      per_head=("attention.self.pos_key_proj", "attention.self.pos_query_proj")),
+    "gpt2": Layout("h", "attn", None, None, None, "attn.c_proj", "attn.head_dim", "mlp.c_fc", "mlp.c_proj", "n_inner",
+                   qkv="attn.c_attn"),
     "opt": Layout("decoder.layers", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                   "self_attn.out_proj", "self_attn.head_dim", "fc1", "fc2", "ffn_dim"),
     "gpt_neox": Layout("layers", "attention", None, None, None, "attention.dense", "attention.head_size",
-                       "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", "intermediate_size"),
+                       "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", "intermediate_size", qkv="attention.query_key_value",
+                       qkv_order="heads"),
     "falcon": Layout("h", "self_attention", None, None, None, "self_attention.dense", "self_attention.head_dim",
-                     "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", "ffn_hidden_size"),
+                     "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", "ffn_hidden_size", qkv="self_attention.query_key_value",
+                     qkv_order="heads"),
 }
 
 
-def _at(module, path: str | None):
+def at_path(module, path: str | None, optional: bool = False):
     if path is None:
         return None
     for name in path.split("."):
+        if optional and not hasattr(module, name):
+            return None
         module = getattr(module, name)
     return module
 
 
 def family_layers(model: nn.Module) -> tuple[Layout, list[nn.Module]]:
     layout = LAYOUTS[family_of(model)]
-    return layout, list(_at(base_model(model), layout.layers))
+    return layout, list(at_path(base_model(model), layout.layers))
 
 
 @dataclass
@@ -150,10 +168,10 @@ def attention_blocks(model: nn.Module, gqa: str = "groups") -> list[AttentionBlo
     if family in LAYOUTS:
         layout, layers = family_layers(model)
         for i, layer in enumerate(layers):
-            attn = _at(layer, layout.attention)
+            attn = at_path(layer, layout.attention)
             kept = [h for h in range(config.num_attention_heads) if h not in getattr(attn, "pruned_heads", ())]
-            blocks.append(AttentionBlock(i, attn, _at(layer, layout.q), _at(layer, layout.k), _at(layer, layout.v),
-                                         _at(layer, layout.o), int(_at(layer, layout.head_size)), 1, 1, kept))
+            blocks.append(AttentionBlock(i, attn, at_path(layer, layout.q), at_path(layer, layout.k), at_path(layer, layout.v),
+                                         at_path(layer, layout.o), int(at_path(layer, layout.head_size)), 1, 1, kept))
         return blocks
     for i, layer in enumerate(base.layers):
         a = layer.self_attn
@@ -184,7 +202,7 @@ def ffn_blocks(model: nn.Module) -> list[FfnBlock]:
     family, base = family_of(model), base_model(model)
     if family in LAYOUTS:
         layout, layers = family_layers(model)
-        return [FfnBlock(i, [_at(l, layout.ffn_in)], _at(l, layout.ffn_out)) for i, l in enumerate(layers)]
+        return [FfnBlock(i, [at_path(l, layout.ffn_in)], at_path(l, layout.ffn_out)) for i, l in enumerate(layers)]
     return [FfnBlock(i, gate_and_up(l.mlp), l.mlp.down_proj) for i, l in enumerate(base.layers)]
 
 

@@ -28,6 +28,10 @@ def in_width(module: nn.Module) -> int:
     return module.weight.shape[in_dim(module)]
 
 
+def out_width(module: nn.Module) -> int:
+    return module.weight.shape[out_dim(module)]
+
+
 def cut_outputs(module: nn.Module, drop: list[int]) -> None:
     if isinstance(module, RowView):
         cut_outputs(module.parent, [module.offset + i for i in drop])

@@ -31,6 +31,7 @@ from edgeslim.compress.prune_scores import importance
 from edgeslim.compress.prune_config import PruneConfig, keep_count
 from edgeslim.compress.torch_artifacts import count_params, load_torch, read_vocab_map, recover, save_torch
 from edgeslim.errors import EdgeslimError
+from edgeslim.families import heads_with_hidden_reason
 from edgeslim.stage import StageContext
 
 
@@ -110,6 +111,30 @@ def plan_hidden(config: PruneConfig, scores: torch.Tensor | None) -> list[int]:
     return plan_uniform([scores], [config.hidden], config.round_to)[0]
 
 
+def plan_heads_with_hidden(model: nn.Module, config: PruneConfig, scores) -> tuple[list[list[int]], list[int]]:
+    """Heads (the same number in every layer) and hidden channels (that many heads' width) to remove
+    where a config ties the head size to ``hidden / heads``: ``hidden`` sets the width and the heads
+    follow, or ``heads`` sets the heads and the width follows. Where one head table serves every layer
+    (MPNet), the same heads go everywhere: the least important summed over layers."""
+    blocks = fx.attention_blocks(model)
+    heads, head_size = blocks[0].units, blocks[0].head_dim
+    if any(b.units != heads for b in blocks):
+        raise EdgeslimError("prune: layers already have different head counts; heads and hidden width can only "
+                            "be removed together from a model whose layers have as many heads")
+    if config.hidden > 0:
+        hidden_drops = plan_uniform([scores.hidden], [config.hidden], head_size)[0]
+        keep = hw.heads_for_width(model, hw.hidden_width(model) - len(hidden_drops))
+    else:
+        keep = keep_count(heads, config.heads)
+        hidden_drops = _lowest(scores.hidden, hw.hidden_width(model) - (heads - keep) * head_size)
+    if keep < 1:
+        raise EdgeslimError(f"prune: that removes every head (each layer has {heads}); use a smaller ratio")
+    if fx.LAYOUTS[fx.family_of(model)].head_table:
+        shared = _lowest(torch.stack(scores.heads).sum(0), keep)
+        return [shared for _ in blocks], hidden_drops
+    return [_lowest(s, keep) for s in scores.heads], hidden_drops
+
+
 def _plan_part(scores, ratio, scope, round_to, overridden, ratio_for):
     plans = [[] for _ in scores]
     free = [i for i in range(len(scores)) if i not in overridden]
@@ -158,18 +183,23 @@ def prune_model(model: nn.Module, config: PruneConfig, batches: Iterable[dict] |
         raise EdgeslimError(f"prune: {exc}") from None
     before = count_params(model)
     gqa = "queries" if config.queries_mode(model.config) else "groups"
-    scores = importance(model, config.importance, batches, hidden=config.hidden > 0, gqa=gqa)
+    needs_hidden = config.hidden > 0 or (config.heads > 0 and heads_with_hidden_reason(model.config.model_type) is not None)
+    scores = importance(model, config.importance, batches, hidden=needs_hidden, gqa=gqa)
     kv_groups = [b.kv_heads for b in fx.attention_blocks(model, gqa)] if gqa == "queries" else None
-    head_drops, ffn_drops = plan(config, scores.heads, scores.ffn, kv_groups)
-    if config.hidden > 0 and fx.family_of(model) == "bert":
-        head_size = fx.attention_blocks(model)[0].head_dim
-        hidden_drops = plan_uniform([scores.hidden], [config.hidden], head_size)[0]
-        keep_heads = hw.heads_for_width(model, hw.hidden_width(model) - len(hidden_drops))
-        head_drops = [_lowest(s, keep_heads) for s in scores.heads]  # the head size stays hidden / heads
+    coupled = fx.family_of(model) in fx.LAYOUTS and (config.hidden > 0 or (
+        config.heads > 0 and heads_with_hidden_reason(model.config.model_type) is not None))
+    if coupled:
+        head_drops, hidden_drops = plan_heads_with_hidden(model, config, scores)
+        _, ffn_drops = plan(config.model_copy(update={"heads": 0.0}), scores.heads, scores.ffn)
+        summary = apply_plan(model, [[] for _ in head_drops], ffn_drops, gqa)
+        hw.remove_heads_evenly(model, head_drops)
+        hw.remove_hidden(model, hidden_drops)
+        summary["heads_per_layer"] = [b.units for b in fx.attention_blocks(model)]
     else:
+        head_drops, ffn_drops = plan(config, scores.heads, scores.ffn, kv_groups)
         hidden_drops = plan_hidden(config, scores.hidden)
-    summary = apply_plan(model, head_drops, ffn_drops, gqa)
-    hw.remove_hidden(model, hidden_drops)
+        summary = apply_plan(model, head_drops, ffn_drops, gqa)
+        hw.remove_hidden(model, hidden_drops)
     summary.update(params_before=before, params_after=count_params(model), hidden_size=model.config.hidden_size,
                    removed_head_units=head_drops, removed_ffn_channels=ffn_drops, removed_hidden_channels=hidden_drops)
     return summary

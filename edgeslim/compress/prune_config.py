@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgeslim.families import family_of_type, fixed_heads_reason, supported_types
+from edgeslim.families import family_of_type, heads_with_hidden_reason, supported_types
 from edgeslim.compress.recovery_config import Recovery
 from edgeslim.stage import StageConfig, register_stage
 
@@ -52,8 +52,8 @@ class PruneConfig(StageConfig):
 
     heads: float = Field(0.0, description="fraction of attention heads (Llama: K/V groups) removed")
     ffn: float = Field(0.0, description="fraction of FFN channels removed")
-    hidden: float = Field(0.0, description="fraction of hidden (residual) channels removed; Llama and BERT families "
-                                            "(BERT: heads go in proportion, so the head size stays)")
+    hidden: float = Field(0.0, description="fraction of hidden (residual) channels removed (all but the Llama "
+                                            "family lose heads in proportion, so the head size stays)")
     gqa: Literal["groups", "queries"] = Field(
         "groups", description="Llama heads: remove whole K/V groups, or query heads within every group")
     importance: Literal["magnitude", "taylor", "calibration"] = "magnitude"
@@ -81,16 +81,19 @@ class PruneConfig(StageConfig):
         if family_of_type(getattr(model_config, "model_type", None)) is None:
             raise ValueError(f"prune supports model types {supported_types()}, not '{model_config.model_type}'")
         structure = family_of_type(model_config.model_type)
-        if self.hidden > 0 and structure not in ("llama", "bert"):
-            raise ValueError(f"hidden: width pruning supports the Llama and BERT families, not "
-                             f"'{model_config.model_type}'; set hidden: 0")
-        if self.hidden > 0 and structure == "bert" and (self.heads > 0 or any(o.heads for o in self.layers.values())):
-            raise ValueError("heads: with hidden > 0 a BERT-family model keeps hidden width / head size heads in every "
-                             "layer (its config ties the two); leave heads at 0")
-        fixed = fixed_heads_reason(model_config.model_type)
-        if fixed and (self.heads > 0 or any(o.heads for o in self.layers.values())):
-            raise ValueError(f"heads: {model_config.model_type} heads cannot be pruned ({fixed}); set heads: 0 "
-                             "and prune ffn only")
+        coupled = heads_with_hidden_reason(model_config.model_type)
+        overridden = any(o.heads is not None for o in self.layers.values())
+        if structure != "llama" and self.hidden > 0 and (self.heads > 0 or overridden):
+            raise ValueError(f"heads: with hidden > 0 a {model_config.model_type} model keeps hidden width / head size "
+                             "heads in every layer (its config ties the two); leave heads at 0")
+        if coupled and overridden:
+            raise ValueError(f"layers: {model_config.model_type} heads go together with hidden width, the same number "
+                             f"in every layer ({coupled}); use heads or hidden, not per-layer heads")
+        if ((coupled and self.heads > 0) or self.hidden > 0) and getattr(model_config, "new_decoder_architecture", False):
+            raise ValueError("heads/hidden: Falcon's new decoder architecture (grouped fused qkv) cannot lose heads or "
+                             "hidden width here; prune ffn only")
+        if coupled and self.heads > 0 and self.scope == "global":
+            raise ValueError(f"scope: {model_config.model_type} heads go with hidden width, evenly; use scope: uniform")
         n_layers = model_config.num_hidden_layers
         for layer in self.layers:
             if not 0 <= layer < n_layers:
