@@ -23,9 +23,10 @@ from edgeslim.families import FAMILIES  # noqa: E402
 
 DOC = REPO / "docs" / "compress.md"
 # One type per layout and per special case: BERT (the demo's), DistilBERT (transformers' prune_heads),
-# GPT-2 (Conv1D projections), Phi-3 (fused projections), OPT (heads refused), DeBERTa-v2 (FFN only),
-# ALBERT (shared layers: layer selection and prune refused, lowrank by name).
-RUN_TYPES = ["bert", "distilbert", "gpt2", "phi3", "opt", "deberta-v2", "albert"]
+# GPT-2 (Conv1D projections, fused Q|K|V), Phi-3 (fused projections), OPT, DeBERTa-v2 and MPNet (heads go
+# with hidden width; MPNet's shared head table), GPT-NeoX (fused QKV head by head), ALBERT (shared
+# layers: layer selection and prune refused, lowrank by name).
+RUN_TYPES = ["bert", "distilbert", "gpt2", "phi3", "opt", "deberta-v2", "mpnet", "gpt_neox", "albert"]
 
 
 def documented_table() -> dict[str, dict[str, str]]:
