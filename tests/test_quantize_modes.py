@@ -312,3 +312,44 @@ def test_int8_on_the_fused_graph_the_export_stage_ships(encoder, tmp_path, spec)
     assert agreement(encoder.reference, outputs) == 1.0
     # Static QDQ has no rule for the fused Attention and EmbedLayerNormalization: their weights stay float.
     assert dst.stat().st_size < (0.6 if spec.mode == "dynamic" else 0.7) * fused.stat().st_size
+
+
+def test_hqq_recovers_weights_already_on_a_4bit_grid_where_rtn_cannot(tmp_path):
+    """A GGUF Q4_1 teacher's weights are d * q + m per block of 32 inputs (q from 0 to 15, d and m
+    fp16): HQQ's float zero points write them back exactly, while RTN's integer zero points (or a
+    symmetric grid) move every block. This is why a GGUF teacher's INT4 should be HQQ."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    k, n, block = 128, 64, 32
+    levels = rng.integers(0, 16, (k, n))
+    levels[0::block], levels[1::block] = 0, 15  # Q4_1 maps each block's min and max to 0 and 15
+    step = rng.uniform(0.005, 0.02, (k // block, n)).astype(np.float16).astype(np.float32)
+    low = rng.uniform(-0.15, -0.05, (k // block, n)).astype(np.float16).astype(np.float32)
+    weight = (np.repeat(step, block, 0) * levels + np.repeat(low, block, 0)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "grid",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, n])],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    x = rng.standard_normal((4, k)).astype(np.float32)
+    exact = x @ weight
+
+    def error(**options) -> float:
+        spec = make_spec(mode="weight_only", block_size=block, accuracy_level=4, **options)
+        out = quantize_with(spec, tmp_path / "fp32.onnx", tmp_path / f"{spec.label()}.onnx")
+        return float(np.abs(run_onnx(out, {"x": x}) - exact).max() / np.abs(exact).max())
+
+    assert error(algorithm="hqq") < 1e-5
+    assert error(algorithm="rtn", symmetric=False) > 0.01
+    assert error(algorithm="rtn", symmetric=True) > 0.01
+
+
+def test_hqq_with_quantized_embeddings_gets_gather_block_quantized(encoder, tmp_path):
+    spec = make_spec(mode="weight_only", algorithm="hqq", quantize_embeddings=True, block_size=32)
+    dst = quantize_with(spec, encoder.onnx, tmp_path / "q.onnx")
+    assert ops(dst).count("GatherBlockQuantized") >= 1 and ops(dst).count("MatMulNBits") == 12
+    outputs = [run_onnx(dst, f) for f in encoder.feeds]
+    assert agreement(encoder.reference, outputs) == 1.0

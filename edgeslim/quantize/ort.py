@@ -336,10 +336,12 @@ def quantize_weight_only(
     """Weight-only INT4/INT8 of constant-weight MatMuls into ``MatMulNBits`` (activations stay float).
 
     ``rtn`` rounds each block of ``block_size`` weights to the nearest level; ``hqq`` optimizes the
-    scales and zero points (half-quadratic, no data). onnxruntime's bundled GPTQ is not offered: on
+    scales and float zero points (half-quadratic, no data): weights that already lie on an
+    asymmetric 4-bit grid of the same blocks (a model dequantized from a GGUF Q4_1 file) come back
+    exactly, where RTN's integer zero points cannot. onnxruntime's bundled GPTQ is not offered: on
     this stack it writes exactly RTN's bytes, and on fused graphs an invalid model (see
     :mod:`edgeslim.quantize.inc` for a GPTQ that works). ``quantize_embeddings`` also turns ``Gather`` into
-    ``GatherBlockQuantized`` (rtn only). A tied LM head is quantized too (see
+    ``GatherBlockQuantized`` (RTN, asymmetric, with either algorithm). A tied LM head is quantized too (see
     :func:`untie_head_for_quantization`).
     """
     from onnxruntime.quantization import QuantFormat
@@ -347,26 +349,38 @@ def quantize_weight_only(
 
     model = load_for_quantization(src_onnx)
     untie_head_for_quantization(model)
-    op_types = ("MatMul", "Gather") if quantize_embeddings else ("MatMul",)
-    if algorithm == "rtn":
-        algo = mnq.DefaultWeightOnlyQuantConfig(
-            block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
-            quant_format=QuantFormat.QOperator, op_types_to_quantize=op_types, bits=bits,
-        )
-    elif algorithm == "hqq":
-        algo = mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits, op_types_to_quantize=("MatMul",))
-    else:
+    if algorithm not in ("rtn", "hqq"):
         raise ValueError(f"unknown weight-only algorithm {algorithm!r}")
-    quantizer = mnq.MatMulNBitsQuantizer(
-        model, bits=bits, block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
-        nodes_to_exclude=list(nodes_to_exclude or []), algo_config=algo,
-    )
-    with quiet_quantizer():
-        quantizer.process()
+    options = {"block_size": block_size, "bits": bits, "accuracy_level": accuracy_level,
+               "nodes_to_exclude": list(nodes_to_exclude or [])}
+    if algorithm == "rtn":
+        op_types = ("MatMul", "Gather") if quantize_embeddings else ("MatMul",)
+        model = _nbits_pass(model, mnq.DefaultWeightOnlyQuantConfig(
+            block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
+            quant_format=QuantFormat.QOperator, op_types_to_quantize=op_types, bits=bits), symmetric, **options)
+    else:
+        model = _nbits_pass(model, mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits,
+                                                                 op_types_to_quantize=("MatMul",)), False, **options)
+        if quantize_embeddings:  # HQQ has no Gather: the embedding table gets RTN's GatherBlockQuantized
+            model = _nbits_pass(model, mnq.DefaultWeightOnlyQuantConfig(
+                block_size=block_size, is_symmetric=False, accuracy_level=accuracy_level,
+                quant_format=QuantFormat.QOperator, op_types_to_quantize=("Gather",), bits=bits), False, **options)
     dst_onnx = Path(dst_onnx)
     dst_onnx.parent.mkdir(parents=True, exist_ok=True)
-    result = quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
-    return save_onnx(result, dst_onnx)
+    return save_onnx(model, dst_onnx)
+
+
+def _nbits_pass(model: onnx.ModelProto, algo, symmetric: bool, *, block_size: int, bits: int,
+                accuracy_level: int | None, nodes_to_exclude: list[str]) -> onnx.ModelProto:
+    """One pass of onnxruntime's ``MatMulNBitsQuantizer`` with ``algo``; the rewritten model."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    quantizer = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
+                                         accuracy_level=accuracy_level, nodes_to_exclude=nodes_to_exclude,
+                                         algo_config=algo)
+    with quiet_quantizer():
+        quantizer.process()
+    return quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
 
 
 def untie_head_for_quantization(model: onnx.ModelProto) -> list[str]:

@@ -240,8 +240,6 @@ def precheck(data: Any) -> Any:
         raise ValueError(f"accuracy_level must be 0, 1, 2, 3 or 4, not {get('accuracy_level')}")
     if mode == "weight_only" and algorithm == "hqq" and get("symmetric"):
         raise ValueError("hqq is asymmetric only; set symmetric: false or use algorithm rtn")
-    if mode == "weight_only" and algorithm == "hqq" and get("quantize_embeddings"):
-        raise ValueError("hqq quantizes MatMul weights only; set quantize_embeddings: false or use rtn")
     if get("autotune") and mode != "neural_compressor":
         raise ValueError("autotune is neural-compressor's; set mode: neural_compressor or drop autotune")
     if mode == "neural_compressor" and get("nodes_to_exclude"):
