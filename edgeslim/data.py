@@ -99,48 +99,71 @@ def load_data(config, base_dir: Path | None, task: str) -> DataBundle:
     frame = read_frame(path, fmt, config)
     texts, labels, label_names = _columns(frame, config, path, task)
     order = np.random.default_rng(config.seed).permutation(len(texts))
-    n_eval = config.eval_size or max(1, round(len(texts) * config.eval_fraction))
-    if n_eval >= len(texts):
-        raise EdgeslimError(f"data: eval split ({n_eval}) leaves no training rows out of {len(texts)}; lower data.eval_size")
     examples = [Example(texts[i], labels[i] if labels is not None else None) for i in order]
-    eval_split = examples[:n_eval]
-    train_split = examples[n_eval:]
+    if config.eval_source is not None:
+        eval_split, eval_hash = _held_out(config, base_dir, task, label_names)
+        train_split = examples
+    else:
+        n_eval = config.eval_size or max(1, round(len(texts) * config.eval_fraction))
+        if n_eval >= len(texts):
+            raise EdgeslimError(f"data: eval split ({n_eval}) leaves no training rows out of {len(texts)}; "
+                                "lower data.eval_size")
+        eval_split, train_split, eval_hash = examples[:n_eval], examples[n_eval:], ""
     if labels is not None:
         _check_every_class_scored(eval_split, label_names)
     rest: list[Example] = []
     if config.train_size:
         train_split, rest = train_split[:config.train_size], train_split[config.train_size:]
     unlabeled = _read_unlabeled(config, base_dir) + _unlabeled_rows(config, rest)
-    fingerprint = hash_bytes(hash_file(path), config.model_dump_json(), "\n".join(unlabeled))
+    fingerprint = hash_bytes(hash_file(path), eval_hash, config.model_dump_json(), "\n".join(unlabeled))
     return DataBundle(train_split, eval_split, label_names, config.max_length, unlabeled, fingerprint)
 
 
-def read_frame(path: Path, fmt: str, config):
+def _held_out(config, base_dir: Path | None, task: str, label_names: list[str]) -> tuple[list[Example], str]:
+    """The eval split from ``data.eval_source`` (shuffled with ``data.seed``, its first ``size`` rows;
+    labels mapped onto the training labels) and the hash of its file."""
+    held_out = config.eval_source
+    path = resolve_path(held_out.source, base_dir)
+    if not path.is_file():
+        raise EdgeslimError(f"data.eval_source.source '{held_out.source}' does not exist (resolved to {path})")
+    fmt = held_out.format or FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise EdgeslimError(f"data.eval_source.source '{path.name}': cannot tell the format; set data.eval_source.format "
+                            "(csv, jsonl, parquet, text)")
+    reading = config.model_copy(update={"encoding": held_out.encoding, "text_column": held_out.text_column,
+                                        "label_column": held_out.label_column, "labels": label_names or None})
+    key = "data.eval_source"
+    texts, labels, _ = _columns(read_frame(path, fmt, reading, key), reading, path, task, key)
+    order = np.random.default_rng(config.seed).permutation(len(texts))[:held_out.size]
+    return [Example(texts[i], labels[i] if labels is not None else None) for i in order], hash_file(path)
+
+
+def read_frame(path: Path, fmt: str, config, key: str = "data"):
     """The file as a pandas frame (``config`` gives ``encoding``, and ``text_column`` for plain text)."""
     import pandas as pd
 
     if fmt == "zip":
-        return _read_archive(path, config)
+        return _read_archive(path, config, key)
     try:
         if fmt == "csv":
             sep = "\t" if path.suffix.lower() == ".tsv" else ","
             return pd.read_csv(path, encoding=config.encoding, sep=sep)
         if fmt == "jsonl":
-            return pd.DataFrame(_jsonl_rows(path, config.encoding))
+            return pd.DataFrame(_jsonl_rows(path, config.encoding, key))
         if fmt == "parquet":
             return pd.read_parquet(path)
         lines = path.read_text(encoding=config.encoding).splitlines()
         return pd.DataFrame({config.text_column: [line for line in lines if line.strip()]})
     except UnicodeDecodeError as exc:
         raise EdgeslimError(
-            f"data.source '{path.name}' is not valid {config.encoding} (byte {exc.object[exc.start]:#x} at "
-            f"offset {exc.start}); set data.encoding to the file's encoding, e.g. latin-1"
+            f"{key}.source '{path.name}' is not valid {config.encoding} (byte {exc.object[exc.start]:#x} at "
+            f"offset {exc.start}); set {key}.encoding to the file's encoding, e.g. latin-1"
         ) from None
     except (ValueError, OSError) as exc:
-        raise EdgeslimError(f"data.source '{path.name}' could not be read as {fmt}: {first_line(exc)}") from None
+        raise EdgeslimError(f"{key}.source '{path.name}' could not be read as {fmt}: {first_line(exc)}") from None
 
 
-def _read_archive(path: Path, config):
+def _read_archive(path: Path, config, key: str = "data"):
     """Every data file in a zip archive (by suffix, in name order) as one frame: datasets often ship
     their splits as members of one archive; edgeslim makes its own split from all of them."""
     import tempfile
@@ -153,17 +176,17 @@ def _read_archive(path: Path, config):
             members = sorted(name for name in archive.namelist()
                              if FORMATS.get(Path(name).suffix.lower(), "zip") != "zip" and not name.startswith("__MACOSX/"))
             if not members:
-                raise EdgeslimError(f"data.source '{path.name}' holds no csv, tsv, jsonl, parquet or txt file")
+                raise EdgeslimError(f"{key}.source '{path.name}' holds no csv, tsv, jsonl, parquet or txt file")
             frames = []
             for name in members:
                 member = Path(archive.extract(name, tmp))
-                frames.append(read_frame(member, FORMATS[member.suffix.lower()], config))
+                frames.append(read_frame(member, FORMATS[member.suffix.lower()], config, key))
     except zipfile.BadZipFile as exc:
-        raise EdgeslimError(f"data.source '{path.name}' is not a readable zip archive ({exc})") from None
+        raise EdgeslimError(f"{key}.source '{path.name}' is not a readable zip archive ({exc})") from None
     return pd.concat(frames, ignore_index=True)
 
 
-def _jsonl_rows(path: Path, encoding: str) -> list[dict]:
+def _jsonl_rows(path: Path, encoding: str, key: str = "data") -> list[dict]:
     """The objects of a JSON-lines file; a broken line is named by its line number."""
     import json
 
@@ -175,30 +198,30 @@ def _jsonl_rows(path: Path, encoding: str) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise EdgeslimError(f"data.source '{path.name}': line {number} is not valid JSON ({exc.msg}); "
+                raise EdgeslimError(f"{key}.source '{path.name}': line {number} is not valid JSON ({exc.msg}); "
                                     "fix or remove that line") from None
             if not isinstance(row, dict):
-                raise EdgeslimError(f"data.source '{path.name}': line {number} is not a JSON object; each line must "
+                raise EdgeslimError(f"{key}.source '{path.name}': line {number} is not a JSON object; each line must "
                                     "be one {\"text\": ..., \"label\": ...} object")
             rows.append(row)
     return rows
 
 
-def _columns(frame, config, path: Path, task: str):
+def _columns(frame, config, path: Path, task: str, key: str = "data"):
     columns = [str(c) for c in frame.columns]
     if config.text_column not in columns:
         raise EdgeslimError(
-            f"data.text_column '{config.text_column}' is not a column of {path.name} (columns: {', '.join(columns)})"
+            f"{key}.text_column '{config.text_column}' is not a column of {path.name} (columns: {', '.join(columns)})"
         )
     needs_labels = task == "text-classification"
     if needs_labels and (config.label_column is None or config.label_column not in columns):
         raise EdgeslimError(
-            f"data.label_column '{config.label_column}' is not a column of {path.name} (columns: {', '.join(columns)})"
+            f"{key}.label_column '{config.label_column}' is not a column of {path.name} (columns: {', '.join(columns)})"
         )
     frame = frame.dropna(subset=[config.text_column] + ([config.label_column] if needs_labels else []))
     texts = [str(t) for t in frame[config.text_column]]
     if not texts:
-        raise EdgeslimError(f"data.source '{path.name}' has no rows with text in column '{config.text_column}'")
+        raise EdgeslimError(f"{key}.source '{path.name}' has no rows with text in column '{config.text_column}'")
     if not needs_labels:
         return texts, None, []
     raw = [str(v) for v in frame[config.label_column]]

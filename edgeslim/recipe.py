@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.stage import StageConfig
@@ -31,8 +31,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class HeldOutConfig(Strict):
+    """An eval split read from a source of its own: text the training data never came from (another
+    corpus, another domain), so a held-out score says how the model does on new text, not on more of
+    what it trained on. Its rows are shuffled with ``data.seed``; ``size`` takes the first ones."""
+
+    source: str
+    format: Literal["csv", "jsonl", "parquet", "text"] | None = None
+    encoding: str = "utf-8"
+    text_column: str = "text"
+    label_column: str | None = "label"
+    size: int | None = Field(None, ge=1, description="eval rows taken (default: all)")
+
+
 class DataConfig(Strict):
-    """A labeled (or plain text) dataset and how it is split; the split is fixed by ``seed``."""
+    """A labeled (or plain text) dataset and how it is split; the split is fixed by ``seed``.
+    With ``eval_source`` the eval split comes from there and all of ``source`` is training data."""
 
     source: str
     format: Literal["csv", "jsonl", "parquet", "text"] | None = None
@@ -46,7 +60,14 @@ class DataConfig(Strict):
     max_length: int = Field(128, ge=8)
     unlabeled: str | None = None
     unlabeled_size: int | None = Field(None, ge=1, description="rows after the train split used as unlabeled text")
+    eval_source: HeldOutConfig | None = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_eval_split(self):
+        if self.eval_source is not None and self.eval_size is not None:
+            raise ValueError("eval_size splits data.source; with eval_source set, give eval_source.size instead")
+        return self
 
 
 class LatencyBudget(Strict):

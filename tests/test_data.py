@@ -55,3 +55,52 @@ def test_a_bad_archive_is_one_line(tmp_path, recipe_dict, capsys, content, messa
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "data.zip" in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_eval_source_is_the_eval_split_and_all_of_source_trains(tmp_path, recipe_dict):
+    """``data.eval_source``: held-out text from another file (its own columns; labels mapped onto the
+    training labels), shuffled with data.seed and cut to ``size``; every row of ``source`` trains."""
+    (tmp_path / "train.tsv").write_text(_tsv(ROWS[:30]))
+    other = [(f"another corpus text {i}: {'fine' if i % 2 else 'bad'}", ["bad", "good"][i % 2]) for i in range(12)]
+    (tmp_path / "held.csv").write_text("body,verdict\n" + "".join(f"{t},{v}\n" for t, v in other))
+    recipe_dict["data"] = {"source": "train.tsv", "text_column": "review", "label_column": "rating",
+                           "labels": ["bad", "good"], "max_length": 32,
+                           "eval_source": {"source": "held.csv", "text_column": "body", "label_column": "verdict",
+                                           "size": 8}}
+    recipe = load_recipe(write_recipe(tmp_path, recipe_dict))
+    data = load_data(recipe.data, recipe.base_dir, recipe.task)
+    assert sorted(ex.text for ex in data.train) == sorted(text for text, _ in ROWS[:30])
+    held = dict(other)
+    assert len(data.eval) == 8 and all(ex.text in held for ex in data.eval)
+    assert all(data.labels[ex.label] == held[ex.text] for ex in data.eval)
+    again = load_data(recipe.data, recipe.base_dir, recipe.task)
+    assert [ex.text for ex in again.eval] == [ex.text for ex in data.eval]  # fixed by data.seed
+    (tmp_path / "held.csv").write_text("body,verdict\n" + "".join(f"{t},{v}\n" for t, v in other[::-1]))
+    assert load_data(recipe.data, recipe.base_dir, recipe.task).fingerprint != data.fingerprint
+
+
+@pytest.mark.parametrize("held_out, message", [
+    ({"source": "nowhere.csv"}, "data.eval_source.source 'nowhere.csv' does not exist"),
+    ({"source": "held.csv", "text_column": "text"}, "data.eval_source.text_column 'text' is not a column of held.csv"),
+    ({"source": "held.csv", "text_column": "body", "label_column": "stars"}, "data.eval_source.label_column 'stars'"),
+])
+def test_a_bad_eval_source_is_one_line_naming_its_key(tmp_path, recipe_dict, capsys, held_out, message):
+    (tmp_path / "train.tsv").write_text(_tsv(ROWS[:30]))
+    (tmp_path / "held.csv").write_text("body,verdict\nsome text,good\nmore text,bad\n")
+    recipe_dict["data"] = {"source": "train.tsv", "text_column": "review", "label_column": "rating",
+                           "labels": ["bad", "good"], "max_length": 32, "eval_source": held_out}
+    recipe = write_recipe(tmp_path, recipe_dict)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["check", str(recipe)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_eval_size_and_eval_source_together_are_refused(tmp_path, recipe_dict, capsys):
+    (tmp_path / "train.tsv").write_text(_tsv(ROWS[:30]))
+    recipe_dict["data"] = {"source": "train.tsv", "text_column": "review", "label_column": "rating", "eval_size": 5,
+                           "eval_source": {"source": "train.tsv", "text_column": "review", "label_column": "rating"}}
+    assert main(["check", str(write_recipe(tmp_path, recipe_dict))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give eval_source.size instead" in err[0]
