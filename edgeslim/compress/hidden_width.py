@@ -32,8 +32,10 @@ class HiddenSlice:
 
     @property
     def dim(self) -> int:
-        if self.kind in ("norm", "embedding"):
-            return 0 if self.kind == "norm" else 1
+        if self.kind == "norm":
+            return 0
+        if self.kind == "embedding":  # an embedding table is vocabulary x hidden
+            return 1
         return out_dim(self.module) if self.kind == "linear_out" else in_dim(self.module)
 
 
@@ -78,7 +80,7 @@ def _layout_hidden_slices(model: nn.Module) -> list[HiddenSlice]:
             if module is not None:
                 slices.append(HiddenSlice(module, kind))
                 handled.add(id(module))
-    tied = {id(p) for p in (model.get_input_embeddings().weight,)} if hasattr(model, "get_input_embeddings") else set()
+    tied = {id(model.get_input_embeddings().weight)} if hasattr(model, "get_input_embeddings") else set()
     for module in model.modules():
         if id(module) in handled:
             continue
