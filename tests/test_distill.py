@@ -209,6 +209,23 @@ def test_rerun_reads_the_teacher_cache(trained_teacher, tmp_path, capsys):
     assert log.count("computing teacher outputs") == 1 and log.count("teacher outputs from cache") == 1
 
 
+def test_the_teacher_runs_only_on_the_rows_max_steps_reaches(trained_teacher, tmp_path, capsys):
+    """2 steps of 4 read 8 examples: the teacher cache holds those 8 (a seeded choice, the same on a
+    rerun), not all 64 training rows; without a step limit every row is used."""
+    teacher_dir, data = trained_teacher
+    small = few_labels(data, 64)
+    ctx = stage_context(tmp_path, small, teacher_dir, quiet=False)
+    short = run_distill(DistillConfig(max_steps=2, batch_size=4, checkpoint_every=0), ctx.teacher, ctx)
+    assert short.manifest["train_examples"] == 8 and short.manifest["metrics"]["train_steps"] == 2
+    assert "2 steps of 4 read 8 of the 64 training examples" in capsys.readouterr().out
+    ctx = stage_context(tmp_path / "again", small, teacher_dir, quiet=False)
+    again = run_distill(DistillConfig(max_steps=2, batch_size=4, checkpoint_every=0), ctx.teacher, ctx)
+    assert again.manifest["metrics"] == short.manifest["metrics"]
+    ctx = stage_context(tmp_path / "epochs", small, teacher_dir)
+    full = run_distill(DistillConfig(epochs=1, batch_size=16, checkpoint_every=0), ctx.teacher, ctx)
+    assert full.manifest["train_examples"] == 64
+
+
 # ------------------------------------------------------------------------------ kill and resume
 
 CHILD = """
