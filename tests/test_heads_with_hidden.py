@@ -111,3 +111,24 @@ def test_what_cannot_be_cut_evenly_is_refused_in_one_line(overrides, message):
     with pytest.raises(ValueError, match=message) as err:
         prune.check_against(model_config, "")
     assert "\n" not in str(err.value)
+
+
+def test_a_cut_the_config_cannot_describe_is_caught_when_the_stage_saves(tmp_path):
+    """OPT with an embedding projection (word_embed_proj_dim 16 < hidden 32): half the heads take the
+    hidden width down to 16, where transformers builds no projections, so the saved model reloads as
+    another model. The prune stage's reload check says so in one line; a cut that reloads passes it."""
+    from edgeslim.compress.torch_artifacts import check_reloads
+    from edgeslim.errors import EdgeslimError
+
+    config = AutoConfig.for_model("opt", **{**TINY, "ffn_dim": 64, "word_embed_proj_dim": 16})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    prune_model(model, PruneConfig(heads=0.5))
+    model.save_pretrained(tmp_path / "bad")
+    with pytest.raises(EdgeslimError, match="does not reload as itself") as err:
+        check_reloads(model, tmp_path / "bad", "causal-lm", "prune")
+    assert "\n" not in str(err.value)
+    _, fine = build("opt")
+    prune_model(fine, PruneConfig(heads=0.5))
+    fine.save_pretrained(tmp_path / "fine")
+    check_reloads(fine, tmp_path / "fine", "causal-lm", "prune")

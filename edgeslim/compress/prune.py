@@ -29,7 +29,8 @@ from edgeslim.compress import hf_fixups as fx
 from edgeslim.compress import hidden_width as hw
 from edgeslim.compress.prune_scores import importance
 from edgeslim.compress.prune_config import PruneConfig, keep_count
-from edgeslim.compress.torch_artifacts import count_params, load_torch, read_vocab_map, recover, save_torch
+from edgeslim.compress.torch_artifacts import (check_reloads, count_params, load_torch, read_vocab_map, recover,
+                                               save_torch)
 from edgeslim.errors import EdgeslimError
 from edgeslim.families import heads_with_hidden_reason
 from edgeslim.stage import StageContext
@@ -235,4 +236,5 @@ def run(config: PruneConfig, artifact: Artifact, ctx: StageContext) -> Artifact:
     vocab_map = read_vocab_map(artifact.path)
     metrics = {**kept, **recover(model, config.recovery, ctx, tokenizer, vocab_map)}
     save_torch(model, tokenizer, ctx.out_dir, vocab_map)
+    check_reloads(model, Path(ctx.out_dir), ctx.task, "prune")
     return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics})

@@ -41,6 +41,27 @@ def load_torch(path: Path, task: str, **kwargs):
     return model, AutoTokenizer.from_pretrained(path)
 
 
+def check_reloads(model: nn.Module, folder: Path, task: str, stage: str) -> None:
+    """``folder`` (just saved from ``model``) must load with ``from_pretrained`` into the same model:
+    the same outputs on a probe input. A cut the config cannot describe (a width that makes
+    transformers build other modules, a head count it reads differently) fails here, in one line,
+    instead of as a silently different model in every later stage."""
+    from edgeslim.errors import EdgeslimError
+
+    reloaded = auto_class(task).from_pretrained(folder).eval()
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.arange(1, 9, dtype=torch.long).remainder(vocab).unsqueeze(0)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        want, got = model(input_ids=ids).logits, reloaded(input_ids=ids).logits
+    model.train(was_training)
+    if want.shape != got.shape or (want - got).abs().max() > 1e-4 * (want.abs().max() + 1e-6):
+        raise EdgeslimError(f"{stage}: the saved model does not reload as itself with from_pretrained (outputs differ); "
+                            f"its config cannot describe this cut of a {model.config.model_type} model: change the "
+                            f"{stage} ratios")
+
+
 def count_params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
