@@ -80,6 +80,8 @@ class Budgets(Strict):
     """Release budgets the gate checks on the release artifact."""
 
     accuracy_drop: float | None = Field(None, ge=0, description="max accuracy drop vs the teacher (absolute)")
+    perplexity_ratio: float | None = Field(None, ge=1, description=(
+        "language models: max release perplexity / teacher perplexity, on the upper end of the release's interval"))
     size_mb: float | None = Field(None, gt=0)
     latency_ms: dict[str, LatencyBudget] = Field(default_factory=dict)
     peak_memory_mb: dict[str, float] = Field(default_factory=dict)
@@ -332,6 +334,9 @@ def check_recipe(recipe: Recipe) -> list[str]:
     from edgeslim.teacher import teacher_shape
 
     notes = []
+    if recipe.budgets.perplexity_ratio is not None and recipe.task != "causal-lm":
+        raise EdgeslimError(f"{recipe.path}: budgets.perplexity_ratio: only a causal-lm recipe is scored by "
+                            "perplexity; use budgets.accuracy_drop")
     names = {load_profile(device).name for device in recipe.devices}
     for section in ("latency_ms", "peak_memory_mb", "instructions"):
         for device in getattr(recipe.budgets, section):

@@ -218,3 +218,33 @@ def test_a_device_section_names_the_operators_that_fell_back_from_the_gpu(tiny_r
     assert section.lines == lines
     write_all(report, checks, tmp_path)
     assert lines[0] in (tmp_path / "report.md").read_text()
+
+
+def test_a_language_model_release_is_held_to_a_perplexity_ratio_on_its_interval():
+    """``budgets.perplexity_ratio``: the upper end of the release's perplexity interval over the
+    teacher's perplexity (the smollm2-edge student measured 185.66 against 35.70: 5.48x, FAIL)."""
+    def report(interval):
+        teacher = {"name": "teacher-fp32", "perplexity": 35.70, "perplexity_interval": [33.7, 37.9],
+                   "size_bytes": 2**29, "devices": {}}
+        release = {"name": "release", "perplexity": 40.0, "perplexity_interval": interval, "size_bytes": 2**26,
+                   "devices": {}}
+        return {"schema_version": 1, "teacher": "teacher-fp32", "release": "release", "artifacts": [teacher, release]}
+
+    def check(interval):
+        return next(c for c in evaluate_gate(report(interval), {"perplexity_ratio": 1.15})
+                    if c.budget == "perplexity_ratio")
+
+    inside, outside = check([38.0, 41.0]), check([38.0, 42.0])
+    assert inside.passed and inside.actual == round(41.0 / 35.70, 4)
+    assert not outside.passed and "is 1.18x the teacher's 35.70 (limit 1.15x)" in outside.detail
+    unscored = evaluate_gate({**report([38.0, 41.0]), "artifacts": [{"name": "teacher-fp32", "size_bytes": 1, "devices": {}},
+                                                                    {"name": "release", "size_bytes": 1, "devices": {}}]},
+                             {"perplexity_ratio": 1.15})
+    assert not next(c for c in unscored if c.budget == "perplexity_ratio").passed
+
+
+def test_a_perplexity_budget_on_a_classifier_is_refused_in_one_line(tmp_path, recipe_dict):
+    recipe_dict["budgets"] = {"perplexity_ratio": 1.1}
+    result = run_cli("check", write_recipe(tmp_path, recipe_dict))
+    assert result.returncode == 2 and "budgets.perplexity_ratio: only a causal-lm recipe" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -71,6 +71,8 @@ def evaluate_gate(report: dict[str, Any], budgets: dict[str, Any] | None = None)
     checks: list[Check] = floor_checks(report, teacher, release)
     if budgets.get("accuracy_drop") is not None:
         checks.append(_accuracy_check(release, teacher, budgets["accuracy_drop"]))
+    if budgets.get("perplexity_ratio") is not None:
+        checks.append(_perplexity_check(release, teacher, budgets["perplexity_ratio"]))
     if budgets.get("size_mb") is not None:
         size = release["size_bytes"] / MIB
         limit = budgets["size_mb"]
@@ -233,6 +235,18 @@ def _accuracy_check(release, teacher, limit: float) -> Check:
     drop = teacher["accuracy"] - release["accuracy"]
     return Check("accuracy_drop", None, limit, round(drop, 6), drop <= limit + 1e-12,
                  f"teacher {teacher['accuracy']:.4f} -> release {release['accuracy']:.4f} (drop {drop:+.4f}, limit {limit:g})")
+
+
+def _perplexity_check(release, teacher, limit: float) -> Check:
+    """A language model's release against its teacher: the upper end of the release's perplexity
+    interval over the teacher's perplexity, at most ``limit``."""
+    if release.get("perplexity") is None or teacher.get("perplexity") is None:
+        return Check("perplexity_ratio", None, limit, None, False, "perplexity was not measured")
+    high = (release.get("perplexity_interval") or [None, release["perplexity"]])[1]
+    ratio = high / teacher["perplexity"]
+    return Check("perplexity_ratio", None, limit, round(ratio, 4), ratio <= limit + 1e-12,
+                 f"release perplexity {release['perplexity']:.2f} (interval up to {high:.2f}) is {ratio:.2f}x the "
+                 f"teacher's {teacher['perplexity']:.2f} (limit {limit:g}x)")
 
 
 def _cell(release, device: str) -> dict[str, Any] | None:
