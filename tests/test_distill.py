@@ -216,14 +216,15 @@ def test_the_teacher_runs_only_on_the_rows_max_steps_reaches(trained_teacher, tm
     small = few_labels(data, 64)
     ctx = stage_context(tmp_path, small, teacher_dir, quiet=False)
     short = run_distill(DistillConfig(max_steps=2, batch_size=4, checkpoint_every=0), ctx.teacher, ctx)
-    assert short.manifest["train_examples"] == 8 and short.manifest["metrics"]["train_steps"] == 2
+    assert short.manifest["train_examples"] == 64 and short.manifest["train_examples_read"] == 8
+    assert short.manifest["metrics"]["train_steps"] == 2
     assert "2 steps of 4 read 8 of the 64 training examples" in capsys.readouterr().out
     ctx = stage_context(tmp_path / "again", small, teacher_dir, quiet=False)
     again = run_distill(DistillConfig(max_steps=2, batch_size=4, checkpoint_every=0), ctx.teacher, ctx)
     assert again.manifest["metrics"] == short.manifest["metrics"]
     ctx = stage_context(tmp_path / "epochs", small, teacher_dir)
     full = run_distill(DistillConfig(epochs=1, batch_size=16, checkpoint_every=0), ctx.teacher, ctx)
-    assert full.manifest["train_examples"] == 64
+    assert full.manifest["train_examples"] == full.manifest["train_examples_read"] == 64
 
 
 # ------------------------------------------------------------------------------ kill and resume

@@ -98,7 +98,9 @@ def recipe_cases() -> list[tuple]:
     from edgeslim.stages import get_stage
     from edgeslim.teacher import FinetuneConfig, TeacherConfig, TokenizerTrainConfig
 
-    cases = model_cases(DataConfig, ["data"], "data")
+    # an eval_source case needs the section's required source beside the bad key
+    cases = [case + ({"source": "held-out.csv"},) if case[1][:2] == ["data", "eval_source"] else case
+             for case in model_cases(DataConfig, ["data"], "data")]
     cases += model_cases(MeasureConfig, ["measure"], "measure")
     cases += model_cases(Budgets, ["budgets"], "budgets", skip=("latency_ms", "peak_memory_mb", "instructions"))
     cases += model_cases(LatencyBudget, ["budgets", "latency_ms", "x86-64-cpu"], "budgets.latency_ms.x86-64-cpu")

@@ -260,8 +260,8 @@ def run(config: DistillConfig, artifact: Artifact, ctx: StageContext) -> Artifac
     cache_root = _cache_root(ctx) / "teacher"
     teacher_id = _teacher_id(ctx.teacher)
     with _main_process_first():  # under accelerate launch, rank 0 fills the caches, the others read them
-        rows = rows_training_reaches(training_rows(config, ctx, teacher, tokenizer, cache_root, teacher_id),
-                                     config, ctx.seed, ctx.log)
+        available = training_rows(config, ctx, teacher, tokenizer, cache_root, teacher_id)
+        rows = rows_training_reaches(available, config, ctx.seed, ctx.log)
         if config.cache_teacher:
             objective.cache = cached_teacher(teacher, rows, objective.needs, cache_root, teacher_id,
                                              config.batch_size, ctx.progress, ctx.log)
@@ -282,4 +282,5 @@ def run(config: DistillConfig, artifact: Artifact, ctx: StageContext) -> Artifac
                    student_layers=student.config.num_hidden_layers)
     return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics, "history": result.history,
                                                  "resumed_from_step": result.resumed_from,
-                                                 "train_examples": len(rows), "data": config.data})
+                                                 "train_examples": len(available), "train_examples_read": len(rows),
+                                                 "data": config.data})
