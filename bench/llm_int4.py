@@ -5,7 +5,8 @@ run's fp32 export, scored on the run's held-out text.
 
 Takes the fp32 teacher ONNX of a finished causal-LM ``edgeslim run`` (``baselines/teacher-fp32``) and
 quantizes it with edgeslim's own specs (``edgeslim.quantize.specs``): RTN symmetric and asymmetric
-(integer zero points) and HQQ (float zero points) at block 32, RTN at block 128, with the embedding
+(integer zero points), HQQ (float zero points) and float block offsets on the symmetric kernel
+(``offset``) at block 32, RTN at block 128, with the embedding
 table and the tied LM head in INT4 or left in float; plus dynamic INT8. Each variant is scored like
 the report scores an artifact (:func:`edgeslim.report.lm_eval.text_scores`: perplexity over every
 predicted token of the run's eval texts, with the bootstrap 95% interval over texts, and next-token
@@ -39,6 +40,8 @@ VARIANTS = {
     "hqq-b32-emb": {"mode": "weight_only", "algorithm": "hqq", "block_size": 32, "accuracy_level": 4,
                     "quantize_embeddings": True},
     "hqq-b32": {"mode": "weight_only", "algorithm": "hqq", "block_size": 32, "accuracy_level": 4},
+    "offset-b32-emb": {"mode": "weight_only", "algorithm": "offset", "block_size": 32, "accuracy_level": 4,
+                       "quantize_embeddings": True},
 }
 
 

@@ -199,6 +199,8 @@ stages:
     ("      max_accuracy_drop: -0.1", "greater than or equal to 0"),
     ("      mode: dynamic\n      autotune: true", "autotune is neural-compressor's"),
     ("      mode: weight_only\n      algorithm: hqq\n      symmetric: true", "hqq is asymmetric only"),
+    ("      mode: weight_only\n      algorithm: offset\n      symmetric: true", "offset is asymmetric only"),
+    ("      mode: weight_only\n      algorithm: offset\n      bits: 8", "offset writes 4-bit weights; set bits: 4"),
     ("      mode: weight_only\n      algorithm: gptq", "use mode: neural_compressor with algorithm: gptq"),
     ("      mode: dynamic\n      block_size: 64", "'block_size' is a key of mode weight_only / neural_compressor, not of mode dynamic"),
     ("      candidates:\n        - {mode: static, symmetric: true}", "'symmetric' is a key of mode weight_only"),

@@ -169,6 +169,7 @@ def test_weight_only_gather_block_quantized(encoder, tmp_path):
     make_spec(mode="static", calibration_samples=4),
     make_spec(mode="weight_only", algorithm="rtn", block_size=32),
     make_spec(mode="weight_only", algorithm="hqq", block_size=32),
+    make_spec(mode="weight_only", algorithm="offset", block_size=32, accuracy_level=4),
 ], ids=lambda s: s.label())
 def test_causal_lm_with_kv_cache(decoder, tmp_path, spec):
     dst = quantize_with(spec, decoder.onnx, tmp_path / "q.onnx", calibration=decoder.feeds)
@@ -316,8 +317,9 @@ def test_int8_on_the_fused_graph_the_export_stage_ships(encoder, tmp_path, spec)
 
 def test_hqq_recovers_weights_already_on_a_4bit_grid_where_rtn_cannot(tmp_path):
     """A GGUF Q4_1 teacher's weights are d * q + m per block of 32 inputs (q from 0 to 15, d and m
-    fp16): HQQ's float zero points write them back exactly, while RTN's integer zero points (or a
-    symmetric grid) move every block. This is why a GGUF teacher's INT4 should be HQQ."""
+    fp16): HQQ's float zero points write them back exactly, and so does ``offset`` (float block
+    offsets on the symmetric kernel, up to its int8 activations), while RTN's integer zero points (or
+    a symmetric grid) move every block."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -338,13 +340,15 @@ def test_hqq_recovers_weights_already_on_a_4bit_grid_where_rtn_cannot(tmp_path):
     exact = x @ weight
 
     def error(**options) -> float:
-        spec = make_spec(mode="weight_only", block_size=block, accuracy_level=4, **options)
+        spec = make_spec(mode="weight_only", block_size=block, **{"accuracy_level": 4, **options})
         out = quantize_with(spec, tmp_path / "fp32.onnx", tmp_path / f"{spec.label()}.onnx")
         return float(np.abs(run_onnx(out, {"x": x}) - exact).max() / np.abs(exact).max())
 
     assert error(algorithm="hqq") < 1e-5
-    assert error(algorithm="rtn", symmetric=False) > 0.01
-    assert error(algorithm="rtn", symmetric=True) > 0.01
+    assert error(algorithm="offset", accuracy_level=None) < 1e-5  # fp32 activations: the grid exactly
+    assert error(algorithm="offset") < 0.01  # int8 activations (accuracy level 4) round a little
+    assert error(algorithm="rtn", symmetric=False) > 0.05
+    assert error(algorithm="rtn", symmetric=True) > 0.05
 
 
 def test_hqq_with_quantized_embeddings_gets_gather_block_quantized(encoder, tmp_path):

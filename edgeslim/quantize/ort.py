@@ -318,7 +318,7 @@ def entropy_ranges(staged: Path, reader, op_types: list[str], folder: Path) -> P
     return cache
 
 
-WEIGHT_ONLY_ALGORITHMS = ("rtn", "hqq")
+WEIGHT_ONLY_ALGORITHMS = ("rtn", "hqq", "offset")
 
 
 def quantize_weight_only(
@@ -341,7 +341,9 @@ def quantize_weight_only(
     exactly, where RTN's integer zero points cannot. onnxruntime's bundled GPTQ is not offered: on
     this stack it writes exactly RTN's bytes, and on fused graphs an invalid model (see
     :mod:`edgeslim.quantize.inc` for a GPTQ that works). ``quantize_embeddings`` also turns ``Gather`` into
-    ``GatherBlockQuantized`` (RTN, asymmetric, with either algorithm). A tied LM head is quantized too (see
+    ``GatherBlockQuantized`` (RTN, asymmetric, with any algorithm). ``offset`` keeps each block's own
+    float minimum like HQQ but runs on the fast symmetric kernel (:mod:`edgeslim.quantize.offset_int4`).
+    A tied LM head is quantized too (see
     :func:`untie_head_for_quantization`).
     """
     from onnxruntime.quantization import QuantFormat
@@ -349,7 +351,7 @@ def quantize_weight_only(
 
     model = load_for_quantization(src_onnx)
     untie_head_for_quantization(model)
-    if algorithm not in ("rtn", "hqq"):
+    if algorithm not in WEIGHT_ONLY_ALGORITHMS:
         raise ValueError(f"unknown weight-only algorithm {algorithm!r}")
     options = {"block_size": block_size, "bits": bits, "accuracy_level": accuracy_level,
                "nodes_to_exclude": list(nodes_to_exclude or [])}
@@ -359,9 +361,14 @@ def quantize_weight_only(
             block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
             quant_format=QuantFormat.QOperator, op_types_to_quantize=op_types, bits=bits), symmetric, **options)
     else:
-        model = _nbits_pass(model, mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits,
-                                                                 op_types_to_quantize=("MatMul",)), False, **options)
-        if quantize_embeddings:  # HQQ has no Gather: the embedding table gets RTN's GatherBlockQuantized
+        if algorithm == "offset":
+            from edgeslim.quantize.offset_int4 import quantize_offset_int4
+
+            quantize_offset_int4(model, block_size, accuracy_level, options["nodes_to_exclude"])
+        else:
+            model = _nbits_pass(model, mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits,
+                                                                     op_types_to_quantize=("MatMul",)), False, **options)
+        if quantize_embeddings:  # no Gather here: the embedding table gets RTN's GatherBlockQuantized
             model = _nbits_pass(model, mnq.DefaultWeightOnlyQuantConfig(
                 block_size=block_size, is_symmetric=False, accuracy_level=accuracy_level,
                 quant_format=QuantFormat.QOperator, op_types_to_quantize=("Gather",), bits=bits), False, **options)

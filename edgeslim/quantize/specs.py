@@ -22,7 +22,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.targets import isa
 
 MODES = ("dynamic", "static", "weight_only", "neural_compressor")
-ALGORITHMS = {"weight_only": ("rtn", "hqq"), "neural_compressor": ("rtn", "gptq", "awq")}
+ALGORITHMS = {"weight_only": ("rtn", "hqq", "offset"), "neural_compressor": ("rtn", "gptq", "awq")}
 FORMATS = ("qdq", "qoperator")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
@@ -165,10 +165,11 @@ class BlockSpec(SpecBase):
 
 
 class WeightOnlySpec(BlockSpec):
-    """onnxruntime weight-only ``MatMulNBits`` (RTN or HQQ): "the INT4 code" for ONNX models."""
+    """onnxruntime weight-only ``MatMulNBits`` (RTN, HQQ, or INT4 with float block offsets on the fast
+    symmetric kernel): "the INT4 code" for ONNX models."""
 
     mode: Literal["weight_only"] = "weight_only"
-    algorithm: Literal["rtn", "hqq"] = "rtn"
+    algorithm: Literal["rtn", "hqq", "offset"] = "rtn"
 
     def quantize(self, src, dst, *, calibration=None, torch_dir=None, extra_exclude=None, evaluate=None,
                  tolerable_loss=0.01) -> Path:
@@ -238,8 +239,10 @@ def precheck(data: Any) -> Any:
         raise ValueError(f"block_size must be a power of two >= 16, not {block}")
     if get("accuracy_level") not in (None, 0, 1, 2, 3, 4):
         raise ValueError(f"accuracy_level must be 0, 1, 2, 3 or 4, not {get('accuracy_level')}")
-    if mode == "weight_only" and algorithm == "hqq" and get("symmetric"):
-        raise ValueError("hqq is asymmetric only; set symmetric: false or use algorithm rtn")
+    if mode == "weight_only" and algorithm in ("hqq", "offset") and get("symmetric"):
+        raise ValueError(f"{algorithm} is asymmetric only; set symmetric: false or use algorithm rtn")
+    if mode == "weight_only" and algorithm == "offset" and get("bits", 4) != 4:
+        raise ValueError("offset writes 4-bit weights; set bits: 4")
     if get("autotune") and mode != "neural_compressor":
         raise ValueError("autotune is neural-compressor's; set mode: neural_compressor or drop autotune")
     if mode == "neural_compressor" and get("nodes_to_exclude"):
