@@ -184,11 +184,11 @@ def prune_model(model: nn.Module, config: PruneConfig, batches: Iterable[dict] |
         raise EdgeslimError(f"prune: {exc}") from None
     before = count_params(model)
     gqa = "queries" if config.queries_mode(model.config) else "groups"
-    needs_hidden = config.hidden > 0 or (config.heads > 0 and heads_with_hidden_reason(model.config.model_type) is not None)
-    scores = importance(model, config.importance, batches, hidden=needs_hidden, gqa=gqa)
-    kv_groups = [b.kv_heads for b in fx.attention_blocks(model, gqa)] if gqa == "queries" else None
+    # heads and hidden width go together where the config derives the head size (see hidden_width)
     coupled = fx.family_of(model) in fx.LAYOUTS and (config.hidden > 0 or (
         config.heads > 0 and heads_with_hidden_reason(model.config.model_type) is not None))
+    scores = importance(model, config.importance, batches, hidden=config.hidden > 0 or coupled, gqa=gqa)
+    kv_groups = [b.kv_heads for b in fx.attention_blocks(model, gqa)] if gqa == "queries" else None
     if coupled:
         head_drops, hidden_drops = plan_heads_with_hidden(model, config, scores)
         _, ffn_drops = plan(config.model_copy(update={"heads": 0.0}), scores.heads, scores.ffn)

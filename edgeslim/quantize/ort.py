@@ -349,10 +349,10 @@ def quantize_weight_only(
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
-    model = load_for_quantization(src_onnx)
-    untie_head_for_quantization(model)
     if algorithm not in WEIGHT_ONLY_ALGORITHMS:
         raise ValueError(f"unknown weight-only algorithm {algorithm!r}")
+    model = load_for_quantization(src_onnx)
+    untie_head_for_quantization(model)
     options = {"block_size": block_size, "bits": bits, "accuracy_level": accuracy_level,
                "nodes_to_exclude": list(nodes_to_exclude or [])}
     if algorithm == "rtn":

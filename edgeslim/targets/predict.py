@@ -225,9 +225,8 @@ def predict_cells(profile: DeviceProfile, models: dict[str, Path], inputs: list[
         stats = {"p50": ms, "p90": ms, "p99": ms, "mean": ms, "n": 0}
         (low, high), about = prediction_band(profile)
         label = "calibrated" if about["calibrated"] else "uncalibrated"
-        about = {**about, "costed_on": active}
-        if graph_note(profile, active):
-            about["graph_note"] = graph_note(profile, active)
+        note = graph_note(profile, active)
+        about = {**about, "costed_on": active, **({"graph_note": note} if note else {})}
         cells[name] = cell("predicted", latency_ms=stats, throughput=1000.0 / ms, prediction=about,
                            latency_interval_ms={q: [ms * low, ms * high] for q in ("p50", "p90", "p99")},
                            reason=f"roofline estimate from per-operator FLOPs and bytes ({label}: x{low:g}-x{high:g}); "
