@@ -2,7 +2,8 @@
 reverse KL, JSD; full vocabulary and top-k cached teacher logits): the student ends closer to the
 teacher than the layer-selected student it started from, measured independently on held-out text,
 and the distilled student exports with a KV cache, quantizes to INT4 and decodes through
-onnxruntime exactly as torch does."""
+onnxruntime exactly as torch does; a student distilled through the 4-bit offset grid
+(quantization-aware) quantizes to exactly the logits it trained with."""
 
 from __future__ import annotations
 
@@ -111,3 +112,30 @@ def test_distilled_student_exports_quantizes_and_decodes(teacher, tmp_path):
         ids = tokenizer(" ".join(text.split()[:4]), return_tensors="np")["input_ids"].astype(np.int64)
         assert fp32.greedy(ids, 20) == torch_decoder.greedy(ids, 20)
         assert len(int4.greedy(ids, 20)) == 20
+
+
+def test_a_qad_student_quantizes_to_the_logits_it_trained_with(teacher, tmp_path):
+    """Distilled through the offset grid, exported and quantized with algorithm offset (float
+    activations): the INT4 ONNX model computes what the fake-quantized torch student computes."""
+    from edgeslim.compress.fake_quant import fake_quantized
+
+    teacher_dir, data = teacher
+    art = _distill(tmp_path, data, teacher_dir, layers={"every": 2}, max_steps=8, batch_size=4, lr=3e-3,
+                   checkpoint_every=0, losses={"tokens": {"kind": "forward_kl"}},
+                   quantization_aware={"grid": "offset", "block_size": 32})
+    assert art.manifest["quantization_aware"] == {"grid": "offset", "block_size": 32}
+    export_onnx(art.path, tmp_path / "onnx", "causal-lm")
+    (tmp_path / "int4").mkdir()
+    copy_sidecar_files(tmp_path / "onnx", tmp_path / "int4")
+    quantize_with(make_spec(mode="weight_only", algorithm="offset", block_size=32, quantize_embeddings=True),
+                  tmp_path / "onnx" / "model.onnx", tmp_path / "int4" / "model.onnx")
+    student = AutoModelForCausalLM.from_pretrained(art.path).eval()
+    ids = np.array([[1, 5, 9, 14, 22, 30]], np.int64)
+    with torch.no_grad(), fake_quantized(student, 32, "offset"):
+        expected = student(input_ids=torch.from_numpy(ids)).logits[0].numpy()
+    with torch.no_grad():
+        plain_error = np.abs(student(input_ids=torch.from_numpy(ids)).logits[0].numpy() - expected).max()
+    decoder = OnnxDecoder(tmp_path / "int4" / "model.onnx", threads=1)
+    onnx_logits = decoder.decoder.forward(ids, None, ids.shape[1])[0][0]
+    assert np.abs(onnx_logits - expected).max() < 1e-3 * np.abs(expected).max()
+    assert plain_error > 1e-2 * np.abs(expected).max()  # the grid matters: float weights differ

@@ -9,6 +9,7 @@ live teacher where a loss needs something not cached); training is the resumable
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from torch import nn
 from edgeslim.artifacts import Artifact, hash_bytes, hash_tree
 from edgeslim.compress import losses as L
 from edgeslim.compress.distill_config import DistillConfig, layers_value
+from edgeslim.compress.fake_quant import fake_quantized
 from edgeslim.compress.schedule import scheduled
 from edgeslim.compress.student_shape import WIDTH_FIELDS, resolve_layers
 from edgeslim.compress.students import build_student
@@ -229,6 +231,15 @@ def make_student(config: DistillConfig, source: nn.Module, ctx: StageContext) ->
     return student
 
 
+def quantization_aware(student: nn.Module, config: DistillConfig, log):
+    """The student seen through its 4-bit grid while it trains, when the recipe asks for it."""
+    qat = config.quantization_aware
+    if qat is None:
+        return contextlib.nullcontext()
+    log(f"distill: training through the 4-bit {qat.grid} grid, blocks of {qat.block_size} (quantization-aware)")
+    return fake_quantized(student, qat.block_size, qat.grid)
+
+
 def train_config(config: DistillConfig, ctx: StageContext, run_key: str) -> TrainConfig:
     return TrainConfig(
         epochs=config.epochs, max_steps=config.max_steps, lr=config.lr, batch_size=config.batch_size,
@@ -270,8 +281,9 @@ def run(config: DistillConfig, artifact: Artifact, ctx: StageContext) -> Artifac
                          str(ctx.seed), getattr(ctx.data, "fingerprint", ""))[:24]
     train_cfg = train_config(config, ctx, run_key)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    result = train(student, rows, objective, train_cfg, eval_rows=eval_rows, aux=objective.aux,
-                   progress=ctx.progress, log=ctx.log, pad_token_id=pad_id)
+    with quantization_aware(student, config, ctx.log):
+        result = train(student, rows, objective, train_cfg, eval_rows=eval_rows, aux=objective.aux,
+                       progress=ctx.progress, log=ctx.log, pad_token_id=pad_id)
     student.eval()
     student.save_pretrained(ctx.out_dir)
     tokenizer.save_pretrained(ctx.out_dir)
@@ -283,4 +295,6 @@ def run(config: DistillConfig, artifact: Artifact, ctx: StageContext) -> Artifac
     return Artifact(Path(ctx.out_dir), "torch", {"metrics": metrics, "history": result.history,
                                                  "resumed_from_step": result.resumed_from,
                                                  "train_examples": len(available), "train_examples_read": len(rows),
-                                                 "data": config.data})
+                                                 "data": config.data,
+                                                 "quantization_aware": config.quantization_aware.model_dump()
+                                                 if config.quantization_aware else None})

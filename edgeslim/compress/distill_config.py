@@ -92,6 +92,23 @@ class Generation(_Strict):
     num_prompts: int | None = Field(None, ge=1)
 
 
+class QuantizationAware(_Strict):
+    """Train the student through the 4-bit weight grid the quantize stage will write
+    (:mod:`edgeslim.compress.fake_quant`): ``offset`` for ``quantize.algorithm: offset``,
+    ``asymmetric`` / ``symmetric`` for ``rtn`` without / with ``symmetric: true``; ``block_size`` as
+    the quantize stage's."""
+
+    grid: Literal["offset", "asymmetric", "symmetric"] = "offset"
+    block_size: int = Field(32, ge=16)
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value):
+        if value & (value - 1):
+            raise ValueError("block_size must be a power of 2 (16, 32, 64, 128), as MatMulNBits needs")
+        return value
+
+
 class DistillConfig(StageConfig):
     """The ``distill`` stage's recipe keys (see docs/distill.md)."""
 
@@ -121,6 +138,7 @@ class DistillConfig(StageConfig):
     eval_every: int | None = Field(None, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1)
     select_best: bool = True
+    quantization_aware: QuantizationAware | None = None
 
     @field_validator("temperature")
     @classmethod

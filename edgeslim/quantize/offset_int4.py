@@ -21,6 +21,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+#: the correction ``MatMul`` of a rewritten node ``X`` is named ``X`` + this (its weight: the offsets)
+OFFSET_NODE_SUFFIX = "_offset"
+
 
 def offset_blocks(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``weight`` [K, N] as 4-bit levels [N, K/block, block], steps ``d`` and offsets ``m`` [N, K/block]."""
@@ -69,7 +72,7 @@ def quantize_offset_int4(model: onnx.ModelProto, block_size: int = 32, accuracy_
         nodes += [helper.make_node("MatMulNBits", [node.input[0], f"{base}_q4", f"{base}_d"], [f"{out}_q4"],
                                    name=f"{name}_Q4", domain="com.microsoft", **attrs),
                   helper.make_node("MatMul", [node.input[0], sums[k]], [f"{out}_blocksum"], name=f"{name}_blocksum"),
-                  helper.make_node("MatMul", [f"{out}_blocksum", f"{base}_offset"], [f"{out}_offset"], name=f"{name}_offset"),
+                  helper.make_node("MatMul", [f"{out}_blocksum", f"{base}_offset"], [f"{out}_offset"], name=f"{name}{OFFSET_NODE_SUFFIX}"),
                   helper.make_node("Add", [f"{out}_q4", f"{out}_offset"], [out], name=f"{name}_add")]
         rewritten += 1
     del graph.node[:]

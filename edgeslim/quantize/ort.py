@@ -332,6 +332,7 @@ def quantize_weight_only(
     accuracy_level: int | None = None,
     quantize_embeddings: bool = False,
     nodes_to_exclude: list[str] | None = None,
+    fuse_siblings: bool = True,
 ) -> Path:
     """Weight-only INT4/INT8 of constant-weight MatMuls into ``MatMulNBits`` (activations stay float).
 
@@ -343,8 +344,11 @@ def quantize_weight_only(
     :mod:`edgeslim.quantize.inc` for a GPTQ that works). ``quantize_embeddings`` also turns ``Gather`` into
     ``GatherBlockQuantized`` (RTN, asymmetric, with any algorithm). ``offset`` keeps each block's own
     float minimum like HQQ but runs on the fast symmetric kernel (:mod:`edgeslim.quantize.offset_int4`).
-    A tied LM head is quantized too (see
-    :func:`untie_head_for_quantization`).
+    A tied LM head is quantized too (see :func:`untie_head_for_quantization`); with
+    ``quantize_embeddings`` its lookup then reads the head's 4-bit bytes
+    (:mod:`edgeslim.quantize.tied_table`), so the table is stored once. ``fuse_siblings`` first joins
+    MatMuls that read one input (query, key, value; gate, up) into one
+    (:mod:`edgeslim.quantize.sibling_matmuls`): the same weights, fewer and wider kernel calls.
     """
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
@@ -352,26 +356,34 @@ def quantize_weight_only(
     if algorithm not in WEIGHT_ONLY_ALGORITHMS:
         raise ValueError(f"unknown weight-only algorithm {algorithm!r}")
     model = load_for_quantization(src_onnx)
-    untie_head_for_quantization(model)
+    heads = untie_head_for_quantization(model)
     options = {"block_size": block_size, "bits": bits, "accuracy_level": accuracy_level,
                "nodes_to_exclude": list(nodes_to_exclude or [])}
+    if fuse_siblings:
+        from edgeslim.quantize.sibling_matmuls import fuse_sibling_matmuls
+
+        fuse_sibling_matmuls(model, options["nodes_to_exclude"])
     if algorithm == "rtn":
-        op_types = ("MatMul", "Gather") if quantize_embeddings else ("MatMul",)
         model = _nbits_pass(model, mnq.DefaultWeightOnlyQuantConfig(
             block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
-            quant_format=QuantFormat.QOperator, op_types_to_quantize=op_types, bits=bits), symmetric, **options)
-    else:
-        if algorithm == "offset":
-            from edgeslim.quantize.offset_int4 import quantize_offset_int4
+            quant_format=QuantFormat.QOperator, op_types_to_quantize=("MatMul",), bits=bits), symmetric, **options)
+    elif algorithm == "offset":
+        from edgeslim.quantize.offset_int4 import quantize_offset_int4
 
-            quantize_offset_int4(model, block_size, accuracy_level, options["nodes_to_exclude"])
-        else:
-            model = _nbits_pass(model, mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits,
-                                                                     op_types_to_quantize=("MatMul",)), False, **options)
-        if quantize_embeddings:  # no Gather here: the embedding table gets RTN's GatherBlockQuantized
-            model = _nbits_pass(model, mnq.DefaultWeightOnlyQuantConfig(
-                block_size=block_size, is_symmetric=False, accuracy_level=accuracy_level,
-                quant_format=QuantFormat.QOperator, op_types_to_quantize=("Gather",), bits=bits), False, **options)
+        quantize_offset_int4(model, block_size, accuracy_level, options["nodes_to_exclude"])
+    else:
+        model = _nbits_pass(model, mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits,
+                                                                 op_types_to_quantize=("MatMul",)), False, **options)
+    if quantize_embeddings:
+        from edgeslim.quantize.tied_table import share_head_table
+
+        for head, table in heads.items():  # the lookup reads the head's 4-bit table: one copy, not two
+            options["nodes_to_exclude"] += share_head_table(model, head, table)
+        # any other table: RTN's GatherBlockQuantized (HQQ's float zero points have no 4-bit lookup)
+        symmetric_table = symmetric and algorithm == "rtn"
+        model = _nbits_pass(model, mnq.DefaultWeightOnlyQuantConfig(
+            block_size=block_size, is_symmetric=symmetric_table, accuracy_level=accuracy_level,
+            quant_format=QuantFormat.QOperator, op_types_to_quantize=("Gather",), bits=bits), symmetric_table, **options)
     dst_onnx = Path(dst_onnx)
     dst_onnx.parent.mkdir(parents=True, exist_ok=True)
     return save_onnx(model, dst_onnx)
@@ -390,7 +402,7 @@ def _nbits_pass(model: onnx.ModelProto, algo, symmetric: bool, *, block_size: in
     return quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
 
 
-def untie_head_for_quantization(model: onnx.ModelProto) -> list[str]:
+def untie_head_for_quantization(model: onnx.ModelProto) -> dict[str, str]:
     """Give a tied LM head its own transposed weight so ``MatMulNBits`` can quantize it.
 
     The export computes a tied head as ``FusedMatMul(x, E, transB=1)`` reading the embedding table
@@ -398,12 +410,12 @@ def untie_head_for_quantization(model: onnx.ModelProto) -> list[str]:
     quantizer only handles ``MatMul`` with a constant ``[K, N]`` weight, so it left the largest matmul
     of a small LM (hidden x vocabulary) in fp32. Rewritten as ``MatMul(x, E^T)`` with ``E^T`` a new
     initializer, the head becomes INT4 and its float copy disappears; ``E`` stays for the ``Gather``
-    (quantized too with ``quantize_embeddings``). Returns the node names rewritten.
+    (quantized too with ``quantize_embeddings``). Returns each rewritten node's name -> its table's name.
     """
     from onnx import helper, numpy_helper
 
     initializers = {t.name: t for t in model.graph.initializer}
-    rewritten = []
+    rewritten = {}
     for index, node in enumerate(list(model.graph.node)):
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type != "FusedMatMul" or node.domain != "com.microsoft" or len(node.input) != 2:
@@ -419,5 +431,5 @@ def untie_head_for_quantization(model: onnx.ModelProto) -> list[str]:
         matmul = helper.make_node("MatMul", [node.input[0], transposed.name], list(node.output), name=node.name)
         model.graph.node.remove(node)
         model.graph.node.insert(index, matmul)
-        rewritten.append(node.name)
+        rewritten[node.name] = node.input[1]
     return rewritten
