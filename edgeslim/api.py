@@ -63,11 +63,12 @@ def run(recipe, out: str | Path | None = None, *, force: bool = False, wait: boo
         pipeline.run()
         return RunResult(out_dir, None)
     with run_lock(out_dir, wait=wait, say=say):
-        return _run_locked(recipe, pipeline, out_dir, quiet)
+        return run_locked(recipe, pipeline, out_dir, quiet)
 
 
-def _run_locked(recipe, pipeline, out_dir: Path, quiet: bool) -> RunResult:
-    """The run proper, while this process holds the output folder's lock."""
+def run_locked(recipe, pipeline, out_dir: Path, quiet: bool, model_dir: Path | None = None) -> RunResult:
+    """The run proper, while this process holds the output folder's lock; the release is published
+    to ``model_dir`` (default ``out_dir/model``)."""
     from edgeslim.pipeline import publish_release
     from edgeslim.report.gate import evaluate_gate, gate_exit_code
     from edgeslim.report.matrix import build_report, write_report
@@ -81,7 +82,7 @@ def _run_locked(recipe, pipeline, out_dir: Path, quiet: bool) -> RunResult:
     write_report(report, report_dir)
     checks = evaluate_gate(report)
     write_all(report, checks, report_dir)
-    model_dir = publish_release(release, out_dir)
+    model_dir = publish_release(release, out_dir, model_dir)
     if release.kind == "bundle":
         from edgeslim.export.model_card import write_model_card
         from edgeslim.report.render import card_figures

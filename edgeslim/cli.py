@@ -1,4 +1,4 @@
-"""The one entry point: ``edgeslim run|check|bench|gate|report|devices|recipes``.
+"""The one entry point: ``edgeslim run|search|search-worker|check|bench|gate|report|devices|recipes``.
 
 Exit codes: 0 ok, 1 the gate failed, 2 bad input or an unusable environment (one line on stderr, no
 traceback unless ``--debug``), 3 an internal error (a bug; never reported as a gate failure).
@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-wait", action="store_true",
                      help="exit 2 at once when another run holds the output folder, instead of waiting for it")
     run.set_defaults(handler=cmd_run)
+
+    from edgeslim.search.commands import add_search_commands
+
+    add_search_commands(sub, common)
 
     init = sub.add_parser("init", parents=[common], help="write a commented recipe for a model and a data file")
     init.add_argument("model", help="teacher: a model folder, pkg://..., a .gguf file, or a hub id (--allow-network)")

@@ -102,9 +102,10 @@ class Pipeline:
     """
 
     def __init__(self, recipe, out_dir: Path, quiet: bool = False, force: bool = False,
-                 role: ProcessRole | None = None):
+                 role: ProcessRole | None = None, stage_store: Path | None = None):
         self.recipe = recipe
         self.out_dir = Path(out_dir)
+        self.stage_store = Path(stage_store) if stage_store is not None else None
         self.role = role or ProcessRole.from_env()
         self.quiet = quiet or not self.role.is_main
         self.force = force
@@ -209,6 +210,8 @@ class Pipeline:
                data, teacher: Artifact | None, body, code: str, all_ranks: bool = False) -> StageOutcome:
         key = hash_bytes(name, json.dumps(config, sort_keys=True), source.manifest["key"] if source else "",
                          data.fingerprint, self.recipe.task, str(self.recipe.seed), code)
+        if self.stage_store is not None:
+            folder = _stored(folder, self.stage_store / f"{name}-{key[:24]}")
         cached = None if self.force else _finished(folder, key)
         if cached is not None:
             problem = integrity_problem(folder, cached.manifest.get("files"))
@@ -255,6 +258,22 @@ class Pipeline:
     def _say(self, message: str) -> None:
         if not self.quiet:
             print(message, flush=True)
+
+
+def _stored(folder: Path, stored: Path) -> Path:
+    """With a stage store (a search's trials share one), a stage's output lives in the store under
+    its key, so every run that needs the same stage with the same inputs finds it there; the run's
+    own ``folder`` becomes a link to it. Returns the folder to use."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink() or folder.exists():
+        if folder.is_symlink() and folder.resolve() == stored.resolve():
+            return stored
+        if folder.is_symlink() or folder.is_file():
+            folder.unlink()
+        else:
+            shutil.rmtree(folder)
+    folder.symlink_to(stored.resolve(), target_is_directory=True)
+    return stored
 
 
 def _finished(folder: Path, key: str) -> Artifact | None:
@@ -306,12 +325,13 @@ def _finish_manifest(artifact: Artifact, folder: Path, name: str, key: str, conf
     return artifact
 
 
-def publish_release(release: Artifact, out_dir: Path) -> Path:
-    """Copy the release artifact to ``DIR/model`` (atomically), where users and apps look for it.
+def publish_release(release: Artifact, out_dir: Path, target: Path | None = None) -> Path:
+    """Copy the release artifact to ``DIR/model`` (or ``target``) atomically, where users and apps
+    look for it.
 
     The copy is checked against the hashes the release's manifest recorded before it is renamed into
     place, so a file changed since it was measured is never published."""
-    target = Path(out_dir) / "model"
+    target = Path(target) if target is not None else Path(out_dir) / "model"
     with atomic_dir(target) as tmp:
         shutil.copytree(release.path, tmp, dirs_exist_ok=True)
         problem = integrity_problem(tmp, release.manifest.get("files"))

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeslim.errors import EdgeslimError
+from edgeslim.search.config import SearchConfig, check_space
 from edgeslim.stage import StageConfig
 from edgeslim.stages import get_stage
 from edgeslim.teacher import TeacherConfig
@@ -126,6 +127,7 @@ class Recipe(Strict):
     devices: list[str] = Field(default_factory=lambda: ["x86-64-cpu"])
     budgets: Budgets = Field(default_factory=Budgets)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    search: SearchConfig | None = None
     release: Literal["last", "best"] = Field(
         "last", description="last: publish the last stage's model (the gate fails if a baseline dominates it); "
                             "best: publish the best candidate (it or a baseline) that passes every check")
@@ -149,6 +151,15 @@ class Recipe(Strict):
         if not isinstance(raw, list):
             raise ValueError("stages must be a list of {stage_name: {config}} items")
         return [_parse_stage(index, item) for index, item in enumerate(raw)]
+
+    @field_validator("search")
+    @classmethod
+    def _search_space_fits_the_stages(cls, search, info):
+        stages = info.data.get("stages")
+        if search is not None and stages is not None:
+            dumped = [{entry.name: entry.config.model_dump(mode="json")} for entry in stages]
+            check_space(search, dumped, lambda name, config: _parse_stage(0, {name: config}))
+        return search
 
     def stage_dump(self) -> list[dict[str, Any]]:
         return [{entry.name: entry.config.model_dump(mode="json")} for entry in self.stages]

@@ -31,8 +31,8 @@ def llm_run(tmp_path_factory):
             {"distill": {"layers": {"every": 2}, "data": "labeled+unlabeled", "max_steps": 4, "batch_size": 4,
                          "checkpoint_every": 0, "losses": {"tokens": {"kind": "reverse_kl", "top_k": 16}}}},
             {"export": {"parity_batches": 1, "decode_steps": 1}},
-            {"quantize": {"mode": "weight_only", "bits": 4, "block_size": 32, "max_accuracy_drop": 1.0,
-                          "exclude_sensitive": False, "eval_limit": 4, "latency_runs": 2}},
+            {"quantize": {"mode": "weight_only", "bits": 4, "block_size": 32, "quantize_embeddings": True,
+                          "max_accuracy_drop": 1.0, "exclude_sensitive": False, "eval_limit": 4, "latency_runs": 2}},
             {"bundle": {"ort_format": False, "mobile_check": False}},
         ],
         "devices": ["x86-64-cpu"],
@@ -72,6 +72,9 @@ def test_release_is_an_int4_decoder_with_kv_cache(llm_run):
     model = onnx.load(str(out / "model" / "model.onnx"), load_external_data=False)
     assert any(node.op_type == "MatMulNBits" for node in model.graph.node)
     assert any(i.name.startswith("past_key_values.") for i in model.graph.input)
+    lookup = next(node for node in model.graph.node if node.op_type == "GatherBlockQuantized")
+    head = [node for node in model.graph.node if node.op_type == "MatMulNBits" and node.input[1] == lookup.input[0]]
+    assert len(head) == 1  # the tied table stored once: the lookup reads the head's 4-bit bytes
 
 
 @pytest.mark.parametrize("name", ["smollm2-edge.yaml", "smollm2-edge-quick.yaml"])

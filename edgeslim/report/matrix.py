@@ -37,11 +37,11 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
     release_name = entries[-1][0] if outcome.stages else "teacher-fp32"
     eval_examples = outcome.data.eval[: recipe.measure.eval_limit] if recipe.measure.eval_limit else outcome.data.eval
     cache_dir = Path(run_dir) / "report" / ".cache"
-    scored = {name: _score(stage.artifact, eval_examples, recipe, cache_dir) for name, stage in entries}
+    scored = {name: score_cached(stage.artifact, eval_examples, recipe, cache_dir) for name, stage in entries}
     reference = np.asarray(scored["teacher-fp32"]["predictions"])
     profiles = [load_profile(name) for name in recipe.devices]
     onnx_entries = [(name, stage.artifact) for name, stage in entries if stage.artifact.kind in ("onnx", "bundle")]
-    measure_device = _measure_device if recipe.task == "text-classification" else _measure_decoder
+    measure_device = device_measurer(recipe.task)
     budgets = merged_budgets(recipe, profiles)
     cells = {profile.name: measure_device(profile, onnx_entries, outcome.data, recipe, quiet,
                                           instructions=profile.name in budgets["instructions"], cache_dir=cache_dir)
@@ -161,7 +161,7 @@ def _not_timed(artifact: Artifact) -> dict[str, Any]:
 # Scoring (cached per artifact key, so a rerun with nothing changed does not evaluate again)
 
 
-def _score(artifact: Artifact, examples, recipe, cache_dir: Path) -> dict[str, Any]:
+def score_cached(artifact: Artifact, examples, recipe, cache_dir: Path) -> dict[str, Any]:
     """The artifact's score, cached by its files' hashes (a rebuilt file is scored again)."""
     files = json.dumps(artifact.manifest.get("files") or str(artifact.path), sort_keys=True)
     key = hash_bytes(artifact.manifest.get("key", str(artifact.path)), files, str(len(examples)), "score-v2")[:24]
@@ -216,7 +216,7 @@ def _torch_params(path: Path) -> int:
 DETERMINISTIC_ACCESS = ("qemu-arm", "none")
 
 
-def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructions: bool = False,
+def measure_on_device(profile, onnx_entries, data, recipe, quiet: bool, instructions: bool = False,
                     cache_dir: Path | None = None, mode: str = "latency") -> dict[str, dict]:
     """Cells for every ONNX artifact on one device (``mode`` decode: causal-LM decoders generating
     from prompts, timed by the same runners).
@@ -275,6 +275,13 @@ def _measure_device(profile, onnx_entries, data, recipe, quiet: bool, instructio
     return cells
 
 
+def device_measurer(task: str):
+    """The function that measures a task's ONNX models on one device: :func:`measure_on_device` for
+    classifiers, its decode mode for causal LMs; both ``(profile, onnx_entries, data, recipe, quiet,
+    instructions=, cache_dir=) -> {name: cell}``."""
+    return measure_on_device if task == "text-classification" else _measure_decoder
+
+
 def fp32_source(artifact: Artifact, onnx_entries) -> Artifact:
     """The float ONNX model ``artifact`` was made from (itself when it is one): the nearest ancestor,
     through the manifests' inputs, made by the export stage or the fp32 baseline."""
@@ -319,7 +326,7 @@ def _measure_decoder(profile, onnx_entries, data, recipe, quiet: bool, instructi
                      cache_dir: Path | None = None) -> dict[str, dict]:
     """Causal LMs: prefill latency and decode tokens/s on any device a runner reaches (the harness's
     decode mode), and on emulated devices whether the greedy tokens match this host's."""
-    return _measure_device(profile, onnx_entries, data, recipe, quiet, cache_dir=cache_dir, mode="decode")
+    return measure_on_device(profile, onnx_entries, data, recipe, quiet, cache_dir=cache_dir, mode="decode")
 
 
 def prompt_inputs(tokenizer, data, recipe) -> list[dict[str, np.ndarray]]:
