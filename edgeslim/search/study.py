@@ -61,14 +61,31 @@ def open_study(recipe, storage_url: str):
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        storage = RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                             failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
-        return optuna.create_study(study_name=study_name(recipe), storage=storage, directions=directions(recipe),
-                                   sampler=_sampler(recipe), load_if_exists=True)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds for a bad URL or server
-        raise EdgeslimError(f"--storage '{_redacted(storage_url)}': cannot open the study ({first_line(exc)}); "
-                            "give a reachable database URL (sqlite:///FILE or postgresql://USER@HOST:PORT/DB)") from None
+    for attempt in range(3):  # workers starting together race to create the tables: the loser tries again
+        try:
+            storage = RDBStorage(_with_driver(storage_url), heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                                 failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+            return optuna.create_study(study_name=study_name(recipe), storage=storage, directions=directions(recipe),
+                                       sampler=_sampler(recipe), load_if_exists=True)
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds for a bad URL or server
+            error = exc
+            if not _is_creation_race(exc):
+                break
+            time.sleep(1 + attempt)
+    raise EdgeslimError(f"--storage '{_redacted(storage_url)}': cannot open the study ({first_line(error)}); "
+                        "give a reachable database URL (sqlite:///FILE or postgresql://USER@HOST:PORT/DB)")
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` as the installed driver (psycopg2) reads it: SQLAlchemy 2.1 takes a URL
+    without a driver to mean psycopg 3."""
+    return "postgresql+psycopg2://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
+
+
+def _is_creation_race(exc: Exception) -> bool:
+    """Another process created the same tables or study a moment earlier."""
+    text = str(exc).lower()
+    return "already exists" in text or "duplicate key" in text or "unique constraint" in text
 
 
 def _redacted(url: str) -> str:
