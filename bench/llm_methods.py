@@ -12,7 +12,7 @@ Methods (each ends in the same INT4 quantization, ``--algorithm``, block 32, tab
   the 4-bit grid it ships with;
 * ``prune-ffn``: width pruning (stage ``prune``, ``ffn: 0.25``, Taylor importance) with ``--steps``
   steps of KD recovery;
-* ``prune-hidden``: the same with ``hidden: 0.125`` (the residual width, every block);
+* ``prune-hidden``: the same with ``hidden: 0.125`` (the residual width of every block, 576 -> 512);
 * ``prune-ffn-qad``: ``prune-ffn`` followed by ``qad``.
 
 Each row: size, held-out perplexity with its 95% bootstrap interval (as the report computes it),
@@ -44,7 +44,8 @@ def methods(steps: int) -> dict[str, list[tuple[str, dict]]]:
                        "warmup_ratio": 0.1, "quantization_aware": {"grid": "offset", "block_size": 32}, **TRAINING})
     recovery = {"steps": steps, "temperature": 1.0, **TRAINING}
     prune_ffn = ("prune", {"ffn": 0.25, "importance": "taylor", "samples": 16, "round_to": 32, "recovery": recovery})
-    prune_hidden = ("prune", {"hidden": 0.125, "importance": "taylor", "samples": 16, "recovery": recovery})
+    prune_hidden = ("prune", {"hidden": 0.125, "importance": "taylor", "samples": 16, "round_to": 32,
+                              "recovery": recovery})  # 576 -> 512 wide: a multiple of the INT4 block
     return {"int4": [], "qad": [qad], "prune-ffn": [prune_ffn], "prune-hidden": [prune_hidden],
             "prune-ffn-qad": [prune_ffn, qad]}
 
