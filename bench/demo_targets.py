@@ -24,6 +24,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--targets", choices=["demo", "search"], default="demo",
+                        help="demo: the first plan's targets; search: issue 20's (a search's x86 release, e.g. "
+                             "--run runs/minilm-search/devices/x86-64-cpu), with onnxruntime's per-call floor timed too")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -39,6 +42,10 @@ def main() -> None:
     data = load_data(recipe.data, recipe.base_dir, recipe.task)
     names = [report["teacher"], "teacher-int8", report["release"]]
     records = {name: find_artifact(report, name) for name in names}
+    if args.targets == "search":  # an Identity graph on the release's inputs: what any call costs
+        names.append("call-floor")
+        records["call-floor"] = {"path": str(_call_floor_model(Path(records[report["release"]]["path"]))),
+                                 "size_bytes": 0, "accuracy": float("nan")}
     profile = load_profile("x86-64-cpu")
     assert profile.runtime.threads == 1, "the target is defined at 1 thread"
 
@@ -74,9 +81,50 @@ def main() -> None:
         record = records[name]
         print(f"{name:<22} {median[name]:>14.3f} {record['size_bytes'] / 2**20:>10.2f} {100 * record['accuracy']:>8.2f}%")
     print()
+    if args.targets == "search":
+        _search_targets(median, records, report, teacher, release)
+        return
     print(f"p50 latency: {speedup:.1f}x lower than the fp32 teacher (target >= 10x) {'MET' if speedup >= 10 else 'MISSED'}")
     print(f"file size:   {size_ratio:.1f}x smaller (target >= 15x) {'MET' if size_ratio >= 15 else 'MISSED'}")
     print(f"accuracy:    {100 * accuracy_ratio:.1f}% of the teacher's (target >= 97%) {'MET' if accuracy_ratio >= 0.97 else 'MISSED'}")
+
+
+def _search_targets(median, records, report, teacher, release) -> None:
+    """Issue 20's targets for a search's x86 release (the plain INT8 teacher stands in for the best
+    peer: onnxruntime's dynamic INT8 of the same fused export)."""
+    name = report["release"]
+    rows = [
+        ("p50 vs the fp32 teacher", median[report["teacher"]] / median[name], 20, "x lower"),
+        ("p50 vs the INT8 teacher (peer stand-in)", median["teacher-int8"] / median[name], 8, "x lower"),
+        ("accuracy, share of the teacher's", 100 * release["accuracy"] / teacher["accuracy"], 99.5, "%"),
+        ("agreement with the teacher", 100 * (release.get("agreement") or 0), 96, "%"),
+    ]
+    for label, value, target, unit in rows:
+        print(f"{label:<42} {value:8.2f}{unit} (target >= {target}{unit}) {'MET' if value >= target else 'MISSED'}")
+    floor = median[name] / median["call-floor"]
+    print(f"{'p50 over onnxruntime per-call floor':<42} {floor:8.2f}x (target <= 8x) {'MET' if floor <= 8 else 'MISSED'}")
+
+
+def _call_floor_model(release_dir: Path) -> Path:
+    """An ONNX graph with the release's inputs and one Identity: onnxruntime's cost of a call."""
+    import tempfile
+
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(release_dir / "model.onnx"), load_external_data=False)
+    inputs = list(model.graph.input)
+    graph = helper.make_graph([helper.make_node("Identity", [inputs[0].name], ["out"])], "call_floor", inputs,
+                              [helper.make_tensor_value_info("out", inputs[0].type.tensor_type.elem_type, None)])
+    folder = Path(tempfile.mkdtemp(prefix="edgeslim-floor-"))
+    for sidecar in release_dir.glob("tokenizer*"):
+        (folder / sidecar.name).write_bytes(sidecar.read_bytes())
+    for sidecar in ("special_tokens_map.json", "vocab.txt", "config.json"):
+        if (release_dir / sidecar).is_file():
+            (folder / sidecar).write_bytes((release_dir / sidecar).read_bytes())
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(folder / "model.onnx"))
+    return folder
 
 
 def _same_inputs(inputs_by_model) -> bool:

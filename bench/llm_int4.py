@@ -69,12 +69,32 @@ def score(model: Path, tokenizer, texts: list[str], prompts: list[str], max_leng
             "greedy": greedy_predictions(decoder, tokenizer, prompts, max_length, new_tokens)}
 
 
+def decode_speed(model: Path, tokenizer, prompts: list[str], new_tokens: int, runs: int) -> float:
+    """Decode tokens/s at one thread on four of the prompts (the report's decode harness)."""
+    from edgeslim.report.lm_eval import measure_decode
+
+    cell = measure_decode(model, tokenizer, prompts[:4], threads=1, new_tokens=new_tokens, warmup=1, runs=runs,
+                          memory=False)
+    return cell.get("decode_tokens_per_s") or float("nan")
+
+
+def quality_columns(model: Path, result: dict) -> str:
+    """A table row's size (MiB), perplexity and its 95% interval."""
+    from edgeslim.artifacts import onnx_size_bytes
+
+    low, high = result["interval"]
+    return f"{onnx_size_bytes(model) / 2 ** 20:>8.1f} {result['perplexity']:>7.2f} {f'{low:.2f}-{high:.2f}':>15}"
+
+
+def agreement(tokens: list[int], reference: list[int]) -> float:
+    """The share of greedy token positions equal to the reference model's."""
+    return sum(a == b for a, b in zip(tokens, reference)) / len(reference)
+
+
 def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
-    from edgeslim.artifacts import onnx_size_bytes
     from edgeslim.quantize.specs import make_spec, quantize_with
-    from edgeslim.report.lm_eval import measure_decode
     from edgeslim.report.matrix import lm_prompts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -108,14 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.time() - started
             result = score(model, tokenizer, texts, prompts, max_length, args.new_tokens)
             reference = reference or result["greedy"]
-            agree = sum(a == b for a, b in zip(result["greedy"], reference)) / len(reference)
-            cell = measure_decode(model, tokenizer, prompts[:4], threads=1, new_tokens=args.new_tokens, warmup=1,
-                                  runs=args.runs, memory=False)
-            speed = cell.get("decode_tokens_per_s") or float("nan")
+            agree = agreement(result["greedy"], reference)
+            speed = decode_speed(model, tokenizer, prompts, args.new_tokens, args.runs)
             fp32_speed = fp32_speed or speed
-            low, high = result["interval"]
-            print(f"{name:<18} {onnx_size_bytes(model) / 2 ** 20:>8.1f} {result['perplexity']:>7.2f} "
-                  f"{f'{low:.2f}-{high:.2f}':>15} {result['accuracy']:>8.4f} {agree:>6.3f} {speed:>7.1f} "
+            print(f"{name:<18} {quality_columns(model, result)} {result['accuracy']:>8.4f} {agree:>6.3f} {speed:>7.1f} "
                   f"{speed / fp32_speed:>6.2f} {seconds:>7.0f}", flush=True)
     print(f"(perplexity over {result['tokens']} predicted tokens)")
     return 0

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llm_int4 import held_out, score  # noqa: E402  (bench/llm_int4.py: the run's text, the report's scores)
+from llm_int4 import agreement, decode_speed, held_out, quality_columns, score  # noqa: E402  (bench/llm_int4.py: the run's text, the report's scores)
 
 TRAINING = {"batch_size": 8, "lr": 5e-5}
 
@@ -73,12 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from edgeslim.artifacts import copy_sidecar_files, onnx_size_bytes
+    from edgeslim.artifacts import copy_sidecar_files
     from edgeslim.data import load_data
     from edgeslim.export.onnx import export_onnx
     from edgeslim.quantize.specs import make_spec, quantize_with
     from edgeslim.recipe import load_recipe
-    from edgeslim.report.lm_eval import measure_decode
     from edgeslim.report.matrix import lm_prompts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -124,13 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             model = quantize_with(spec, fp32, work / "int4" / "model.onnx")
             minutes = (time.time() - started) / 60
             result = score(model, tokenizer, texts, prompts, max_length, args.new_tokens)
-            agree = sum(a == b for a, b in zip(result["greedy"], reference)) / len(reference)
-            speeds = [measure_decode(m, tokenizer, prompts[:4], threads=1, new_tokens=args.new_tokens, warmup=1,
-                                     runs=args.runs, memory=False).get("decode_tokens_per_s") or float("nan")
-                      for m in (model, teacher_onnx)]
-            low, high = result["interval"]
-            print(f"{name:<14} {onnx_size_bytes(model) / 2 ** 20:>8.1f} {result['perplexity']:>7.2f} "
-                  f"{f'{low:.2f}-{high:.2f}':>15} {agree:>6.3f} {speeds[0]:>7.1f} {speeds[1]:>10.1f} "
+            agree = agreement(result["greedy"], reference)
+            speeds = [decode_speed(m, tokenizer, prompts, args.new_tokens, args.runs) for m in (model, teacher_onnx)]
+            print(f"{name:<14} {quality_columns(model, result)} {agree:>6.3f} {speeds[0]:>7.1f} {speeds[1]:>10.1f} "
                   f"{speeds[0] / speeds[1]:>6.2f} {minutes:>7.1f}", flush=True)
     print(f"(perplexity over {result['tokens']} predicted tokens)")
     return 0

@@ -142,9 +142,16 @@ def test_search_releases_one_gated_model_per_device(searched):
     measured = report["devices"]["x86-64-cpu"]["measured_p50_ms"]
     assert set(measured) == {str(n) for n in report["devices"]["x86-64-cpu"]["front"]}
     assert all(v is not None and v > 0 for v in measured.values())
+    gated = run_cli("gate", out / "report" / "report.json")  # the search's own report is not a release's
+    assert gated.returncode == 2 and "each device's release has its own report" in gated.stderr
+    assert run_cli("gate", report["devices"]["x86-64-cpu"]["report"]).returncode == expected_of(report, "x86-64-cpu")
     html = (out / "report" / "report.html").read_text()
     assert html.count("<svg") == 2 and "search front" in html
     assert "## Releases, one per device" in (out / "report" / "report.md").read_text()
+
+
+def expected_of(report: dict, device: str) -> int:
+    return 0 if report["devices"][device]["gate"] == "PASS" else 1
 
 
 def test_trials_share_the_teacher_and_their_common_stages(searched):

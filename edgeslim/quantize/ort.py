@@ -342,7 +342,7 @@ def quantize_weight_only(
     exactly, where RTN's integer zero points cannot. onnxruntime's bundled GPTQ is not offered: on
     this stack it writes exactly RTN's bytes, and on fused graphs an invalid model (see
     :mod:`edgeslim.quantize.inc` for a GPTQ that works). ``quantize_embeddings`` also turns ``Gather`` into
-    ``GatherBlockQuantized`` (RTN, asymmetric, with any algorithm). ``offset`` keeps each block's own
+    ``GatherBlockQuantized`` (RTN; asymmetric unless RTN is symmetric). ``offset`` keeps each block's own
     float minimum like HQQ but runs on the fast symmetric kernel (:mod:`edgeslim.quantize.offset_int4`).
     A tied LM head is quantized too (see :func:`untie_head_for_quantization`); with
     ``quantize_embeddings`` its lookup then reads the head's 4-bit bytes

@@ -380,6 +380,9 @@ def load_report(path: Path) -> dict[str, Any]:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise EdgeslimError(f"'{path}' is not JSON; give the report.json written by 'edgeslim run'") from None
+    if isinstance(report, dict) and report.get("kind") == "search":
+        raise EdgeslimError(f"'{path}' is a search's report; each device's release has its own report to gate or "
+                            "render: DIR/devices/<device>/report/report.json")
     if not isinstance(report, dict) or "schema_version" not in report or not isinstance(report.get("artifacts"), list):
         raise EdgeslimError(f"'{path}' is not an edgeslim report (no schema_version/artifacts)")
     if report["schema_version"] != SCHEMA_VERSION:

@@ -147,5 +147,10 @@ def release_for_device(recipe, params: dict[str, Any], device: str, out_dir: Pat
     device_dir = Path(out_dir) / "devices" / name
     pipeline = Pipeline(trial, device_dir, quiet=quiet, stage_store=Path(out_dir) / ".stages")
     result = run_locked(trial, pipeline, device_dir, quiet, model_dir=Path(out_dir) / "model" / name)
+    beside_report = device_dir / "model"  # where 'edgeslim gate DIR/devices/<device>/report' looks for it
+    if beside_report.is_symlink() or beside_report.is_file():
+        beside_report.unlink()
+    if not beside_report.exists():
+        beside_report.symlink_to(Path("..") / ".." / "model" / name, target_is_directory=True)
     say(f"{name}: gate {'PASS' if result.exit_code == 0 else 'FAIL'}; release in {result.release_dir}")
     return result
