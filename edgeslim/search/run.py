@@ -104,6 +104,9 @@ def finish(study, recipe, out_dir: Path, *, quiet: bool, say: Callable[[str], No
     devices = {}
     for profile, device in zip(profiles, recipe.devices):
         front = front_numbers(trials, profile.name)
+        for number in front:
+            trials[number]["evaluation"]["release"] = str(local_release(recipe, number, trials[number], out_dir,
+                                                                        quiet=quiet, say=say))
         measured = measure_front(recipe, profile, front, trials, quiet=quiet) if recipe.search.measure_front else \
             {n: trials[n]["evaluation"]["latency_ms"][profile.name]["p50"] for n in front}
         limits = {"p50": (budgets["latency_ms"].get(profile.name) or {}).get("p50"), "size_mb": budgets["size_mb"],
@@ -119,6 +122,21 @@ def finish(study, recipe, out_dir: Path, *, quiet: bool, say: Callable[[str], No
     write_search_report(report, out_dir / "report")
     exit_code = 0 if all(result.exit_code == 0 for result in releases.values()) else 1
     return SearchResult(out_dir, report, releases, exit_code)
+
+
+def local_release(recipe, number: int, trial: dict[str, Any], out_dir: Path, *, quiet: bool,
+                  say: Callable[[str], None]) -> Path:
+    """The trial's release folder on this machine: where it ran, or, for a trial another machine ran,
+    rebuilt here from its values (the same seeds give the same model)."""
+    from edgeslim.search.trial import run_trial
+
+    path = Path(trial["evaluation"]["release"])
+    if (path / "manifest.json").is_file():
+        return path
+    say(f"trial {number} ran on {trial.get('worker') or 'another machine'}; rebuilding it here from its values")
+    evaluation = run_trial(recipe, trial["params"], Path(out_dir) / "trials" / f"{number:03d}",
+                           Path(out_dir) / ".stages", quiet=quiet)
+    return Path(evaluation["release"])
 
 
 def measure_front(recipe, profile, front: list[int], trials: dict[int, dict[str, Any]], quiet: bool) -> dict[int, float]:
