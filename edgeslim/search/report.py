@@ -32,7 +32,7 @@ def search_report(recipe, study, trials: dict[int, dict], failed: dict[int, dict
         "space": recipe.search.space,
         "trials": [{"number": n, **t} for n, t in sorted(trials.items())],
         "failed_trials": [{"number": n, **t} for n, t in sorted(failed.items())],
-        "devices": {name: {**entry, "measured_p50_ms": {str(n): v for n, v in entry["measured_p50_ms"].items()},
+        "devices": {name: {**entry, "front_p50_ms": {str(n): v for n, v in entry["front_p50_ms"].items()},
                            "gate": "PASS" if releases[name].exit_code == 0 else "FAIL",
                            "checks": [asdict(c) for c in releases[name].checks],
                            "model_dir": str(releases[name].release_dir),
@@ -55,10 +55,9 @@ def _trial_rows(report: dict[str, Any]) -> list[list[str]]:
         evaluation = trial["evaluation"]
         cells = []
         for device in devices:
-            measured = report["devices"][device]["measured_p50_ms"].get(str(trial["number"]))
-            latency = evaluation["latency_ms"][device]
-            cells.append(f"{measured:.3f} measured" if measured is not None
-                         else f"{latency['p50']:.3f} {latency['how']}")
+            latency = report["devices"][device]["front_p50_ms"].get(str(trial["number"])) \
+                or evaluation["latency_ms"][device]
+            cells.append(f"{latency['p50']:.3f} {latency['how']}")
         fronts = [d for d in devices if trial["number"] in report["devices"][d]["front"]]
         values = "; ".join(f"{k}={json.dumps(v)}" for k, v in trial["params"].items())
         rows.append([str(trial["number"]), values, f"{evaluation['quality']:.4f}", f"{evaluation['size_mb']:.2f}",
@@ -80,7 +79,7 @@ def render_search_markdown(report: dict[str, Any]) -> str:
              f"Study `{report['study']['name']}`, {len(report['trials'])} finished trial(s), "
              f"{len(report['failed_trials'])} failed. Created {report['created']}.", "",
              "## Releases, one per device", "", markdown_table(_release_rows(report)), "",
-             "## Trials", "", "p50: measured on the device for front trials, else the calibrated prediction.", "",
+             "## Trials", "", "p50: measured on the device for front trials where it can be timed here, else the calibrated prediction.", "",
              markdown_table(_trial_rows(report)), ""]
     if report["failed_trials"]:
         lines += ["## Failed trials", ""] + [f"- trial {t['number']}: {t['error']}" for t in report["failed_trials"]]
@@ -97,7 +96,7 @@ def render_search_html(report: dict[str, Any]) -> str:
     trials = {t["number"]: t for t in report["trials"]}
     plots = []
     for device, entry in report["devices"].items():
-        measured = {int(n): v for n, v in entry["measured_p50_ms"].items() if v is not None}
+        measured = {int(n): v["p50"] for n, v in entry["front_p50_ms"].items() if v["how"] == "measured"}
         points = [replace(p, release=p.name == f"trial {entry['trial']}") for p in trial_points(trials, device, measured)]
         plots.append(scatter_svg(points, f"accuracy vs p50 latency on {device} (search front)"))
     return ("<!doctype html><html><head><meta charset='utf-8'><title>edgeslim search</title>"

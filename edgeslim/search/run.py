@@ -107,13 +107,15 @@ def finish(study, recipe, out_dir: Path, *, quiet: bool, say: Callable[[str], No
         for number in front:
             trials[number]["evaluation"]["release"] = str(local_release(recipe, number, trials[number], out_dir,
                                                                         quiet=quiet, say=say))
-        measured = measure_front(recipe, profile, front, trials, quiet=quiet) if recipe.search.measure_front else \
-            {n: trials[n]["evaluation"]["latency_ms"][profile.name]["p50"] for n in front}
+        if recipe.search.measure_front:
+            front_p50 = measure_front(recipe, profile, front, trials, quiet=quiet)
+        else:
+            front_p50 = {n: trials[n]["evaluation"]["latency_ms"][profile.name] for n in front}
         limits = {"p50": (budgets["latency_ms"].get(profile.name) or {}).get("p50"), "size_mb": budgets["size_mb"],
                   "accuracy_drop": budgets["accuracy_drop"]}
-        choice = choose_release(front, trials, measured, limits)
+        choice = choose_release(front, trials, {n: v["p50"] for n, v in front_p50.items()}, limits)
         say(f"{profile.name}: front {front}; release: trial {choice['trial']} ({choice['reason']})")
-        devices[profile.name] = {"front": front, "measured_p50_ms": measured, "limits": limits, **choice,
+        devices[profile.name] = {"front": front, "front_p50_ms": front_p50, "limits": limits, **choice,
                                  "profile": device}
     releases = {name: release_for_device(recipe, trials[entry["trial"]]["params"], entry["profile"], out_dir,
                                          quiet=quiet, say=say)
@@ -139,8 +141,11 @@ def local_release(recipe, number: int, trial: dict[str, Any], out_dir: Path, *, 
     return Path(evaluation["release"])
 
 
-def measure_front(recipe, profile, front: list[int], trials: dict[int, dict[str, Any]], quiet: bool) -> dict[int, float]:
-    """Measured p50 (ms) of each front trial's release on ``profile``, timed together."""
+def measure_front(recipe, profile, front: list[int], trials: dict[int, dict[str, Any]],
+                  quiet: bool) -> dict[int, dict[str, Any]]:
+    """Each front trial's p50 on ``profile``, its releases timed together by the device's runner:
+    ``{"p50": ms, "how": "measured" | "predicted"}``. A device that times nothing here (an emulated
+    or predicted-only one) keeps the trial's calibrated prediction."""
     from edgeslim.artifacts import Artifact
     from edgeslim.data import load_data
     from edgeslim.report.matrix import device_measurer
@@ -148,7 +153,13 @@ def measure_front(recipe, profile, front: list[int], trials: dict[int, dict[str,
     data = load_data(recipe.data, recipe.base_dir, recipe.task)
     entries = [(f"trial-{n}", Artifact.load(Path(trials[n]["evaluation"]["release"]))) for n in front]
     cells = device_measurer(recipe.task)(profile, entries, data, recipe, quiet)
-    return {n: (cells.get(f"trial-{n}", {}).get("latency_ms") or {}).get("p50") for n in front}
+    front_p50 = {}
+    for n in front:
+        cell = cells.get(f"trial-{n}", {})
+        p50 = (cell.get("latency_ms") or {}).get("p50")
+        measured = p50 is not None and cell.get("status") == "measured"
+        front_p50[n] = {"p50": p50, "how": "measured"} if measured else trials[n]["evaluation"]["latency_ms"][profile.name]
+    return front_p50
 
 
 def release_for_device(recipe, params: dict[str, Any], device: str, out_dir: Path, *, quiet: bool,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
 import time
@@ -30,6 +31,7 @@ from edgeslim.search.trial import decode_params, run_trial
 HEARTBEAT_SECONDS = 20
 GRACE_SECONDS = 60
 MAX_FAILURES_IN_A_ROW = 3
+MAX_REPEATS_IN_A_ROW = 20
 
 
 def default_storage(out_dir: Path) -> str:
@@ -121,10 +123,16 @@ def requeue_stale_trials(study) -> int:
 
 
 def counted(study) -> int:
-    """Trials that count towards the study's total: finished, pruned, or running somewhere."""
+    """Trials that count towards the study's total: finished or running somewhere (a trial the
+    sampler proposed again is pruned and does not count)."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
+
+
+def space_size(recipe) -> int:
+    """How many different trials the space holds."""
+    return math.prod(len(choices) for choices in recipe.search.space.values())
 
 
 def work(study, recipe, out_dir: Path, *, trials: int, timeout_minutes: float | None, quiet: bool,
@@ -134,15 +142,20 @@ def work(study, recipe, out_dir: Path, *, trials: int, timeout_minutes: float | 
     failed with its reason, and the search goes on."""
     deadline = time.time() + 60 * timeout_minutes if timeout_minutes else None
     objective = _objective(recipe, out_dir, quiet, say)
-    ran = failures = 0
-    while counted(study) < trials and (deadline is None or time.time() < deadline):
-        objective.error = None
+    target = min(trials, space_size(recipe))
+    ran = failures = repeats = 0
+    while counted(study) < target and (deadline is None or time.time() < deadline):
+        objective.error = objective.repeated = None
         study.optimize(objective, n_trials=1, catch=(EdgeslimError, ValueError))
-        ran += 1
+        ran += 0 if objective.repeated else 1
         failures = failures + 1 if objective.error else 0
+        repeats = repeats + 1 if objective.repeated else 0
         if failures >= MAX_FAILURES_IN_A_ROW:
             raise EdgeslimError(f"{failures} trials in a row failed, the last with: {objective.error}; "
                                 "fix the recipe's search space (every trial's folder is in DIR/trials)")
+        if repeats >= MAX_REPEATS_IN_A_ROW:
+            say(f"the sampler proposed {repeats} trials in a row that already ran; stopping with {counted(study)}")
+            break
     return ran
 
 
@@ -154,6 +167,12 @@ def _objective(recipe, out_dir: Path, quiet: bool, say: Callable[[str], None]):
         params = decode_params({key: trial.suggest_categorical(key, [json.dumps(c, sort_keys=True) for c in choices])
                                 for key, choices in space.items()})
         trial.set_user_attr("worker", worker)
+        earlier = _same_values(trial.study, trial.params, trial.number)
+        if earlier is not None:  # categorical samplers repeat themselves; a repeat adds nothing
+            import optuna
+
+            objective.repeated = True
+            raise optuna.TrialPruned(f"the same values as trial {earlier}")
         say(f"trial {trial.number}: {_describe(params)}")
         started = time.time()
         try:
@@ -173,6 +192,16 @@ def _objective(recipe, out_dir: Path, quiet: bool, say: Callable[[str], None]):
         return [evaluation["quality"], *latency]
 
     return objective
+
+
+def _same_values(study, params: dict[str, str], number: int) -> int | None:
+    """The number of another finished or running trial with exactly ``params``, if there is one."""
+    from optuna.trial import TrialState
+
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if other.number != number and other.params == params:
+            return other.number
+    return None
 
 
 def _device_names(recipe) -> list[str]:
