@@ -77,6 +77,21 @@ def test_release_is_an_int4_decoder_with_kv_cache(llm_run):
     assert len(head) == 1  # the tied table stored once: the lookup reads the head's 4-bit bytes
 
 
+def test_the_summary_compares_decode_speed_for_a_language_model(llm_run):
+    """A decoder's speed is its decode rate: the summary's speed column and ratio line say so, and
+    the best baseline is the fastest decoder (plain INT4), not the fastest prompt."""
+    from edgeslim.report.render import ratios
+    from edgeslim.report.sections import summary_rows
+
+    _, report = llm_run
+    header, release, teacher, baseline = summary_rows(report)
+    assert header[-2] == "x86-64-cpu decode tok/s" and teacher[-1] == "1.00x"
+    cells = {a["name"]: a["devices"]["x86-64-cpu"] for a in report["artifacts"]}
+    assert float(release[-2]) == pytest.approx(cells[release[1]]["decode_tokens_per_s"], abs=0.05)
+    assert baseline[1] == max(("teacher-int8", "teacher-int4"), key=lambda n: cells[n]["decode_tokens_per_s"])
+    assert any("decode" in line and "tokens/s" in line for line in ratios(report))
+
+
 @pytest.mark.parametrize("name", ["smollm2-edge.yaml", "smollm2-edge-quick.yaml"])
 def test_shipped_recipes_load(name):
     recipe = load_recipe(REPO / "recipes" / name)

@@ -42,7 +42,12 @@ def ratios(report: dict[str, Any]) -> list[str]:
     for device in [d["name"] for d in report["devices"]]:
         t, r = teacher["devices"].get(device) or {}, release["devices"].get(device) or {}
         if t.get("status") == "measured" and r.get("status") == "measured":
-            lines.append(f"{device}: p50 {t['latency_ms']['p50'] / r['latency_ms']['p50']:.1f}x lower than the fp32 teacher")
+            prefill = t["latency_ms"]["p50"] / r["latency_ms"]["p50"]
+            if t.get("decode_tokens_per_s") and r.get("decode_tokens_per_s"):
+                lines.append(f"{device}: decode {r['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x the fp32 "
+                             f"teacher's tokens/s (prompt p50 {prefill:.1f}x lower)")
+            else:
+                lines.append(f"{device}: p50 {prefill:.1f}x lower than the fp32 teacher")
     return lines
 
 

@@ -76,11 +76,15 @@ def headline_device(report: dict[str, Any]) -> str | None:
 
 
 def best_baseline(report: dict[str, Any], device: str | None) -> dict[str, Any] | None:
-    """The fastest baseline other than the teacher and the release on ``device`` (the most accurate
-    where none has a latency): the one a release must beat to be worth shipping."""
+    """The fastest baseline other than the teacher and the release on ``device`` (by decode rate for
+    a language model; the most accurate where none has a latency): the one a release must beat to
+    be worth shipping."""
     others = [r for r in report["artifacts"] if r["name"] in BASELINES
               and r["name"] not in (report["teacher"], report["release"])]
     timed = [r for r in others if device and ((r["devices"].get(device) or {}).get("latency_ms"))]
+    decoding = [r for r in timed if r["devices"][device].get("decode_tokens_per_s")]
+    if decoding:  # a language model's speed is its decode rate
+        return max(decoding, key=lambda r: r["devices"][device]["decode_tokens_per_s"])
     if timed:
         return min(timed, key=lambda r: r["devices"][device]["latency_ms"]["p50"])
     return max(others, key=lambda r: r.get("accuracy") or 0.0, default=None)
@@ -92,7 +96,7 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     device = headline_device(report)
     teacher = find_artifact(report, report["teacher"])
     header = ["", "artifact", "perplexity" if language_model else "accuracy", "95% interval", "agree", "size MiB"]
-    header += [f"{device} p50 ms", "speed-up"] if device else []
+    header += [f"{device} {'decode tok/s' if language_model else 'p50 ms'}", "speed-up"] if device else []
     rows = [header]
     baseline = best_baseline(report, device)
     entries = [("release", find_artifact(report, report["release"])), ("teacher", teacher)]
@@ -102,11 +106,22 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
         row = [role, record["name"], score, span, pct(record.get("agreement")), f"{record['size_bytes'] / MIB:.2f}"]
         if device:
             cell, base = record["devices"].get(device) or {}, teacher["devices"].get(device) or {}
-            ratio = (base["latency_ms"]["p50"] / cell["latency_ms"]["p50"]
-                     if cell.get("latency_ms") and base.get("latency_ms") else None)
-            row += [latency_text(cell, "p50"), "-" if ratio is None else f"{ratio:.1f}x"]
+            row += speed_columns(cell, base, language_model)
         rows.append(row)
     return rows
+
+
+def speed_columns(cell: dict[str, Any], teacher: dict[str, Any], language_model: bool) -> list[str]:
+    """A summary row's speed and its ratio to the fp32 teacher on one device: p50 latency, or for a
+    language model decode tokens/s (what a user of a chat app waits for; the prefill p50 is in the
+    device table)."""
+    if language_model:
+        mine, base = cell.get("decode_tokens_per_s"), teacher.get("decode_tokens_per_s")
+        ratio = mine / base if mine and base else None
+        return ["-" if mine is None else f"{mine:.1f}", "-" if ratio is None else f"{ratio:.2f}x"]
+    ratio = (teacher["latency_ms"]["p50"] / cell["latency_ms"]["p50"]
+             if cell.get("latency_ms") and teacher.get("latency_ms") else None)
+    return [latency_text(cell, "p50"), "-" if ratio is None else f"{ratio:.1f}x"]
 
 
 SUMMARY_LEGEND = [
@@ -115,7 +130,9 @@ SUMMARY_LEGEND = [
     ("agree", "share of eval examples (or greedy tokens) where the artifact's top-1 equals the fp32 teacher ONNX's"),
     ("size MiB", "bytes a device must hold (ONNX file and external data, or torch weights)"),
     ("DEVICE p50 ms", "median latency at batch 1 on the first device that measured the release (~: predicted)"),
-    ("speed-up", "the fp32 teacher's p50 divided by the artifact's, on that device"),
+    ("DEVICE decode tok/s", "language models: tokens per second after the prompt, through the KV cache, 1 thread"),
+    ("speed-up", "the fp32 teacher's p50 divided by the artifact's (language models: the artifact's decode "
+                 "tokens/s divided by the teacher's), on that device"),
 ]
 ARTIFACT_LEGEND = [
     ("kind", "torch (scored, not timed), onnx, or bundle (the mobile release folder)"),
