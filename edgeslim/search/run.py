@@ -91,7 +91,6 @@ def worker(recipe, storage: str, out: str | Path | None = None, *, trials: int |
 def finish(study, recipe, out_dir: Path, *, quiet: bool, say: Callable[[str], None]) -> SearchResult:
     """Fronts, their measurement, one gated release per device, and the search report."""
     from edgeslim.report.matrix import merged_budgets
-    from edgeslim.search.front import choose_release, front_numbers
     from edgeslim.search.report import search_report, write_search_report
     from edgeslim.search.study import completed, failed
     from edgeslim.targets.profile import load_profile
@@ -101,22 +100,8 @@ def finish(study, recipe, out_dir: Path, *, quiet: bool, say: Callable[[str], No
         raise EdgeslimError("the search has no finished trial to release; see the failed trials' reasons above")
     profiles = [load_profile(device) for device in recipe.devices]
     budgets = merged_budgets(recipe, profiles)
-    devices = {}
-    for profile, device in zip(profiles, recipe.devices):
-        front = front_numbers(trials, profile.name)
-        for number in front:
-            trials[number]["evaluation"]["release"] = str(local_release(recipe, number, trials[number], out_dir,
-                                                                        quiet=quiet, say=say))
-        if recipe.search.measure_front:
-            front_p50 = measure_front(recipe, profile, front, trials, quiet=quiet)
-        else:
-            front_p50 = {n: trials[n]["evaluation"]["latency_ms"][profile.name] for n in front}
-        limits = {"p50": (budgets["latency_ms"].get(profile.name) or {}).get("p50"), "size_mb": budgets["size_mb"],
-                  "accuracy_drop": budgets["accuracy_drop"]}
-        choice = choose_release(front, trials, {n: v["p50"] for n, v in front_p50.items()}, limits)
-        say(f"{profile.name}: front {front}; release: trial {choice['trial']} ({choice['reason']})")
-        devices[profile.name] = {"front": front, "front_p50_ms": front_p50, "limits": limits, **choice,
-                                 "profile": device}
+    devices = {profile.name: device_choice(recipe, profile, device, trials, budgets, out_dir, quiet=quiet, say=say)
+               for profile, device in zip(profiles, recipe.devices)}
     releases = {name: release_for_device(recipe, trials[entry["trial"]]["params"], entry["profile"], out_dir,
                                          quiet=quiet, say=say)
                 for name, entry in devices.items()}
@@ -124,6 +109,27 @@ def finish(study, recipe, out_dir: Path, *, quiet: bool, say: Callable[[str], No
     write_search_report(report, out_dir / "report")
     exit_code = 0 if all(result.exit_code == 0 for result in releases.values()) else 1
     return SearchResult(out_dir, report, releases, exit_code)
+
+
+def device_choice(recipe, profile, device: str, trials: dict[int, dict[str, Any]], budgets: dict[str, Any],
+                  out_dir: Path, *, quiet: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """One device's front (on predicted p50), its p50s as measured there, and the trial it releases
+    with the reason (``device`` as the recipe names it, for the release run)."""
+    from edgeslim.search.front import choose_release, front_numbers
+
+    front = front_numbers(trials, profile.name)
+    for number in front:
+        trials[number]["evaluation"]["release"] = str(local_release(recipe, number, trials[number], out_dir,
+                                                                    quiet=quiet, say=say))
+    if recipe.search.measure_front:
+        front_p50 = measure_front(recipe, profile, front, trials, quiet=quiet)
+    else:
+        front_p50 = {n: trials[n]["evaluation"]["latency_ms"][profile.name] for n in front}
+    limits = {"p50": (budgets["latency_ms"].get(profile.name) or {}).get("p50"), "size_mb": budgets["size_mb"],
+              "accuracy_drop": budgets["accuracy_drop"]}
+    choice = choose_release(front, trials, {n: v["p50"] for n, v in front_p50.items()}, limits)
+    say(f"{profile.name}: front {front}; release: trial {choice['trial']} ({choice['reason']})")
+    return {"front": front, "front_p50_ms": front_p50, "limits": limits, **choice, "profile": device}
 
 
 def local_release(recipe, number: int, trial: dict[str, Any], out_dir: Path, *, quiet: bool,
