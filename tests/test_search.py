@@ -156,6 +156,24 @@ def expected_of(report: dict, device: str) -> int:
     return 0 if report["devices"][device]["gate"] == "PASS" else 1
 
 
+def test_a_device_no_trial_fits_gets_the_fastest_release_and_the_search_exits_1(tmp_path):
+    """A p50 budget no trial can meet on x86: the fastest front trial is released there, its gate
+    fails and says why, and the search's exit code is 1."""
+    path = search_recipe(tmp_path, trials=2)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["budgets"]["latency_ms"] = {"x86-64-cpu": {"p50": 0.0001}}
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    result = run_cli("search", path, "--out", out, "--quiet")
+    assert result.returncode == 1, result.stderr
+    report = json.loads((out / "report" / "report.json").read_text())
+    x86 = report["devices"]["x86-64-cpu"]
+    assert x86["gate"] == "FAIL" and "no front trial is within the device's budgets" in x86["reason"]
+    fastest = min(x86["front"], key=lambda n: x86["front_p50_ms"][str(n)]["p50"])
+    assert x86["trial"] == fastest
+    assert any(c["budget"] == "latency_ms.p50" and not c["passed"] for c in x86["checks"]), x86["checks"]
+
+
 def test_trials_share_the_teacher_and_their_common_stages(searched):
     out, _ = searched
     stored = sorted(p.name.rsplit("-", 1)[0] for p in (out / ".stages").iterdir() if not p.name.startswith("."))
