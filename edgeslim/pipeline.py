@@ -265,13 +265,12 @@ def _stored(folder: Path, stored: Path) -> Path:
     its key, so every run that needs the same stage with the same inputs finds it there; the run's
     own ``folder`` becomes a link to it. Returns the folder to use."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    if folder.is_symlink() or folder.exists():
-        if folder.is_symlink() and folder.resolve() == stored.resolve():
-            return stored
-        if folder.is_symlink() or folder.is_file():
-            folder.unlink()
-        else:
-            shutil.rmtree(folder)
+    if folder.is_symlink() and folder.resolve() == stored.resolve():
+        return stored
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
     folder.symlink_to(stored.resolve(), target_is_directory=True)
     return stored
 

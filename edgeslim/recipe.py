@@ -157,18 +157,22 @@ class Recipe(Strict):
     def _search_space_fits_the_stages(cls, search, info):
         stages = info.data.get("stages")
         if search is not None and stages is not None:
-            dumped = [{entry.name: entry.config.model_dump(mode="json")} for entry in stages]
-            check_space(search, dumped, lambda name, config: _parse_stage(0, {name: config}))
+            check_space(search, dump_stages(stages), lambda name, config: _parse_stage(0, {name: config}))
         return search
 
     def stage_dump(self) -> list[dict[str, Any]]:
-        return [{entry.name: entry.config.model_dump(mode="json")} for entry in self.stages]
+        return dump_stages(self.stages)
 
     def fingerprint(self) -> str:
         """Hash of everything that decides the outputs (used in bundle metadata)."""
         payload = self.model_dump(mode="json", exclude={"stages"})
         payload["stages"] = self.stage_dump()
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dump_stages(stages: list[StageEntry]) -> list[dict[str, Any]]:
+    """Stages as a recipe writes them: ``[{name: {config}}]``."""
+    return [{entry.name: entry.config.model_dump(mode="json")} for entry in stages]
 
 
 class StageError(ValueError):

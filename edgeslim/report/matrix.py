@@ -35,7 +35,7 @@ def build_report(recipe, outcome, run_dir: Path, quiet: bool = False) -> dict[st
 
     entries = artifact_entries(outcome)
     release_name = entries[-1][0] if outcome.stages else "teacher-fp32"
-    eval_examples = outcome.data.eval[: recipe.measure.eval_limit] if recipe.measure.eval_limit else outcome.data.eval
+    eval_examples = scored_examples(recipe, outcome.data)
     cache_dir = Path(run_dir) / "report" / ".cache"
     scored = {name: score_cached(stage.artifact, eval_examples, recipe, cache_dir) for name, stage in entries}
     reference = np.asarray(scored["teacher-fp32"]["predictions"])
@@ -159,6 +159,12 @@ def _not_timed(artifact: Artifact) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------
 # Scoring (cached per artifact key, so a rerun with nothing changed does not evaluate again)
+
+
+def scored_examples(recipe, data) -> list:
+    """The eval examples every artifact is scored on: the eval split, cut to ``measure.eval_limit``."""
+    limit = recipe.measure.eval_limit
+    return data.eval[:limit] if limit else data.eval
 
 
 def score_cached(artifact: Artifact, examples, recipe, cache_dir: Path) -> dict[str, Any]:

@@ -45,12 +45,13 @@ def run_trial(recipe, params: dict[str, Any], trial_dir: Path, store: Path, quie
     """Run one trial; its evaluation: quality, size, predicted (or measured) p50 per device, and where
     its release is."""
     from edgeslim.pipeline import Pipeline, check_stage_order
+    from edgeslim.report.matrix import scored_examples
 
     trial = recipe_for_trial(recipe, params)
     check_stage_order(trial)
     outcome = Pipeline(trial, trial_dir, quiet=quiet, stage_store=store).run()
     release = outcome.stages[-1].artifact if outcome.stages else outcome.baselines["teacher-fp32"].artifact
-    examples = _eval_examples(trial, outcome.data)
+    examples = scored_examples(trial, outcome.data)
     score = _score(release, examples, trial, store)
     teacher = _score(outcome.baselines["teacher-fp32"].artifact, examples, trial, store)
     return {
@@ -68,12 +69,8 @@ def quality_of(score: dict[str, Any], task: str) -> float:
     return float(score["perplexity"] if task == "causal-lm" else score["accuracy"])
 
 
-def _eval_examples(recipe, data):
-    limit = recipe.measure.eval_limit
-    return data.eval[:limit] if limit else data.eval
-
-
 def _score(artifact, examples, recipe, store: Path) -> dict[str, Any]:
+    """The report's cached score of ``artifact``, kept in the store beside the stages."""
     from edgeslim.report.matrix import score_cached
 
     return score_cached(artifact, examples, recipe, store / ".scores")
